@@ -1,0 +1,28 @@
+"""The interface every sink implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from bridge.events import Arrangement, StepEvents
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for events: MIDI port, MIDI file, OSC, live synth, WAV.
+
+    The dispatcher calls ``open`` once, ``send`` for each step in step order, then ``close`` once, all
+    from the same thread. A sink raises ``bridge.errors.SinkError`` (or any exception) when it fails; the
+    dispatcher reports that once and keeps the other sinks going.
+    """
+
+    name: str
+
+    def open(self, arrangement: Arrangement) -> None:
+        """Prepare for a run laid out as ``arrangement``."""
+
+    def send(self, events: StepEvents) -> None:
+        """Deliver one step's events."""
+
+    def close(self) -> None:
+        """Finish: write what is buffered, silence every note, release the resource. Idempotent."""

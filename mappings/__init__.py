@@ -1,0 +1,1 @@
+"""The presets shipped with gradbridge, as TOML files (installed as ``bridge.mappings``)."""
