@@ -1,0 +1,224 @@
+"""The mapping: ``Frame`` → ``StepEvents``, vectorised over layers, driven by a preset.
+
+The mapping is a pure function of the frames it has seen: its only state is each layer's running range
+(for ``range = "auto"``) and the first step (time zero). Replaying the same frames gives the same events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from bridge.events import PERCUSSION_CHANNEL, Alarm, Arrangement, LayerVoice, Notes, StepEvents
+from bridge.frames import Frame
+from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset
+
+log = logging.getLogger("bridge")
+
+#: The 15 melodic MIDI channels (0-based), channel 10 (index 9) left to percussion.
+MELODIC_CHANNELS: tuple[int, ...] = tuple(c for c in range(16) if c != PERCUSSION_CHANNEL)
+
+#: Smallest norm the log curve distinguishes; zero and below sound like this.
+LOG_FLOOR = 1e-12
+
+#: Lowest frequency a note is given, in Hz (a norm can never make a silent or negative pitch).
+MIN_FREQUENCY_HZ = 1.0
+
+
+def note_to_frequency(note: np.ndarray | float) -> np.ndarray:
+    """MIDI note number(s) → frequency in Hz (A4 = note 69 = 440 Hz, equal temperament)."""
+    return 440.0 * np.power(2.0, (np.asarray(note, dtype=np.float64) - 69.0) / 12.0)
+
+
+def frequency_to_note(frequency_hz: np.ndarray | float) -> np.ndarray:
+    """Frequency in Hz → nearest MIDI note number, int64, clipped to 0–127."""
+    f = np.maximum(np.asarray(frequency_hz, dtype=np.float64), 1e-3)
+    return np.clip(np.rint(69.0 + 12.0 * np.log2(f / 440.0)), 0, 127).astype(np.int64)
+
+
+def scale_notes(scale: str, root: str, low_note: int, high_note: int) -> np.ndarray:
+    """The MIDI notes of ``scale`` on ``root`` from ``low_note`` to ``high_note`` inclusive, ascending."""
+    pitch_classes = {(NOTE_NAMES[root] + step) % 12 for step in SCALES[scale]}
+    notes = [n for n in range(low_note, high_note + 1) if n % 12 in pitch_classes]
+    if not notes:  # a range narrower than the scale's gaps: fall back to its lowest note
+        notes = [low_note]
+    return np.asarray(notes, dtype=np.int64)
+
+
+def apply_curve(curve: str, norms: np.ndarray) -> np.ndarray:
+    """Norms (finite, >= 0) → the curve's axis: ``linear`` as is, ``log`` base 10, ``sqrt``."""
+    if curve == "log":
+        return np.log10(np.maximum(norms, LOG_FLOOR))
+    if curve == "sqrt":
+        return np.sqrt(norms)
+    return norms
+
+
+class Mapping:
+    """Turns frames into events following a preset.
+
+    Build it with ``Mapping(preset)`` or ``Mapping.load("pentatonic")``; call ``arrange`` once with the
+    layer names, then ``map_frame`` for each frame in step order.
+    """
+
+    def __init__(self, preset: Preset) -> None:
+        if not isinstance(preset, Preset):
+            raise TypeError(f"Mapping needs a Preset (see bridge.presets.load_preset), got {type(preset).__name__}")
+        self.preset = preset
+        self._arrangement: Arrangement | None = None
+        self._first_step: int | None = None
+        self._low: np.ndarray | None = None
+        self._high: np.ndarray | None = None
+        if preset.mode == "scale":
+            self._notes = scale_notes(preset.scale, preset.root, preset.low_note, preset.high_note)
+        if preset.range is not None:
+            self._fixed = apply_curve(preset.curve, np.asarray(preset.range, dtype=np.float64))
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "Mapping":
+        """A mapping from a built-in preset name or a ``.toml`` path."""
+        return cls(load_preset(name_or_path))
+
+    @property
+    def arrangement(self) -> Arrangement:
+        """The arrangement made by ``arrange`` (error if it was not called yet)."""
+        if self._arrangement is None:
+            raise RuntimeError("call Mapping.arrange(layer_names) before using the arrangement")
+        return self._arrangement
+
+    def arrange(self, layer_names: tuple[str, ...] | list[str]) -> Arrangement:
+        """Assign each layer a MIDI channel, program, waveform and pan; reset the running state."""
+        names = tuple(str(n) for n in layer_names)
+        if not names:
+            raise ValueError("a mapping needs at least one layer; got no layer names")
+        p = self.preset
+        count = len(names)
+        if count > len(MELODIC_CHANNELS):
+            log.warning("%d layers share the %d melodic MIDI channels (layer %d plays on the channel of layer 1, "
+                        "and so on); every layer still has its own track in the MIDI file. To give each its own "
+                        "channel, group layers (watch(..., groups=... or depth=...)).",
+                        count, len(MELODIC_CHANNELS), len(MELODIC_CHANNELS) + 1)
+        if p.pan == "spread" and count > 1:
+            pans = np.linspace(-0.8, 0.8, count)
+        else:
+            pans = np.zeros(count)
+        voices = tuple(
+            LayerVoice(index=i, name=name, channel=MELODIC_CHANNELS[i % len(MELODIC_CHANNELS)],
+                       program=p.programs[i % len(p.programs)], waveform=p.waveforms[i % len(p.waveforms)],
+                       pan=float(pans[i]))
+            for i, name in enumerate(names)
+        )
+        self._arrangement = Arrangement(
+            voices=voices, mapping_name=p.name, description=describe(p, count),
+            sample_rate=p.sample_rate, audio_channels=p.channels, seconds_per_step=p.seconds_per_step(count),
+            tempo_bpm=p.tempo_bpm, attack_s=p.attack_s, release_s=p.release_s, phase=p.phase,
+            max_frequency_hz=p.max_frequency_hz,
+        )
+        self._first_step = None
+        self._low = np.full(count, np.inf)
+        self._high = np.full(count, -np.inf)
+        return self._arrangement
+
+    def map_frame(self, frame: Frame) -> StepEvents:
+        """One frame → its events. NaN, ±Inf, zero, negative and huge norms all give valid events."""
+        arrangement = self.arrangement
+        p = self.preset
+        norms = np.asarray(frame.norms, dtype=np.float64)
+        count = len(arrangement.voices)
+        if norms.shape != (count,):
+            raise ValueError(f"frame at step {frame.step} has {norms.size} norms but the mapping was arranged "
+                             f"for {count} layers; give frames of the same run, or call arrange() again")
+        if self._first_step is None:
+            self._first_step = frame.step
+        step_s = arrangement.seconds_per_step
+        start_s = (frame.step - self._first_step) * step_s
+
+        finite = np.isfinite(norms)
+        clean = np.where(finite, np.maximum(norms, 0.0), 0.0)  # a negative "norm" (bad CSV) sounds as zero
+        # a zero norm under a log curve sounds lowest but does not stretch the running range down to 1e-12
+        informative = finite & (clean > LOG_FLOOR) if p.curve == "log" else finite
+        value = self._position(apply_curve(p.curve, clean), informative)
+        value = np.where(finite & ~informative, 0.0, value)
+        if p.mode == "linear_hz":
+            frequency = p.base_hz + p.hz_per_unit * clean
+            frequency = np.clip(frequency, MIN_FREQUENCY_HZ, p.max_frequency_hz)
+            midi_note = frequency_to_note(frequency)
+        else:
+            index = np.rint(value * (len(self._notes) - 1)).astype(np.int64)
+            midi_note = self._notes[index]
+            frequency = np.clip(note_to_frequency(midi_note), MIN_FREQUENCY_HZ, p.max_frequency_hz)
+
+        layers = np.arange(count)
+        offsets = layers * p.note_s if p.layout == "sequential" else np.zeros(count)
+        starts = start_s + offsets
+        if p.velocity == "value":
+            velocity = np.clip(np.rint(40.0 + 87.0 * value), 1, 127).astype(np.int64)
+        else:
+            velocity = np.full(count, int(p.velocity), dtype=np.int64)
+
+        keep = finite
+        notes = Notes(
+            layer=layers[keep], start_s=starts[keep], duration_s=np.full(int(keep.sum()), p.note_s),
+            frequency_hz=frequency[keep], midi_note=midi_note[keep], velocity=velocity[keep],
+            amplitude=np.full(int(keep.sum()), p.amplitude), value=value[keep],
+        )
+        alarms = tuple(
+            Alarm(layer=int(i), kind="nan" if math.isnan(norms[i]) else ("+inf" if norms[i] > 0 else "-inf"),
+                  start_s=float(starts[i]), duration_s=p.note_s,
+                  midi_note=p.nan_note if math.isnan(norms[i]) else p.inf_note, velocity=p.alarm_velocity)
+            for i in np.flatnonzero(~finite)
+        )
+        return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
+                          loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms)
+
+    def _position(self, curved: np.ndarray, update: np.ndarray) -> np.ndarray:
+        """Each layer's place in its range, 0–1: the fixed range, or the running min/max of what it played."""
+        if self.preset.range is not None:
+            low, high = self._fixed
+        else:
+            if self._low is None or self._high is None:
+                raise RuntimeError("call Mapping.arrange(layer_names) before map_frame")
+            self._low = np.where(update, np.minimum(self._low, curved), self._low)
+            self._high = np.where(update, np.maximum(self._high, curved), self._high)
+            low, high = self._low, self._high
+        with np.errstate(invalid="ignore", divide="ignore"):
+            span = high - low
+            position = np.where(span > 0, (curved - low) / np.where(span > 0, span, 1.0), 0.5)
+        return np.clip(np.nan_to_num(position, nan=0.5), 0.0, 1.0)
+
+
+def describe(preset: Preset, layer_count: int | None = None) -> str:
+    """The preset in plain words, so a listener knows what they hear."""
+    p = preset
+    head = f"{p.name}: {p.description}" if p.description else p.name
+    sentences = [head if head.endswith((".", "!", "?")) else head + "."]
+    tone = f"{p.note_s * 1000:g} ms {'/'.join(sorted(set(p.waveforms), key=p.waveforms.index))} tone"
+    if p.layout == "sequential":
+        sentences.append(f"Each optimizer step plays every layer in turn, a {tone} per layer, then "
+                         f"{p.gap_s * 1000:g} ms of silence.")
+    else:
+        sentences.append(f"Each optimizer step lasts {p.seconds_per_step(1) * 1000:g} ms "
+                         f"({p.tempo_bpm:g} BPM); every layer plays a {tone} at once.")
+    if p.range is None:
+        where = "its place between the lowest and highest norm that layer has had so far"
+    else:
+        where = f"its place in the fixed range {p.range[0]:g}–{p.range[1]:g}"
+    if p.mode == "linear_hz":
+        sentences.append(f"Pitch is {p.base_hz:g} Hz + {p.hz_per_unit:g} Hz per unit of gradient norm: "
+                         "higher norm, higher pitch.")
+    else:
+        sentences.append(f"Pitch follows the norm on a {p.curve} curve ({where}), snapped to "
+                         f"{p.root} {p.scale.replace('_', ' ')} between MIDI notes {p.low_note} and {p.high_note}.")
+    sound = "stereo, layers spread left to right" if p.channels == 2 and p.pan == "spread" else (
+        "stereo, centred" if p.channels == 2 else "mono")
+    sentences.append(f"Amplitude {p.amplitude:g} per voice, {sound}, {p.sample_rate} Hz.")
+    if layer_count is not None:
+        channels = min(layer_count, len(MELODIC_CHANNELS))
+        sentences.append(f"{layer_count} layer(s) on MIDI channels 1–{MELODIC_CHANNELS[channels - 1] + 1} "
+                         "(channel 10 kept for alarms).")
+    sentences.append(f"A NaN norm sounds an alarm (MIDI percussion note {p.nan_note} on channel 10), an infinite "
+                     f"one another (note {p.inf_note}).")
+    return " ".join(sentences)

@@ -1,0 +1,375 @@
+"""Mapping presets: TOML files in ``mappings/``, loaded by name or path, validated, described in plain words.
+
+A preset has four tables (every key optional; defaults below):
+
+``[preset]``   name, description
+``[timing]``   layout ("sequential": layers one after another within a step; "chord": all at once),
+               note_s, gap_s (sequential), step_s or steps_per_beat (chord), tempo_bpm
+``[pitch]``    mode ("linear_hz": base_hz + hz_per_unit × norm; "scale": the norm's place in its range,
+               through a curve, quantised to a scale), curve, range, and the mode's own keys
+``[sound]``    sample_rate, channels, waveforms, amplitude, attack_s, release_s, phase, pan, max_frequency_hz
+``[midi]``     velocity, programs, nan_note, inf_note, alarm_velocity
+
+Every mistake raises ``PresetError`` naming the file, the key, the bad value, what is allowed and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from bridge.errors import PresetError
+from bridge.events import WAVEFORMS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+#: Scales as semitone offsets from the root within one octave.
+SCALES: dict[str, tuple[int, ...]] = {
+    "chromatic": tuple(range(12)),
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10),
+    "major_pentatonic": (0, 2, 4, 7, 9),
+    "minor_pentatonic": (0, 3, 5, 7, 10),
+    "blues": (0, 3, 5, 6, 7, 10),
+    "whole_tone": (0, 2, 4, 6, 8, 10),
+}
+
+#: Note names accepted as ``root``, to their pitch class (C = 0).
+NOTE_NAMES: dict[str, int] = {
+    "C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6,
+    "G": 7, "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11,
+}
+
+CURVES = ("linear", "log", "sqrt")
+LAYOUTS = ("sequential", "chord")
+PITCH_MODES = ("linear_hz", "scale")
+PHASES = ("reset", "continuous")
+PANS = ("center", "spread")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A validated preset. Units are in the names; see the module docstring for the meaning of each key."""
+
+    source: str
+    name: str
+    description: str
+    # [timing]
+    layout: str = "chord"
+    note_s: float = 0.1
+    gap_s: float = 0.0
+    step_s: float | None = None
+    steps_per_beat: int = 4
+    tempo_bpm: float = 120.0
+    # [pitch]
+    mode: str = "scale"
+    curve: str = "log"
+    range: tuple[float, float] | None = None  # None: automatic, from each layer's running min and max
+    base_hz: float = 200.0
+    hz_per_unit: float = 100.0
+    scale: str = "major_pentatonic"
+    root: str = "C"
+    low_note: int = 48
+    high_note: int = 84
+    # [sound]
+    sample_rate: int = 44100
+    channels: int = 2
+    waveforms: tuple[str, ...] = ("sine",)
+    amplitude: float = 0.1
+    attack_s: float = 0.005
+    release_s: float = 0.01
+    phase: str = "continuous"
+    pan: str = "spread"
+    max_frequency_hz: float = 16000.0
+    # [midi]
+    velocity: int | str = 100  # an int 1–127, or "value": louder as the norm rises in its range
+    programs: tuple[int, ...] = (0,)
+    nan_note: int = 49  # GM percussion: Crash Cymbal 1
+    inf_note: int = 52  # GM percussion: Chinese Cymbal
+    alarm_velocity: int = 120
+
+    def seconds_per_step(self, layer_count: int) -> float:
+        """Musical length of one optimizer step in seconds, for ``layer_count`` layers."""
+        if self.layout == "sequential":
+            return layer_count * self.note_s + self.gap_s
+        if self.step_s is not None:
+            return self.step_s
+        return 60.0 / self.tempo_bpm / self.steps_per_beat
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schema: (table, key) -> checker. A checker turns the TOML value into the Preset's value or raises _Bad.
+
+
+class _Bad(Exception):
+    def __init__(self, allowed: str, fix: str) -> None:
+        super().__init__(allowed)
+        self.allowed = allowed
+        self.fix = fix
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _number(low: float, high: float, *, low_open: bool = False, unit: str = "") -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        left = "(" if low_open else "["
+        allowed = f"a number in {left}{low:g}, {high:g}]{(' ' + unit) if unit else ''}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Bad(allowed, f"write a number without quotes, e.g. {max(low, 0) if not low_open else high:g}")
+        v = float(value)
+        if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
+            raise _Bad(allowed, "choose a value inside that range")
+        return v
+    return check
+
+
+def _integer(low: int, high: int, unit: str = "") -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        allowed = f"an integer in [{low}, {high}]{(' ' + unit) if unit else ''}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(allowed, f"write a whole number without quotes or decimals, e.g. {low}")
+        if not low <= value <= high:
+            raise _Bad(allowed, "choose a value inside that range")
+        return int(value)
+    return check
+
+
+def _choice(options: tuple[str, ...] | list[str]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        allowed = "one of " + ", ".join(f'"{o}"' for o in options)
+        if not isinstance(value, str):
+            raise _Bad(allowed, f'write it as a quoted string, e.g. "{options[0]}"')
+        if value not in options:
+            close = difflib.get_close_matches(value, options, n=1)
+            raise _Bad(allowed, f'did you mean "{close[0]}"?' if close else "pick one of those")
+        return value
+    return check
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad("a string", 'write it in quotes, e.g. "my preset"')
+    return value
+
+
+def _list_of(item: Callable[[Any], Any], what: str) -> Callable[[Any], tuple[Any, ...]]:
+    def check(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list) or not value:
+            raise _Bad(f"a non-empty list of {what}", f"write it as a list, e.g. [{item.__doc__ or ''}]")
+        out = []
+        for i, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except _Bad as bad:
+                raise _Bad(f"a list of {what}; item {i} is not {bad.allowed}", bad.fix) from None
+        return tuple(out)
+    return check
+
+
+def _range(value: Any) -> tuple[float, float] | None:
+    allowed = '"auto" or [low, high] in units of gradient norm, 0 <= low < high'
+    if value == "auto":
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise _Bad(allowed, 'write range = "auto" or range = [0.001, 10.0]')
+    low, high = float(value[0]), float(value[1])
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
+        raise _Bad(allowed, "make low smaller than high, both finite and not negative")
+    return (low, high)
+
+
+def _velocity(value: Any) -> int | str:
+    if value == "value":
+        return "value"
+    try:
+        return _integer(1, 127)(value)
+    except _Bad:
+        raise _Bad('an integer in [1, 127], or "value" (louder as the norm rises)',
+                   "write e.g. velocity = 100") from None
+
+
+def _root(value: Any) -> str:
+    return _choice(tuple(NOTE_NAMES))(value)
+
+
+_SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
+    # table -> key -> (Preset field, checker)
+    "preset": {"name": ("name", _text), "description": ("description", _text)},
+    "timing": {
+        "layout": ("layout", _choice(LAYOUTS)),
+        "note_s": ("note_s", _number(0.0, 60.0, low_open=True, unit="seconds")),
+        "gap_s": ("gap_s", _number(0.0, 60.0, unit="seconds")),
+        "step_s": ("step_s", _number(0.0, 60.0, low_open=True, unit="seconds")),
+        "steps_per_beat": ("steps_per_beat", _integer(1, 64)),
+        "tempo_bpm": ("tempo_bpm", _number(20.0, 400.0, unit="beats per minute")),
+    },
+    "pitch": {
+        "mode": ("mode", _choice(PITCH_MODES)),
+        "curve": ("curve", _choice(CURVES)),
+        "range": ("range", _range),
+        "base_hz": ("base_hz", _number(0.0, 20000.0, unit="Hz")),
+        "hz_per_unit": ("hz_per_unit", _number(0.0, 100000.0, unit="Hz per unit of norm")),
+        "scale": ("scale", _choice(tuple(SCALES))),
+        "root": ("root", _root),
+        "low_note": ("low_note", _integer(0, 127, "(MIDI note)")),
+        "high_note": ("high_note", _integer(0, 127, "(MIDI note)")),
+    },
+    "sound": {
+        "sample_rate": ("sample_rate", _integer(8000, 192000, "Hz")),
+        "channels": ("channels", _integer(1, 2, "(1 mono, 2 stereo)")),
+        "waveforms": ("waveforms", _list_of(_choice(WAVEFORMS), "waveform names " + "/".join(WAVEFORMS))),
+        "amplitude": ("amplitude", _number(0.0, 1.0, low_open=True)),
+        "attack_s": ("attack_s", _number(0.0, 10.0, unit="seconds")),
+        "release_s": ("release_s", _number(0.0, 10.0, unit="seconds")),
+        "phase": ("phase", _choice(PHASES)),
+        "pan": ("pan", _choice(PANS)),
+        "max_frequency_hz": ("max_frequency_hz", _number(20.0, 96000.0, unit="Hz")),
+    },
+    "midi": {
+        "velocity": ("velocity", _velocity),
+        "programs": ("programs", _list_of(_integer(0, 127), "General MIDI programs 0–127")),
+        "nan_note": ("nan_note", _integer(0, 127, "(GM percussion note)")),
+        "inf_note": ("inf_note", _integer(0, 127, "(GM percussion note)")),
+        "alarm_velocity": ("alarm_velocity", _integer(1, 127)),
+    },
+}
+
+#: Keys that belong to one pitch mode only.
+_MODE_KEYS = {"linear_hz": {"base_hz", "hz_per_unit"}, "scale": {"scale", "root", "low_note", "high_note"}}
+
+
+def _fail(source: str, where: str, message: str, fix: str) -> PresetError:
+    return PresetError(f"{source}: {where}: {message}. Fix: {fix}")
+
+
+def parse_preset(data: dict[str, Any], source: str) -> Preset:
+    """Validate a preset's TOML tables and build the ``Preset``; ``source`` names the file in errors."""
+    values: dict[str, Any] = {}
+    for table, content in data.items():
+        if table not in _SCHEMA:
+            close = difflib.get_close_matches(table, list(_SCHEMA), n=1)
+            hint = f'did you mean [{close[0]}]?' if close else "remove it or rename it"
+            raise _fail(source, f"[{table}]", "unknown table; known tables are "
+                        + ", ".join(f"[{t}]" for t in _SCHEMA), hint)
+        if not isinstance(content, dict):
+            raise _fail(source, f"{table}", f"must be a table ([{table}] on its own line), "
+                        f"got {_type_name(content)}", f"write [{table}] and put its keys below it")
+        for key, value in content.items():
+            if key not in _SCHEMA[table]:
+                close = difflib.get_close_matches(key, list(_SCHEMA[table]), n=1)
+                hint = f'did you mean "{close[0]}"?' if close else "remove it"
+                raise _fail(source, f"[{table}] {key}", "unknown key; known keys in "
+                            f"[{table}] are " + ", ".join(_SCHEMA[table]), hint)
+            field_name, check = _SCHEMA[table][key]
+            try:
+                values[field_name] = check(value)
+            except _Bad as bad:
+                raise _fail(source, f"[{table}] {key} = {value!r}", f"expected {bad.allowed}, "
+                            f"got {_type_name(value)} {value!r}", bad.fix) from None
+    values.setdefault("name", Path(source).stem)
+    values.setdefault("description", "")
+    preset = Preset(source=source, **values)
+    _check_together(preset, data.get("pitch", {}), data.get("timing", {}), source)
+    return preset
+
+
+def _check_together(preset: Preset, pitch: dict[str, Any], timing: dict[str, Any], source: str) -> None:
+    """Rules that involve more than one key."""
+    for mode, keys in _MODE_KEYS.items():
+        for key in keys & set(pitch):
+            if preset.mode != mode:
+                raise _fail(source, f"[pitch] {key}", f'applies only when mode = "{mode}", '
+                            f'but mode = "{preset.mode}"', f'remove {key}, or set mode = "{mode}"')
+    if preset.low_note >= preset.high_note:
+        raise _fail(source, "[pitch] low_note/high_note", f"low_note ({preset.low_note}) must be below "
+                    f"high_note ({preset.high_note})", "swap them or widen the range")
+    if preset.curve == "log" and preset.range is not None and preset.range[0] <= 0:
+        raise _fail(source, "[pitch] range", f"a log curve needs low > 0, got {preset.range[0]:g}",
+                    "set the low end to a small positive norm such as 1e-4")
+    if preset.layout == "chord":
+        if "gap_s" in timing:
+            raise _fail(source, "[timing] gap_s", 'applies only when layout = "sequential"',
+                        'remove gap_s; with layout = "chord" set step_s or steps_per_beat')
+        if "step_s" in timing and "steps_per_beat" in timing:
+            raise _fail(source, "[timing] step_s/steps_per_beat", "both set; they say the same thing twice",
+                        "keep one: step_s in seconds, or steps_per_beat at tempo_bpm")
+        step = preset.seconds_per_step(1)
+        if preset.note_s > step + 1e-12:
+            raise _fail(source, "[timing] note_s", f"a note ({preset.note_s:g} s) is longer than a step "
+                        f"({step:g} s), so a layer's notes would overlap", f"make note_s <= {step:g}")
+    elif "step_s" in timing or "steps_per_beat" in timing:
+        raise _fail(source, "[timing] step_s/steps_per_beat", 'applies only when layout = "chord"',
+                    "remove it; a sequential step lasts layers x note_s + gap_s")
+    if preset.attack_s + preset.release_s > preset.note_s + 1e-12:
+        raise _fail(source, "[sound] attack_s/release_s", f"attack ({preset.attack_s:g} s) plus release "
+                    f"({preset.release_s:g} s) is longer than a note ({preset.note_s:g} s)",
+                    "shorten them, or lengthen [timing] note_s")
+    if preset.max_frequency_hz >= preset.sample_rate / 2:
+        raise _fail(source, "[sound] max_frequency_hz", f"{preset.max_frequency_hz:g} Hz is not below the "
+                    f"Nyquist frequency ({preset.sample_rate / 2:g} Hz) of sample_rate {preset.sample_rate}",
+                    f"set it below {preset.sample_rate / 2:g}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding and loading
+
+
+def _builtin_dir() -> Path:
+    try:
+        folder = Path(str(resources.files("bridge.mappings")))
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "mappings"
+    return folder
+
+
+def builtin_names() -> list[str]:
+    """Names of the presets shipped with gradbridge, sorted."""
+    return sorted(p.stem for p in _builtin_dir().glob("*.toml"))
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """Load a preset by built-in name (``"pentatonic"``) or by path to a ``.toml`` file."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"mapping must be a preset name or a path, got {type(name_or_path).__name__}")
+    text = str(name_or_path)
+    path = Path(text)
+    looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text
+    if not looks_like_path:
+        builtin = _builtin_dir() / f"{text}.toml"
+        if not builtin.is_file():
+            names = builtin_names()
+            close = difflib.get_close_matches(text, names, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise PresetError(f'unknown mapping preset "{text}"{hint}. Built-in presets: {", ".join(names)}. '
+                              "Fix: pass one of those names, or the path to your own .toml file")
+        path = builtin
+    if not path.is_file():
+        raise PresetError(f"{path}: no such preset file. Fix: check the path, or use a built-in preset: "
+                          + ", ".join(builtin_names()))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise PresetError(f"{path}: not valid TOML ({err}). Fix: correct the syntax at that line; "
+                          "see mappings/perone2019.toml for a working example") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PresetError(f"{path}: cannot be read ({err}). Fix: check the file's permissions and "
+                          "that it is UTF-8 text") from None
+    return parse_preset(data, str(path))
+
+
+def preset_fields() -> list[str]:
+    """Names of every field a ``Preset`` has (for tools that print or compare presets)."""
+    return [f.name for f in fields(Preset)]
