@@ -1,0 +1,410 @@
+"""Capture: find a model's layers, read all their gradient norms in one fused pass, hook the optimizer.
+
+The training thread does only the norm pass and a non-blocking hand-off: no ``.item()``, no I/O. On CUDA
+the norms, loss and learning rate travel to the host in one asynchronous copy into pinned memory; the
+``PendingFrame`` handed on is finished (``resolve()``) later, on the consumer's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from bridge.frames import Frame
+
+logger = logging.getLogger("bridge")
+
+PARAM_MODES = ("all", "weights")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class FrameLike(Protocol):
+    """Anything that becomes a ``Frame`` when resolved: a ``Frame`` itself or a ``PendingFrame``."""
+
+    def resolve(self) -> Frame: ...
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One measured channel: a module's own parameters, or a group of modules' parameters.
+
+    Attributes:
+        name: the module's qualified name (the root module: its class name), or the group's name.
+        parameter_names: qualified names of the parameters measured, e.g. ``("fc1.weight", "fc1.bias")``.
+        parameters: the parameters themselves, in the same order (not compared, not printed).
+    """
+
+    name: str
+    parameter_names: tuple[str, ...]
+    parameters: tuple[torch.nn.Parameter, ...] = field(compare=False, repr=False)
+
+
+def _compile(pattern: str, what: str) -> re.Pattern[str]:
+    if not isinstance(pattern, str):
+        raise TypeError(f"{what} must be a regular expression string; got {type(pattern).__name__}")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(
+            f"{what} {pattern!r} is not a valid regular expression ({exc}); "
+            "fix the pattern, e.g. escape dots as '\\.'"
+        ) from exc
+
+
+def _group_of(
+    name: str, groups: list[tuple[str, re.Pattern[str]]] | None, depth: int | None
+) -> str:
+    if groups is not None:
+        for group_name, pattern in groups:
+            if pattern.search(name):
+                return group_name
+        return name
+    if depth is not None:
+        return ".".join(name.split(".")[:depth])
+    return name
+
+
+def find_layers(
+    model: torch.nn.Module,
+    *,
+    include: str | None = None,
+    params: str = "all",
+    groups: Mapping[str, str] | None = None,
+    depth: int | None = None,
+) -> list[Layer]:
+    """List the layers to measure, in module registration order.
+
+    A layer is every module owning trainable parameters directly, named by its qualified name (the root
+    module by its class name). ``include`` keeps only modules whose name matches (``re.search``, before
+    grouping). ``params``: ``"all"`` measures every parameter of a module, ``"weights"`` only those named
+    ``weight``. ``groups`` ({layer name: regex}) merges the modules whose name matches a regex into one
+    layer (first matching group wins; a group sits where its first module sits); ``depth`` merges modules
+    by the first ``depth`` dot-separated parts of their name. Raises ``ValueError`` when nothing matches.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if params not in PARAM_MODES:
+        raise ValueError(f"params must be one of {PARAM_MODES}; got {params!r}")
+    if groups is not None and depth is not None:
+        raise ValueError(
+            f"give either groups or depth, not both (got groups={dict(groups)!r}, depth={depth!r}); "
+            "use groups for names chosen by regex, depth for grouping by name prefix"
+        )
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int)):
+        raise TypeError(f"depth must be an int >= 1; got {type(depth).__name__}")
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be >= 1 (1 groups 'encoder.0.fc' as 'encoder'); got {depth}")
+    include_re = None if include is None else _compile(include, "include")
+    group_res = None
+    if groups is not None:
+        if not isinstance(groups, Mapping):
+            raise TypeError(f"groups must map layer names to regexes; got {type(groups).__name__}")
+        group_res = [(str(k), _compile(v, f"groups[{k!r}]")) for k, v in groups.items()]
+
+    candidates: list[str] = []
+    merged: dict[str, tuple[list[str], list[torch.nn.Parameter]]] = {}
+    for qualified, module in model.named_modules():
+        owned = [
+            (pname, p)
+            for pname, p in module.named_parameters(recurse=False)
+            if p.requires_grad and (params == "all" or pname == "weight")
+        ]
+        if not owned:
+            continue
+        name = qualified or type(module).__name__
+        candidates.append(name)
+        if include_re is not None and not include_re.search(name):
+            continue
+        names, tensors = merged.setdefault(_group_of(name, group_res, depth), ([], []))
+        for pname, p in owned:
+            if not any(p is t for t in tensors):  # a shared (tied) parameter counts once per layer
+                names.append(f"{qualified}.{pname}" if qualified else pname)
+                tensors.append(p)
+
+    if not merged:
+        shown = candidates or [n or type(m).__name__ for n, m in model.named_modules()]
+        listing = ", ".join(shown[:10]) + (f", ... ({len(shown)} in all)" if len(shown) > 10 else "")
+        asked = f"include={include!r}, params={params!r}"
+        what = "modules with trainable parameters" if candidates else "modules (none has trainable parameters)"
+        raise ValueError(
+            f"no layer found in {type(model).__name__} for {asked}; {what}: {listing}; "
+            "loosen include, use params='all', or set requires_grad on the parameters to measure"
+        )
+    return [Layer(n, tuple(pn), tuple(ps)) for n, (pn, ps) in merged.items()]
+
+
+def _sparse_norm(grad: torch.Tensor) -> torch.Tensor:
+    """L2 norm of one gradient of any layout (sparse COO gradients are coalesced first)."""
+    if grad.layout == torch.sparse_coo:
+        grad = grad.coalesce().values()
+    elif grad.layout != torch.strided:
+        grad = grad.values()
+    return torch.linalg.vector_norm(grad)
+
+
+class NormReader:
+    """Per-layer L2 gradient norms of fixed layers, computed in one fused pass per device and dtype.
+
+    ``read()`` returns a 1-D float64 tensor (one norm per layer, on the first parameter's device) without
+    synchronising with the device. A layer of several parameters gets sqrt(sum of their squared norms),
+    squared in float64; a parameter without gradient counts 0; NaN and Inf propagate.
+    """
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("NormReader needs at least one layer; got none (see find_layers)")
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers must hold Layer objects; got {type(layer).__name__}")
+            if not layer.parameters:
+                raise ValueError(f"layer {layer.name!r} has no parameters to measure")
+        self.layer_names: tuple[str, ...] = tuple(layer.name for layer in layers)
+        self._device = layers[0].parameters[0].device
+        # (device, dtype) -> (parameters, layer index of each as a tensor on that device)
+        owners: dict[tuple[torch.device, torch.dtype], tuple[list[torch.nn.Parameter], list[int]]] = {}
+        for index, layer in enumerate(layers):
+            for p in layer.parameters:
+                ps, idx = owners.setdefault((p.device, p.dtype), ([], []))
+                ps.append(p)
+                idx.append(index)
+        self._groups = [
+            (device, dtype, ps, torch.tensor(idx, dtype=torch.long, device=device))
+            for (device, dtype), (ps, idx) in owners.items()
+        ]
+        self._zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._fused_failed: set[tuple[torch.device, torch.dtype]] = set()
+
+    @property
+    def layer_count(self) -> int:
+        """Number of layers read."""
+        return len(self.layer_names)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the tensor ``read()`` returns."""
+        return self._device
+
+    def _zero(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        zero = self._zeros.get((device, dtype))
+        if zero is None:
+            zero = self._zeros[(device, dtype)] = torch.zeros((), dtype=dtype, device=device)
+        return zero
+
+    def _group_norms(
+        self, device: torch.device, dtype: torch.dtype, grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        key = (device, dtype)
+        fused = hasattr(torch, "_foreach_norm") and key not in self._fused_failed
+        if fused and all(g.layout == torch.strided for g in grads):
+            try:
+                if dtype in _LOW_PRECISION:  # a float16 norm overflows above 65504
+                    return list(torch._foreach_norm(grads, 2, dtype=torch.float32))
+                return list(torch._foreach_norm(grads))
+            except (RuntimeError, NotImplementedError, TypeError) as exc:
+                self._fused_failed.add(key)
+                logger.warning(
+                    "fused norm pass failed on %s %s (%s: %s); measuring each gradient on its own from now on",
+                    device, dtype, type(exc).__name__, exc,
+                )
+        return [_sparse_norm(g) for g in grads]
+
+    def read(self) -> torch.Tensor:
+        """Return the layers' gradient norms now: float64, shape ``(layers,)``, no host sync."""
+        squares = torch.zeros(self.layer_count, dtype=torch.float64, device=self._device)
+        for device, dtype, params, index in self._groups:
+            grads = [p.grad for p in params]
+            present = [g for g in grads if g is not None]
+            if not present:
+                continue
+            norms = iter(self._group_norms(device, dtype, present))
+            zero = self._zero(device, torch.float32 if dtype in _LOW_PRECISION else dtype.to_real())
+            stacked = torch.stack([zero if g is None else next(norms) for g in grads])
+            sq = stacked.to(torch.float64).square()
+            if device == self._device:
+                squares.index_add_(0, index, sq)
+            else:
+                part = torch.zeros(self.layer_count, dtype=torch.float64, device=device)
+                squares += part.index_add_(0, index, sq).to(self._device, non_blocking=True)
+        return squares.sqrt_()
+
+
+def _scalar_of(value: Any, what: str) -> float | torch.Tensor:
+    """A loss or learning rate as a float, or as a detached one-element tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{what} must be a single number; got a tensor of shape {tuple(value.shape)}")
+        return value.detach().reshape(1)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{what} must be a float or a one-element tensor; got {type(value).__name__}")
+
+
+class PendingFrame:
+    """A captured step whose numbers may still be in flight from the device; ``resolve()`` finishes it.
+
+    Call ``resolve()`` off the training thread: it waits for the device copy (if any) and returns the
+    ``Frame``. Resolving twice returns the same ``Frame``.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        time_s: float,
+        layer_count: int,
+        packed: torch.Tensor,
+        slots: Mapping[str, int | float | torch.Tensor],
+        event: Any = None,
+    ) -> None:
+        self.step = step
+        self.time_s = time_s
+        self._layer_count = layer_count
+        self._packed = packed
+        self._slots = dict(slots)
+        self._event = event
+        self._frame: Frame | None = None
+
+    def resolve(self) -> Frame:
+        """Wait for the numbers to reach the host and return the finished ``Frame``."""
+        if self._frame is None:
+            if self._event is not None:
+                self._event.synchronize()
+            values = self._packed.numpy().astype(np.float64, copy=True)
+            scalars = {}
+            for key, slot in self._slots.items():
+                if isinstance(slot, int):
+                    scalars[key] = float(values[slot])
+                elif isinstance(slot, torch.Tensor):
+                    scalars[key] = float(slot.to(torch.float64).numpy()[0])
+                else:
+                    scalars[key] = float(slot)
+            self._frame = Frame(
+                self.step, self.time_s, values[: self._layer_count], scalars["loss"], scalars["lr"]
+            )
+            self._packed = torch.empty(0)
+            self._slots = {}
+            self._event = None
+        return self._frame
+
+
+class Capture:
+    """Reads the layers' gradient norms at every optimizer step and hands a frame to ``on_frame``.
+
+    With ``auto`` (the default) an optimizer step pre-hook captures one frame per ``optimizer.step()``,
+    so gradient accumulation gives one frame per step. Without it, call ``step()`` after ``backward()``
+    and before ``zero_grad()``. ``on_frame`` receives a ``PendingFrame`` on the training thread and must
+    not block (``Dispatcher.submit`` is made for it). Nothing is stored on the model or the optimizer;
+    ``remove()`` (or leaving a ``with`` block) unregisters the hook.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        layers: Sequence[Layer] | None,
+        on_frame: Callable[[FrameLike], None],
+        *,
+        auto: bool = True,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
+        if not callable(on_frame):
+            raise TypeError(f"on_frame must be callable (e.g. Dispatcher.submit); got {type(on_frame).__name__}")
+        self._reader = NormReader(find_layers(model) if layers is None else layers)
+        self._optimizer = optimizer
+        self._on_frame = on_frame
+        self._next_step = 0
+        self._loss: float | torch.Tensor | None = None
+        self._handle: Any = None
+        self.errors = 0
+        self.first_error: str | None = None
+        if auto:
+            if optimizer is None:
+                raise ValueError("auto=True hooks the optimizer, but optimizer is None; pass it or use auto=False")
+            self._handle = optimizer.register_step_pre_hook(self._hook)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """The measured layers' names, in the order of each frame's norms."""
+        return self._reader.layer_names
+
+    @property
+    def steps_captured(self) -> int:
+        """How many frames were captured so far (the next frame's step index)."""
+        return self._next_step
+
+    def record_loss(self, loss: float | torch.Tensor) -> None:
+        """Keep ``loss`` (a float or one-element tensor, detached, never read now) for the next frame."""
+        self._loss = _scalar_of(loss, "loss")
+
+    def step(self, loss: float | torch.Tensor | None = None) -> None:
+        """Capture a frame now (after ``backward()``, before ``zero_grad()``); errors propagate."""
+        if loss is not None:
+            self.record_loss(loss)
+        self._capture()
+
+    def _hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self._capture()
+        except Exception as exc:  # the training step must go on; report the first failure once
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "gradient capture failed at step %d (%s); training goes on without this frame",
+                    self._next_step - 1, self.first_error,
+                )
+
+    def _capture(self) -> None:
+        step, time_s = self._next_step, time.time()
+        self._next_step += 1  # a failed capture still uses its step index: steps count optimizer steps
+        norms = self._reader.read()
+        device = norms.device
+        loss, self._loss = self._loss, None
+        lr: Any = math.nan
+        if self._optimizer is not None and self._optimizer.param_groups:
+            lr = self._optimizer.param_groups[0].get("lr", math.nan)
+        parts = [norms]
+        slots: dict[str, int | float | torch.Tensor] = {}
+        for key, value in (("loss", math.nan if loss is None else loss), ("lr", lr)):
+            scalar = _scalar_of(value, key)
+            if not isinstance(scalar, torch.Tensor):
+                slots[key] = scalar
+            elif scalar.device.type == "cpu" and device.type != "cpu":
+                slots[key] = scalar.clone()  # already on the host: no transfer needed
+            else:
+                slots[key] = sum(p.numel() for p in parts)
+                parts.append(scalar.to(device=device, dtype=torch.float64, non_blocking=True))
+        packed = torch.cat(parts) if len(parts) > 1 else norms
+        event = None
+        if device.type == "cuda":
+            host = torch.empty(packed.shape, dtype=torch.float64, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            packed = host
+        elif device.type != "cpu":
+            packed = packed.to("cpu")
+        self._on_frame(PendingFrame(step, time_s, self._reader.layer_count, packed, slots, event))
+
+    def remove(self) -> None:
+        """Unregister the optimizer hook; safe to call twice."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

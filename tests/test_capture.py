@@ -1,0 +1,494 @@
+"""Tests for bridge.capture: layer discovery, the fused norm pass, and the optimizer hook."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bridge.capture import Capture, Layer, NormReader, PendingFrame, find_layers
+from bridge.frames import Frame
+
+
+def linear(weight: list[list[float]], bias: list[float] | None = None) -> nn.Linear:
+    """A Linear layer whose gradients are set by hand (values in the parameters do not matter)."""
+    out_features, in_features = len(weight), len(weight[0])
+    layer = nn.Linear(in_features, out_features, bias=bias is not None)
+    layer.weight.grad = torch.tensor(weight)
+    if bias is not None:
+        layer.bias.grad = torch.tensor(bias)
+    return layer
+
+
+def read(model: nn.Module, **kwargs: object) -> list[float]:
+    return NormReader(find_layers(model, **kwargs)).read().tolist()
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = linear([[3.0, 4.0]], [12.0])  # norms: weight 5, bias 12, both 13
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(Block(), Block())
+        self.head = linear([[0.0, 2.0]], [0.0])
+
+
+# --- find_layers and NormReader on hand-set gradients -----------------------------------------
+
+
+def test_all_parameters_and_weights_only() -> None:
+    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]))
+    assert read(model) == [13.0]  # sqrt(3² + 4² + 12²) = sqrt(169)
+    assert read(model, params="weights") == [5.0]  # sqrt(3² + 4²)
+    layer = find_layers(model)[0]
+    assert layer == Layer("0", ("0.weight", "0.bias"), ())
+    assert find_layers(model, params="weights")[0].parameter_names == ("0.weight",)
+
+
+def test_registration_order_not_alphabetical() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.zeta = linear([[1.0]])
+            self.alpha = linear([[2.0]])
+            self.mid = nn.ReLU()  # owns no parameters: not a layer
+            self.beta = linear([[3.0]])
+
+    model = Net()
+    assert [layer.name for layer in find_layers(model)] == ["zeta", "alpha", "beta"]
+    assert read(model) == [1.0, 2.0, 3.0]
+
+
+def test_root_module_is_named_by_its_class() -> None:
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = nn.Parameter(torch.zeros(2))
+            self.inner = linear([[6.0, 8.0]])
+
+    model = Scale()
+    model.gain.grad = torch.tensor([5.0, 12.0])
+    layers = find_layers(model)
+    assert [layer.name for layer in layers] == ["Scale", "inner"]
+    assert layers[0].parameter_names == ("gain",)
+    assert read(model) == [13.0, 10.0]
+
+
+def test_groups_merge_matching_modules_as_root_sum_square() -> None:
+    model = Encoder()
+    layers = find_layers(model, groups={"enc": r"^encoder\."})
+    assert [layer.name for layer in layers] == ["enc", "head"]
+    assert layers[0].parameter_names == (
+        "encoder.0.fc.weight", "encoder.0.fc.bias", "encoder.1.fc.weight", "encoder.1.fc.bias",
+    )
+    # two blocks of norm 13 each: sqrt(169 + 169) = 13·sqrt(2); head: sqrt(0 + 4 + 0) = 2
+    assert read(model, groups={"enc": r"^encoder\."}) == pytest.approx([13.0 * math.sqrt(2.0), 2.0], rel=1e-15)
+
+
+def test_group_sits_where_its_first_module_sits_and_first_group_wins() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = linear([[1.0]])
+            self.b_attn = linear([[2.0]])
+            self.c = linear([[4.0]])
+            self.d_attn = linear([[8.0]])
+
+    groups = {"attention": "attn", "everything": "."}
+    layers = find_layers(Net(), groups=groups)
+    assert [layer.name for layer in layers] == ["everything", "attention"]
+    assert read(Net(), groups={"attention": "attn"}) == pytest.approx([1.0, math.sqrt(4 + 64), 4.0])
+    assert [x.name for x in find_layers(Net(), groups={"attention": "attn"})] == ["a", "attention", "c"]
+
+
+def test_depth_groups_by_name_prefix() -> None:
+    model = Encoder()
+    layers = find_layers(model, depth=1)
+    assert [layer.name for layer in layers] == ["encoder", "head"]
+    assert read(model, depth=1) == pytest.approx([13.0 * math.sqrt(2.0), 2.0], rel=1e-15)
+    assert [layer.name for layer in find_layers(model, depth=2)] == ["encoder.0", "encoder.1", "head"]
+    assert [layer.name for layer in find_layers(model, depth=9)] == ["encoder.0.fc", "encoder.1.fc", "head"]
+
+
+def test_include_keeps_matching_modules() -> None:
+    model = Encoder()
+    assert [layer.name for layer in find_layers(model, include=r"\.1\.")] == ["encoder.1.fc"]
+    assert read(model, include="head") == [2.0]
+    assert read(model, include="encoder", depth=1) == pytest.approx([13.0 * math.sqrt(2.0)], rel=1e-15)
+
+
+def test_frozen_parameters_are_not_measured() -> None:
+    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), linear([[1.0]]))
+    model[0].bias.requires_grad_(False)
+    model[1].weight.requires_grad_(False)
+    layers = find_layers(model)
+    assert [layer.parameter_names for layer in layers] == [("0.weight",)]
+    assert read(model) == [5.0]
+
+
+def test_missing_gradient_counts_zero() -> None:
+    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), nn.Linear(3, 3))  # second layer: grads None
+    model[0].bias.grad = None
+    assert read(model) == [5.0, 0.0]
+
+
+def test_nan_and_inf_propagate() -> None:
+    model = nn.Sequential(
+        linear([[math.nan, 1.0]], [1.0]),
+        linear([[math.inf, 1.0]], [1.0]),
+        linear([[math.inf]], [math.nan]),
+        linear([[3.0, 4.0]]),
+    )
+    norms = read(model)
+    assert math.isnan(norms[0])
+    assert norms[1] == math.inf
+    assert math.isnan(norms[2])  # inf² + nan² is nan
+    assert norms[3] == 5.0
+
+
+def test_huge_float32_gradients_do_not_overflow() -> None:
+    big = float(np.float32(1e30))  # the float32 nearest 1e30
+    model = nn.Sequential(linear([[1e30]]), linear([[1e30]], [1e30]))
+    norms = read(model)
+    assert norms[0] == big
+    # squaring 1e30 in float32 would overflow (max 3.4e38); in float64 it gives sqrt(2)·1e30
+    assert norms[1] == pytest.approx(math.sqrt(2.0) * big, rel=1e-15)
+
+
+def test_half_precision_norm_above_float16_range() -> None:
+    layer = nn.Linear(3, 1, bias=False).half()
+    layer.weight.grad = torch.full((1, 3), 60000.0, dtype=torch.float16)  # each element fits float16
+    # sqrt(3) * 60000 = 103923.05, above float16's 65504
+    assert read(layer) == pytest.approx([60000.0 * math.sqrt(3.0)], rel=1e-6)
+
+
+def test_sparse_gradients_fall_back_to_per_tensor_norms() -> None:
+    model = nn.Sequential(nn.Embedding(5, 2, sparse=True), linear([[3.0, 4.0]]))
+    model[0](torch.tensor([1, 1, 3])).sum().backward()  # rows 1 (twice) and 3: grads 2,2 and 1,1
+    assert model[0].weight.grad.is_sparse
+    assert read(model) == pytest.approx([math.sqrt(4 + 4 + 1 + 1), 5.0], rel=1e-6)
+
+
+def test_tied_parameter_counts_once_in_a_group() -> None:
+    shared = linear([[3.0, 4.0]])
+    other = nn.Linear(2, 1, bias=False)
+    other.weight = shared.weight
+    model = nn.Sequential(shared, other)
+    assert read(model) == [5.0, 5.0]  # each module measures it
+    assert read(model, groups={"both": "."}) == [5.0]  # not sqrt(50)
+
+
+def test_find_layers_errors_explain_what_exists() -> None:
+    model = Encoder()
+    with pytest.raises(ValueError, match=r"include='nothing'.*encoder\.0\.fc, encoder\.1\.fc, head"):
+        find_layers(model, include="nothing")
+    with pytest.raises(ValueError, match=r"include '\(' is not a valid regular expression"):
+        find_layers(model, include="(")
+    with pytest.raises(ValueError, match=r"groups\['g'\] '\[' is not a valid"):
+        find_layers(model, groups={"g": "["})
+    with pytest.raises(ValueError, match=r"params must be one of \('all', 'weights'\); got 'bias'"):
+        find_layers(model, params="bias")
+    with pytest.raises(ValueError, match="either groups or depth, not both"):
+        find_layers(model, groups={"g": "."}, depth=1)
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        find_layers(model, depth=0)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        find_layers("model")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"none has trainable parameters\): Sequential, 0"):
+        find_layers(nn.Sequential(nn.ReLU()))
+
+
+def test_many_modules_are_listed_up_to_ten() -> None:
+    model = nn.Sequential(*[nn.Linear(1, 1) for _ in range(12)])
+    with pytest.raises(ValueError, match=r": 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\. \(12 in all\)"):
+        find_layers(model, include="x")
+
+
+# --- the hook in a real training loop -----------------------------------------------------------
+
+
+def make_run(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, optimizer, torch.randn(8, 3), torch.randn(8, 2)
+
+
+def expected_norms(model: nn.Module) -> list[float]:
+    """Each Linear's norm, computed independently: sqrt(|dW|² + |db|²) in float64."""
+    out = []
+    for layer in (model[0], model[2]):
+        w = torch.linalg.vector_norm(layer.weight.grad.double())
+        b = torch.linalg.vector_norm(layer.bias.grad.double())
+        out.append(math.sqrt(w.item() ** 2 + b.item() ** 2))
+    return out
+
+
+def test_one_frame_per_optimizer_step_with_norms_loss_and_lr() -> None:
+    model, optimizer, x, y = make_run()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    pending: list[PendingFrame] = []
+    expected, losses = [], []
+    with Capture(model, optimizer, find_layers(model), pending.append) as capture:
+        assert capture.layer_names == ("0", "2")
+        for _ in range(4):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            capture.record_loss(loss)
+            expected.append(expected_norms(model))
+            losses.append(loss.item())
+            optimizer.step()
+            scheduler.step()
+    frames = [p.resolve() for p in pending]
+    assert [f.step for f in frames] == [0, 1, 2, 3]
+    assert [f.lr for f in frames] == [0.1, 0.05, 0.025, 0.0125]
+    assert [f.loss for f in frames] == pytest.approx(losses, rel=1e-7)
+    for frame, norms in zip(frames, expected):
+        assert frame.norms.dtype == np.float64
+        np.testing.assert_allclose(frame.norms, norms, rtol=1e-6)
+    assert frames[0].norms[0] != frames[1].norms[0]  # the gradients really changed
+    assert pending[0].resolve() is frames[0]
+
+
+def test_loss_is_nan_unless_recorded_and_is_used_once() -> None:
+    model, optimizer, x, y = make_run()
+    pending: list[PendingFrame] = []
+    with Capture(model, optimizer, None, pending.append) as capture:
+        for i in range(3):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            if i == 1:
+                capture.record_loss(2.5)
+            optimizer.step()
+    losses = [p.resolve().loss for p in pending]
+    assert math.isnan(losses[0]) and losses[1] == 2.5 and math.isnan(losses[2])
+
+
+def test_gradient_accumulation_gives_one_frame_per_step() -> None:
+    model, optimizer, x, y = make_run()
+    pending: list[PendingFrame] = []
+    expected = []
+    with Capture(model, optimizer, find_layers(model), pending.append):
+        for _ in range(3):
+            optimizer.zero_grad()
+            for half in (x[:4], x[4:]):
+                nn.functional.mse_loss(model(half), y[:4]).backward()
+            expected.append(expected_norms(model))
+            optimizer.step()
+    frames = [p.resolve() for p in pending]
+    assert [f.step for f in frames] == [0, 1, 2]
+    for frame, norms in zip(frames, expected):
+        np.testing.assert_allclose(frame.norms, norms, rtol=1e-6)
+
+
+def test_remove_and_context_exit_stop_frames() -> None:
+    model, optimizer, x, y = make_run()
+    got: list[PendingFrame] = []
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+    capture = Capture(model, optimizer, None, got.append)
+    train_step()
+    capture.remove()
+    capture.remove()  # twice is fine
+    train_step()
+    assert len(got) == 1
+    with Capture(model, optimizer, None, got.append):
+        train_step()
+        train_step()
+    train_step()
+    assert [p.resolve().step for p in got] == [0, 0, 1]
+
+
+def test_nothing_is_stored_on_model_or_optimizer() -> None:
+    model, optimizer, x, y = make_run()
+    model_keys = {name: set(vars(m)) for name, m in model.named_modules()}
+    optimizer_keys = set(vars(optimizer))
+    hooks_before = len(optimizer._optimizer_step_pre_hooks)
+    with Capture(model, optimizer, None, lambda frame: None):
+        assert len(optimizer._optimizer_step_pre_hooks) == hooks_before + 1
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    assert {name: set(vars(m)) for name, m in model.named_modules()} == model_keys
+    assert set(vars(optimizer)) == optimizer_keys
+    assert len(optimizer._optimizer_step_pre_hooks) == hooks_before
+
+
+def test_explicit_step_without_hook() -> None:
+    model, optimizer, x, y = make_run()
+    pending: list[PendingFrame] = []
+    capture = Capture(model, None, None, pending.append, auto=False)
+    loss = nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    norms = expected_norms(model)
+    capture.step(loss=loss)
+    optimizer.step()  # not hooked: no second frame
+    frame = pending[0].resolve()
+    assert len(pending) == 1
+    assert frame.step == 0 and frame.loss == pytest.approx(loss.item(), rel=1e-7)
+    assert math.isnan(frame.lr)  # no optimizer given
+    np.testing.assert_allclose(frame.norms, norms, rtol=1e-6)
+
+
+def test_one_fused_pass_and_no_item_in_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, optimizer, x, y = make_run()
+    calls = {"foreach_norm": 0, "item": 0, "tolist": 0, "float": 0}
+    real_norm = torch._foreach_norm
+    real_item, real_tolist, real_float = torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__
+
+    def counting(name: str, real):  # type: ignore[no-untyped-def]
+        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return spy
+
+    pending: list[PendingFrame] = []
+    capture = Capture(model, optimizer, None, pending.append)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        capture.record_loss(loss)
+        monkeypatch.setattr(torch, "_foreach_norm", counting("foreach_norm", real_norm))
+        monkeypatch.setattr(torch.Tensor, "item", counting("item", real_item))
+        monkeypatch.setattr(torch.Tensor, "tolist", counting("tolist", real_tolist))
+        monkeypatch.setattr(torch.Tensor, "__float__", counting("float", real_float))
+        optimizer.step()
+        monkeypatch.undo()
+    capture.remove()
+    assert calls == {"foreach_norm": 3, "item": 0, "tolist": 0, "float": 0}  # one pass per step, all on CPU
+    assert len(pending) == 3
+
+
+def test_one_pass_per_dtype_when_parameters_differ_in_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(linear([[3.0, 4.0]]), nn.Linear(1, 1, bias=False).double())
+    model[1].weight.grad = torch.tensor([[-7.0]], dtype=torch.float64)
+    reader = NormReader(find_layers(model))
+    real = torch._foreach_norm
+    seen: list[torch.dtype] = []
+    monkeypatch.setattr(torch, "_foreach_norm", lambda ts, *a, **k: seen.append(ts[0].dtype) or real(ts, *a, **k))
+    assert reader.read().tolist() == [5.0, 7.0]
+    assert seen == [torch.float32, torch.float64]
+
+
+def test_failed_fused_pass_falls_back_and_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no fused kernel here")
+
+    monkeypatch.setattr(torch, "_foreach_norm", broken)
+    reader = NormReader(find_layers(nn.Sequential(linear([[3.0, 4.0]], [12.0]))))
+    with caplog.at_level(logging.WARNING, logger="bridge"):
+        assert reader.read().tolist() == [13.0]
+        assert reader.read().tolist() == [13.0]
+    assert len(caplog.records) == 1
+    assert "no fused kernel here" in caplog.records[0].getMessage()
+
+
+def test_failing_on_frame_is_reported_once_and_training_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    model, optimizer, x, y = make_run()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def broken(frame: object) -> None:
+        raise OSError("queue gone")
+
+    capture = Capture(model, optimizer, None, broken)
+    with caplog.at_level(logging.WARNING, logger="bridge"):
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    capture.remove()
+    assert capture.errors == 3 and capture.first_error == "OSError: queue gone"
+    assert [r.getMessage() for r in caplog.records] == [
+        "gradient capture failed at step 0 (OSError: queue gone); training goes on without this frame"
+    ]
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # steps were taken
+
+
+def test_capture_argument_errors() -> None:
+    model, optimizer, _, _ = make_run()
+    with pytest.raises(ValueError, match="optimizer is None"):
+        Capture(model, None, None, print)
+    with pytest.raises(TypeError, match="on_frame must be callable"):
+        Capture(model, optimizer, None, "print")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="optimizer must be"):
+        Capture(model, "sgd", None, print)  # type: ignore[arg-type]
+    capture = Capture(model, optimizer, None, print, auto=False)
+    with pytest.raises(ValueError, match=r"loss must be a single number; got a tensor of shape \(2,\)"):
+        capture.record_loss(torch.zeros(2))
+    with pytest.raises(TypeError, match="loss must be a float"):
+        capture.record_loss("low")  # type: ignore[arg-type]
+
+
+def test_capture_feeds_a_dispatcher() -> None:
+    from bridge.dispatch import Dispatcher
+
+    class Keep:
+        name = "keep"
+
+        def __init__(self) -> None:
+            self.frames: list[Frame] = []
+
+        def handle(self, frame: Frame) -> None:
+            self.frames.append(frame)
+
+        def close(self) -> None:
+            pass
+
+    model, optimizer, x, y = make_run()
+    keep = Keep()
+    expected = []
+    with Dispatcher([keep]) as dispatcher, Capture(model, optimizer, None, dispatcher.submit):
+        for _ in range(5):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            expected.append(expected_norms(model))
+            optimizer.step()
+    assert [f.step for f in keep.frames] == [0, 1, 2, 3, 4]
+    assert all(isinstance(f, Frame) and isinstance(f.norms, np.ndarray) for f in keep.frames)
+    np.testing.assert_allclose(np.stack([f.norms for f in keep.frames]), expected, rtol=1e-6)
+
+
+@pytest.fixture
+def cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device; this torch build or machine has none")
+    return torch.device("cuda")
+
+
+def test_cuda_frames_match_host_norms(cuda: torch.device) -> None:
+    model, optimizer, x, y = make_run()
+    model.to(cuda)
+    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device=cuda))
+    x, y = x.to(cuda), y.to(cuda)
+    pending: list[PendingFrame] = []
+    expected, losses = [], []
+    with Capture(model, optimizer, None, pending.append) as capture:
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            capture.record_loss(loss)
+            expected.append(expected_norms(model))
+            losses.append(loss.item())
+            optimizer.step()
+    frames = [p.resolve() for p in pending]
+    assert [f.step for f in frames] == [0, 1, 2]
+    assert [f.lr for f in frames] == pytest.approx([0.1] * 3, rel=1e-7)
+    assert [f.loss for f in frames] == pytest.approx(losses, rel=1e-6)
+    np.testing.assert_allclose(np.stack([f.norms for f in frames]), expected, rtol=1e-5)
