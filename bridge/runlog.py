@@ -7,7 +7,7 @@ A ``.gbrun`` file is little-endian throughout. The header is written once, when 
     5       2      format version, uint16 (1)
     7       4      N, length of the JSON that follows, uint32
     11      N      UTF-8 JSON {"layer_names": [...], "metadata": {...}}  (``RunInfo``)
-    11+N    4      CRC32 of bytes 0 .. 11+N, uint32
+    11+N    4      CRC32 of the 11 + N bytes before it, uint32
 
 then one fixed-size record per frame, ``record_bytes(L) = 36 + 4 × L`` bytes for L layers::
 
