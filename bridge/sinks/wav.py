@@ -1,0 +1,167 @@
+"""The WAV sink: the built-in synth's audio, streamed into a RIFF/WAVE file as the run goes.
+
+The header is written at ``open`` with zero sizes, samples are appended as the synth finishes them, and
+the sizes are patched in place every few seconds of audio and at ``close``, so a run cut short still
+leaves a file that players open (up to its last patch). Formats: 16-bit PCM (``"int16"``, the default,
+``round(x × 32767)`` after clipping to [-1, 1]) or 32-bit IEEE float (``"float32"``, format tag 3 with
+the ``fact`` chunk that format requires).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from bridge.errors import SinkError
+from bridge.events import Arrangement, StepEvents
+from bridge.sinks.synth import Synth
+
+#: Sample formats a WAV file can be written in.
+SAMPLE_FORMATS = ("int16", "float32")
+
+_WAVE_FORMAT_PCM = 1
+_WAVE_FORMAT_IEEE_FLOAT = 3
+_RIFF_LIMIT = 0xFFFFFFFF  # RIFF sizes are 32-bit
+_CHUNK_FRAMES = 1 << 16  # frames popped from the synth at once (bounds memory across long silences)
+_PATCH_EVERY_S = 5.0  # seconds of audio between header updates
+
+
+class WavSink:
+    """Writes the run's audio to a WAV file.
+
+    Args:
+        path: file to create (overwritten if it exists); its folder must exist.
+        sample_format: ``"int16"`` (16-bit PCM) or ``"float32"`` (IEEE float).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, sample_format: str = "int16") -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"WavSink path must be a str or os.PathLike, got {type(path).__name__}")
+        if sample_format not in SAMPLE_FORMATS:
+            raise ValueError(f"WavSink sample_format must be one of {SAMPLE_FORMATS}; got {sample_format!r}. "
+                             "Use 'int16' for the widest compatibility, 'float32' to keep every sample exactly.")
+        self.name = "wav"
+        self.path = Path(path)
+        self.sample_format = sample_format
+        self._file: BinaryIO | None = None
+        self._synth: Synth | None = None
+        self._frames = 0
+        self._frames_at_patch = 0
+        self._channels = 1
+        self._sample_rate = 0
+
+    @property
+    def frames_written(self) -> int:
+        """Sample frames written so far (one frame = one sample per channel)."""
+        return self._frames
+
+    def open(self, arrangement: Arrangement) -> None:
+        """Create the file and write its header for ``arrangement``'s sample rate and channels."""
+        if self._file is not None:
+            raise SinkError(f"WAV sink for {self.path} is already open; close it before opening it again")
+        synth = Synth(arrangement)  # validates the arrangement before any file is touched
+        try:
+            handle = open(self.path, "wb")  # noqa: SIM115 - kept open across send() calls, closed in close()
+        except OSError as error:
+            raise SinkError(f"cannot create WAV file {self.path}: {error.strerror or error}; check that the "
+                            "folder exists and is writable, or choose another path") from error
+        self._file, self._synth = handle, synth
+        self._channels, self._sample_rate = synth.audio_channels, synth.sample_rate
+        self._frames = self._frames_at_patch = 0
+        try:
+            handle.write(self._header())
+        except OSError as error:
+            self._abandon()
+            raise SinkError(f"cannot write WAV file {self.path}: {error.strerror or error}") from error
+
+    def send(self, events: StepEvents) -> None:
+        """Render one step and append every sample that is final."""
+        if self._synth is None:
+            raise SinkError("WavSink.send called before open(); the dispatcher opens sinks first")
+        self._synth.render(events)
+        while True:
+            samples = self._synth.pop_ready(max_frames=_CHUNK_FRAMES)
+            if samples.shape[0] == 0:
+                break
+            self._append(samples)
+        if self._frames - self._frames_at_patch >= _PATCH_EVERY_S * self._sample_rate:
+            self._patch_sizes()
+
+    def close(self) -> None:
+        """Write the tails of the last notes, patch the sizes, close the file. Idempotent."""
+        if self._file is None or self._synth is None:
+            return
+        try:
+            while True:
+                samples = self._synth.finish(max_frames=_CHUNK_FRAMES)
+                if samples.shape[0] == 0:
+                    break
+                self._append(samples)
+        finally:
+            try:
+                self._patch_sizes()
+            finally:
+                self._abandon()
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _abandon(self) -> None:
+        handle, self._file, self._synth = self._file, None, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError as error:
+                raise SinkError(f"cannot finish WAV file {self.path}: {error.strerror or error}") from error
+
+    def _append(self, samples: np.ndarray) -> None:
+        if self._file is None:
+            raise SinkError(f"WAV file {self.path} is not open")
+        if self.sample_format == "int16":
+            data = np.rint(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+        else:
+            data = np.clip(samples, -1.0, 1.0).astype("<f4")
+        if self._header_size() + (self._frames + samples.shape[0]) * self._block_align() > _RIFF_LIMIT:
+            raise SinkError(f"WAV file {self.path} reached the format's 4 GiB limit after {self._frames} frames; "
+                            "render shorter runs, or use fewer channels or 'int16'")
+        try:
+            self._file.write(data.tobytes())
+        except OSError as error:
+            raise SinkError(f"cannot write WAV file {self.path}: {error.strerror or error}") from error
+        self._frames += samples.shape[0]
+
+    def _block_align(self) -> int:
+        return self._channels * (2 if self.sample_format == "int16" else 4)
+
+    def _header_size(self) -> int:
+        return 44 if self.sample_format == "int16" else 58
+
+    def _header(self) -> bytes:
+        """RIFF header for ``self._frames`` frames: 44 bytes (PCM) or 58 bytes (float, with ``fact``)."""
+        data_size = self._frames * self._block_align()
+        rate, channels, align = self._sample_rate, self._channels, self._block_align()
+        if self.sample_format == "int16":
+            fmt = struct.pack("<HHIIHH", _WAVE_FORMAT_PCM, channels, rate, rate * align, align, 16)
+            chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        else:
+            fmt = struct.pack("<HHIIHHH", _WAVE_FORMAT_IEEE_FLOAT, channels, rate, rate * align, align, 32, 0)
+            chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, self._frames)
+        chunks += b"data" + struct.pack("<I", data_size)
+        return b"RIFF" + struct.pack("<I", 4 + len(chunks) + data_size) + b"WAVE" + chunks
+
+    def _patch_sizes(self) -> None:
+        """Rewrite the header in place with the sizes written so far; the file position is kept."""
+        if self._file is None:
+            raise SinkError(f"WAV file {self.path} is not open")
+        try:
+            end = self._file.tell()
+            self._file.seek(0)
+            self._file.write(self._header())
+            self._file.seek(end)
+            self._file.flush()
+        except OSError as error:
+            raise SinkError(f"cannot update WAV file {self.path}: {error.strerror or error}") from error
+        self._frames_at_patch = self._frames
