@@ -1,0 +1,235 @@
+"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``export``, ``mappings``.
+
+``render``, ``midi`` and ``export`` read a run log or a CSV of norms and never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from bridge.errors import GradbridgeError
+from bridge.frames import Frame
+
+EPILOG = """examples:
+  gradbridge demo                                  the 2019 post's experiment: demo.wav, demo.mid, demo.gbrun
+  gradbridge demo --optimizer sgd --lr 1.0 --batch-size 256 --steps 200   the post's diverging run
+  gradbridge render demo.gbrun -o run.wav --mapping pentatonic
+  gradbridge midi demo.gbrun -o run.mid --mapping daw
+  gradbridge export demo.gbrun -o norms.csv        a run log as CSV (render and midi read it back)
+  gradbridge mappings                              every preset, in plain words
+"""
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when the stream is not a terminal."""
+
+    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.stream = stream
+        self.width = width
+        self.enabled = stream.isatty()
+        self._last = -1
+
+    def update(self, done: int) -> None:
+        """Show ``done`` of ``total`` (redraws only when the percentage changes)."""
+        if not self.enabled:
+            return
+        percent = min(100, done * 100 // self.total)
+        if percent != self._last:
+            filled = self.width * percent // 100
+            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}%")
+            self.stream.flush()
+            self._last = percent
+
+    def finish(self) -> None:
+        """End the line."""
+        if self.enabled:
+            self.update(self.total)
+            self.stream.write("\n")
+
+
+def _counted(frames: Iterable[Frame], progress: Progress) -> Iterator[Frame]:
+    for done, frame in enumerate(frames, 1):
+        if done % 64 == 0:
+            progress.update(done)
+        yield frame
+    progress.finish()
+
+
+def _run_length(path: str) -> int:
+    """How many frames a run log holds (0 when unknown, e.g. a CSV)."""
+    from bridge.runlog import MAGIC, RunLogReader
+
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            return 0
+    return RunLogReader(path).records_on_disk
+
+
+def _mapping_for(run_metadata: dict[str, str], requested: str | None) -> str:
+    """The preset to use: the one asked for, else the one the run was recorded with, else pentatonic."""
+    return requested or run_metadata.get("mapping") or "pentatonic"
+
+
+def _offline(args: argparse.Namespace, make_sink: str) -> int:
+    from bridge.mapping import Mapping
+    from bridge.pipeline import render_frames
+    from bridge.runlog import open_run
+
+    info, frames = open_run(args.run)
+    mapping = Mapping.load(_mapping_for(info.metadata, args.mapping))
+    if make_sink == "wav":
+        from bridge.sinks.wav import WavSink
+
+        sink = WavSink(args.output, sample_format=args.format)
+    else:
+        from bridge.sinks.midi_file import MidiFileSink
+
+        sink = MidiFileSink(args.output)
+    print(f"gradbridge: {mapping.arrange(info.layer_names).description}", file=sys.stderr)
+    started = time.perf_counter()
+    progress = Progress(_run_length(args.run), f"{make_sink} {Path(args.output).name}")
+    stats = render_frames(_counted(frames, progress), mapping, info, [sink])
+    seconds = time.perf_counter() - started
+    music_s = stats.frames_done * mapping.arrangement.seconds_per_step
+    print(f"gradbridge: wrote {args.output}: {stats.frames_done} steps, {music_s:.2f} s of music "
+          f"in {seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render a run log or CSV to a WAV file with the built-in synth."""
+    return _offline(args, "wav")
+
+
+def cmd_midi(args: argparse.Namespace) -> int:
+    """Write a run log or CSV as a Standard MIDI File."""
+    return _offline(args, "midi")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run log as CSV (step, wall_time, loss, lr, one column per layer)."""
+    from bridge.runlog import open_run, write_csv
+
+    info, frames = open_run(args.run)
+    rows = write_csv(args.output, info, frames)
+    print(f"gradbridge: wrote {args.output}: {rows} steps x {len(info.layer_names)} layers", file=sys.stderr)
+    return 0
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    """List every built-in preset, described in plain words."""
+    from bridge.mapping import describe
+    from bridge.presets import builtin_names, load_preset
+
+    for name in builtin_names():
+        print(f"{name}\n    {describe(load_preset(name))}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the 2019 post's CNN on real digits and hear it: WAV, MIDI file and run log."""
+    from bridge.demo import DemoConfig, train_demo
+    from bridge.watching import watch
+
+    config = DemoConfig(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                        batch_size=args.batch_size, steps=args.steps, seed=args.seed, mnist_dir=args.mnist)
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise GradbridgeError(f"--out-dir {out} is not a directory. Fix: create it, or pass an existing folder")
+    wav, mid, run = (out / f"{args.name}{suffix}" for suffix in (".wav", ".mid", ".gbrun"))
+    print(f"gradbridge: training the 2019 post's CNN: {config.describe()}", file=sys.stderr)
+    progress = Progress(config.steps, "train")
+
+    def listen(model, optimizer):  # type: ignore[no-untyped-def]
+        return watch(model, optimizer, mapping=args.mapping, record=run, wav=wav, midi_file=mid,
+                     params="weights", wav_format=args.format)
+
+    result = train_demo(config, on_optimizer=listen,
+                        on_step=(lambda step, loss: progress.update(step + 1)) if progress.enabled else None)
+    progress.finish()
+    status = (f"diverged: loss became NaN/Inf at step {result.first_non_finite_step}"
+              if result.non_finite else f"final loss {result.final_loss:.4f}")
+    print(f"gradbridge: {result.steps} steps on {result.data_source}, {status}", file=sys.stderr)
+    print(f"gradbridge: wrote {wav}, {mid} and {run}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gradbridge`` command."""
+    parser = argparse.ArgumentParser(
+        prog="gradbridge", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Hear neural-network training: each layer's gradient norm becomes sound.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    verbs.required = True
+
+    demo = verbs.add_parser("demo", help="train the 2019 post's CNN on real digits and write what it sounds like",
+                            description=cmd_demo.__doc__)
+    demo.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default: sgd")
+    demo.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    demo.add_argument("--momentum", type=float, default=0.5, help="SGD momentum (default 0.5, as in the post)")
+    demo.add_argument("--batch-size", type=int, default=10, help="default 10, as in the post")
+    demo.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--mapping", default="perone2019", help="preset name or .toml path (default perone2019)")
+    demo.add_argument("--mnist", metavar="DIR", default=None,
+                      help="folder with MNIST's train-images-idx3-ubyte and train-labels-idx1-ubyte "
+                           "(default: scikit-learn's handwritten digits, offline)")
+    demo.add_argument("--out-dir", default=".", help="where to write the files (default: here)")
+    demo.add_argument("--name", default="demo", help="file name stem (default demo: demo.wav, demo.mid, demo.gbrun)")
+    demo.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
+    demo.set_defaults(func=cmd_demo)
+
+    for verb, func, what, default_out in (("render", cmd_render, "a WAV file with the built-in synth", "run.wav"),
+                                           ("midi", cmd_midi, "a Standard MIDI File (type 1)", "run.mid")):
+        sub = verbs.add_parser(verb, help=f"turn a run log or CSV into {what}", description=func.__doc__)
+        sub.add_argument("run", help="a run log (.gbrun) or a CSV with a 'step' column and one column per layer")
+        sub.add_argument("-o", "--output", default=default_out, help=f"output file (default {default_out})")
+        sub.add_argument("-m", "--mapping", default=None,
+                         help="preset name or .toml path (default: the run's own preset, else pentatonic)")
+        if verb == "render":
+            sub.add_argument("--format", choices=("int16", "float32"), default="int16",
+                             help="WAV samples (default int16)")
+        sub.set_defaults(func=func)
+
+    export = verbs.add_parser("export", help="write a run log as CSV", description=cmd_export.__doc__)
+    export.add_argument("run", help="a run log (.gbrun)")
+    export.add_argument("-o", "--output", default="norms.csv", help="output CSV (default norms.csv)")
+    export.set_defaults(func=cmd_export)
+
+    mappings = verbs.add_parser("mappings", help="list the presets in plain words", description=cmd_mappings.__doc__)
+    mappings.set_defaults(func=cmd_mappings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 a problem with input or output, 130 Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="gradbridge: %(message)s")
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # e.g. `gradbridge mappings | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        return 0
+    except KeyboardInterrupt:
+        print("gradbridge: interrupted; what was recorded so far has been written", file=sys.stderr)
+        return 130
+    except (GradbridgeError, ValueError, TypeError, OSError, RuntimeError, ImportError) as err:
+        if args.verbose:
+            raise
+        print(f"gradbridge: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

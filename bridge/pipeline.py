@@ -1,0 +1,116 @@
+"""The pipe from frames to sinks: mapping once per frame, each sink its own isolated consumer.
+
+Live runs (``bridge.watch``) put these consumers behind a ``Dispatcher`` thread; offline renders drive
+the same consumers with ``Dispatcher.run_sync``, so a rendered run and a live one are the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from bridge.dispatch import Consumer, Dispatcher, DispatchStats
+from bridge.events import Arrangement, StepEvents
+from bridge.frames import Frame, RunInfo
+from bridge.mapping import Mapping
+from bridge.runlog import RunLogWriter
+from bridge.sinks.base import Sink
+
+log = logging.getLogger("bridge")
+
+
+class SharedMapping:
+    """A mapping shared by several sinks: each frame is mapped once, whichever sink asks first."""
+
+    def __init__(self, mapping: Mapping, layer_names: Sequence[str]) -> None:
+        self.mapping = mapping
+        self.arrangement: Arrangement = mapping.arrange(tuple(layer_names))
+        self._last_frame: Frame | None = None
+        self._last_events: StepEvents | None = None
+
+    def events_for(self, frame: Frame) -> StepEvents:
+        """The events of ``frame`` (computed on the first call for that frame)."""
+        if frame is not self._last_frame or self._last_events is None:
+            self._last_events = self.mapping.map_frame(frame)
+            self._last_frame = frame
+        return self._last_events
+
+
+class SinkConsumer:
+    """Feeds one sink the mapped events of every frame."""
+
+    def __init__(self, sink: Sink, shared: SharedMapping) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self._shared = shared
+
+    def handle(self, frame: Frame) -> None:
+        self.sink.send(self._shared.events_for(frame))
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class RunLogConsumer:
+    """Appends every frame to the run log."""
+
+    name = "run log"
+
+    def __init__(self, writer: RunLogWriter) -> None:
+        self.writer = writer
+
+    def handle(self, frame: Frame) -> None:
+        self.writer.append(frame)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class Outputs:
+    """The consumers of a run, and the outputs that could not even be opened (reported, left out)."""
+
+    consumers: list[Consumer]
+    arrangement: Arrangement
+    failed_to_open: dict[str, str] = field(default_factory=dict)
+
+
+def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
+                  record: RunLogWriter | None = None) -> Outputs:
+    """Arrange the mapping for the run's layers, open every sink, and wrap each as a consumer.
+
+    A sink that fails to open (port missing, file unwritable) is reported once and left out; the others
+    and training go on. The run log comes first, so a frame is recorded even if every sink breaks.
+    """
+    shared = SharedMapping(mapping, run_info.layer_names)
+    outputs = Outputs(consumers=[], arrangement=shared.arrangement)
+    if record is not None:
+        outputs.consumers.append(RunLogConsumer(record))
+    for sink in sinks:
+        try:
+            sink.open(shared.arrangement)
+        except Exception as exc:  # isolate: a missing output must not stop the run
+            text = f"{type(exc).__name__}: {exc}"
+            outputs.failed_to_open[sink.name] = text
+            log.warning("output %r could not be opened (%s); going on without it", sink.name, text)
+            continue
+        outputs.consumers.append(SinkConsumer(sink, shared))
+    return outputs
+
+
+def render_frames(frames: Iterable[Frame], mapping: Mapping, run_info: RunInfo,
+                  sinks: Sequence[Sink]) -> DispatchStats:
+    """Offline: play ``frames`` (a run log, a CSV) through ``mapping`` into ``sinks`` on this thread.
+
+    Raises the first sink's error if a sink could not be opened or failed, after closing the others, so a
+    command-line render never reports success with a missing file.
+    """
+    outputs = build_outputs(mapping, run_info, sinks)
+    stats = Dispatcher(outputs.consumers).run_sync(frames)
+    problems = dict(outputs.failed_to_open)
+    problems.update(stats.first_errors)
+    if problems:
+        detail = "; ".join(f"{name}: {text}" for name, text in problems.items())
+        raise RuntimeError(f"rendering failed for {detail}")
+    return stats

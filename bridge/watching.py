@@ -1,0 +1,159 @@
+"""``bridge.watch``: attach to a model and optimizer, and hear the run.
+
+    with bridge.watch(model, optimizer, mapping="pentatonic", record="run.gbrun", wav="run.wav",
+                      midi_file="run.mid") as w:
+        for x, y in data:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            w.record_loss(loss)      # optional: the loss travels with the step's norms
+            optimizer.step()
+            optimizer.zero_grad()
+
+The training thread only computes the norms (one fused pass) and hands a frame to the dispatcher thread,
+which records it, maps it to events and feeds the sinks. Closing (the end of the ``with``, ``remove()``,
+Ctrl-C, an exception) drains what is queued, writes the files and prints what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping as MappingType
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from bridge.capture import Capture, find_layers
+from bridge.dispatch import Dispatcher, DispatchStats
+from bridge.frames import RunInfo
+from bridge.mapping import Mapping
+from bridge.pipeline import build_outputs
+from bridge.runlog import RunLogWriter
+from bridge.sinks.base import Sink
+from bridge.sinks.midi_file import MidiFileSink
+from bridge.sinks.wav import WavSink
+
+PathLike = str | os.PathLike[str]
+
+
+class Watch:
+    """A running watch: the optimizer hook, the dispatcher and the outputs. Close it with ``remove()``.
+
+    Works as a context manager; ``record_loss(loss)`` attaches the loss to the next frame; with
+    ``auto=False`` no hook is registered and ``step(loss)`` captures a frame explicitly.
+    """
+
+    def __init__(self, capture: Capture, dispatcher: Dispatcher, failed_to_open: dict[str, str],
+                 description: str, announce: TextIO | None) -> None:
+        self._capture = capture
+        self._dispatcher = dispatcher
+        self._failed_to_open = failed_to_open
+        self._announce = announce
+        self._stats: DispatchStats | None = None
+        self.description = description
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """The layers being measured, in channel order."""
+        return self._capture.layer_names
+
+    def record_loss(self, loss: float | torch.Tensor) -> None:
+        """Attach ``loss`` to the next captured frame (a tensor is not synchronised on this thread)."""
+        self._capture.record_loss(loss)
+
+    def step(self, loss: float | torch.Tensor | None = None) -> None:
+        """Capture a frame now (for ``auto=False``): call after ``backward()``, before ``zero_grad()``."""
+        self._capture.step(loss)
+
+    @property
+    def stats(self) -> DispatchStats:
+        """Frames in, dropped and done, and errors per output, so far (final after ``remove()``)."""
+        return self._stats if self._stats is not None else self._dispatcher.stats
+
+    def remove(self) -> DispatchStats:
+        """Detach from the optimizer, finish every output, and return what happened. Idempotent."""
+        if self._stats is None:
+            self._capture.remove()
+            stats = self._dispatcher.close()
+            for name, text in self._failed_to_open.items():
+                stats.errors[name] = stats.errors.get(name, 0) + 1
+                stats.first_errors.setdefault(name, f"at start ({text})")
+            self._stats = stats
+            if self._announce is not None:
+                print(f"gradbridge: {stats.summary()}", file=self._announce)
+        return self._stats
+
+    close = remove
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def watch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    mapping: str | Path | Mapping = "pentatonic",
+    record: PathLike | None = None,
+    wav: PathLike | None = None,
+    midi_file: PathLike | None = None,
+    sinks: Sequence[Sink] = (),
+    layers: str | None = None,
+    params: str = "all",
+    groups: MappingType[str, str] | None = None,
+    depth: int | None = None,
+    auto: bool = True,
+    queue_size: int = 1024,
+    flush_every: int = 1,
+    wav_format: str = "int16",
+    announce: TextIO | None = sys.stderr,
+) -> Watch:
+    """Start listening to ``model``'s gradient norms at every step of ``optimizer``.
+
+    Args:
+        model: the network; every module that owns parameters is a layer (see ``layers``, ``groups``).
+        optimizer: its optimizer; the hook runs just before each ``optimizer.step()``. ``None`` needs
+            ``auto=False`` and explicit ``step()`` calls.
+        mapping: a preset name (``gradbridge mappings`` lists them), a ``.toml`` path, or a ``Mapping``.
+        record: path of the run log (``.gbrun``) to write, for replay and re-rendering later.
+        wav: path of a WAV file rendered by the built-in synth.
+        midi_file: path of a Standard MIDI File (type 1, one track per layer).
+        sinks: further sinks (MIDI port, OSC, live synth, your own).
+        layers: regex; keep only layers whose name matches.
+        params: ``"all"`` parameters of each layer, or ``"weights"`` only (as the 2019 post did).
+        groups: {channel name: regex}: modules matching a regex sound as one layer.
+        depth: group modules by the first ``depth`` parts of their dotted name.
+        auto: register the optimizer hook (``False``: call ``step()`` yourself).
+        queue_size: frames that may wait for the dispatcher before new ones are dropped (and counted).
+        flush_every: frames per write of the run log (1 loses nothing on ``kill -9``).
+        wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
+        announce: stream for the start-up description and the closing summary (``None``: silent).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"watch needs a torch.nn.Module as model, got {type(model).__name__}")
+    chosen = mapping if isinstance(mapping, Mapping) else Mapping.load(mapping)
+    found = find_layers(model, include=layers, params=params, groups=groups, depth=depth)
+    run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
+    outputs_wanted: list[Sink] = []
+    if wav is not None:
+        outputs_wanted.append(WavSink(wav, sample_format=wav_format))
+    if midi_file is not None:
+        outputs_wanted.append(MidiFileSink(midi_file))
+    outputs_wanted.extend(sinks)
+    writer = RunLogWriter(record, run_info, flush_every=flush_every) if record is not None else None
+    outputs = build_outputs(chosen, run_info, outputs_wanted, record=writer)
+    dispatcher = Dispatcher(outputs.consumers, queue_size=queue_size).start()
+    try:
+        capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto)
+    except BaseException:
+        dispatcher.close()
+        raise
+    description = outputs.arrangement.description
+    if announce is not None:
+        print(f"gradbridge: {description}", file=announce)
+    return Watch(capture, dispatcher, outputs.failed_to_open, description, announce)
