@@ -393,8 +393,7 @@ def _pan_gains(pan: float, audio_channels: int) -> np.ndarray:
     """Per-channel gains: mono 1; stereo constant power, pan -1 (left) … 1 (right)."""
     if audio_channels == 1:
         return np.ones(1)
-    angle = (pan + 1.0) * math.pi / 4.0
-    return np.array([math.cos(angle), math.sin(angle)])
+    return np.array([math.sin((1.0 - pan) * math.pi / 4.0), math.sin((1.0 + pan) * math.pi / 4.0)])
 
 
 def _finite(value: float, default: float) -> float:

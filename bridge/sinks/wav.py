@@ -74,6 +74,7 @@ class WavSink:
         self._frames = self._frames_at_patch = 0
         try:
             handle.write(self._header())
+            handle.flush()  # a valid, empty WAV file from the start
         except OSError as error:
             self._abandon()
             raise SinkError(f"cannot write WAV file {self.path}: {error.strerror or error}") from error
