@@ -55,6 +55,11 @@ class Arrangement:
         phase: ``"reset"`` (each note starts at phase 0) or ``"continuous"`` (a layer's oscillator keeps
             its phase from note to note).
         max_frequency_hz: the synth never plays above this frequency.
+        midi_mode: ``"notes"``, or continuous control of each layer's channel: ``"cc"`` (7-bit controller
+            ``midi_cc``), ``"cc14"`` (14-bit: coarse ``midi_cc``, fine ``midi_cc + 32``), ``"pitchbend"``.
+            Continuous values come from ``Notes.value`` (0–1).
+        midi_cc: the controller number for the continuous modes (0–119; 0–31 for ``"cc14"``).
+        osc_latency_s: 0 sends OSC bundles "immediately"; above 0, timetagged send time + this many seconds.
     """
 
     voices: tuple[LayerVoice, ...]
@@ -68,6 +73,9 @@ class Arrangement:
     release_s: float
     phase: str
     max_frequency_hz: float
+    midi_mode: str = "notes"
+    midi_cc: int = 20
+    osc_latency_s: float = 0.0
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -115,7 +115,8 @@ class Mapping:
             voices=voices, mapping_name=p.name, description=describe(p, count),
             sample_rate=p.sample_rate, audio_channels=p.channels, seconds_per_step=p.seconds_per_step(count),
             tempo_bpm=p.tempo_bpm, attack_s=p.attack_s, release_s=p.release_s, phase=p.phase,
-            max_frequency_hz=p.max_frequency_hz,
+            max_frequency_hz=p.max_frequency_hz, midi_mode=p.midi_mode, midi_cc=p.cc,
+            osc_latency_s=p.osc_latency_s,
         )
         self._first_step = None
         self._low = np.full(count, np.inf)
@@ -215,6 +216,18 @@ def describe(preset: Preset, layer_count: int | None = None) -> str:
     sound = "stereo, layers spread left to right" if p.channels == 2 and p.pan == "spread" else (
         "stereo, centred" if p.channels == 2 else "mono")
     sentences.append(f"Amplitude {p.amplitude:g} per voice, {sound}, {p.sample_rate} Hz.")
+    if p.midi_mode == "cc":
+        sentences.append(f"MIDI: each layer's channel sends controller {p.cc} (0–127) following the norm.")
+    elif p.midi_mode == "cc14":
+        sentences.append(f"MIDI: each layer's channel sends 14-bit controller {p.cc}/{p.cc + 32} following the norm.")
+    elif p.midi_mode == "pitchbend":
+        sentences.append("MIDI: each layer's channel sends pitch bend following the norm.")
+    if p.every > 1 or p.max_fps > 0:
+        limits = [f"every {p.every} steps"] if p.every > 1 else []
+        limits += [f"at most {p.max_fps:g} steps a second"] if p.max_fps > 0 else []
+        sentences.append(f"Live outputs sound {' and '.join(limits)}, the {p.aggregate} of the steps in between.")
+    if p.osc_latency_s > 0:
+        sentences.append(f"OSC bundles are timetagged {p.osc_latency_s * 1000:g} ms ahead.")
     if layer_count is not None:
         channels = min(layer_count, len(MELODIC_CHANNELS))
         sentences.append(f"{layer_count} layer(s) on MIDI channels 1–{MELODIC_CHANNELS[channels - 1] + 1} "

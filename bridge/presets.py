@@ -8,7 +8,11 @@ A preset has four tables (every key optional; defaults below):
 ``[pitch]``    mode ("linear_hz": base_hz + hz_per_unit × norm; "scale": the norm's place in its range,
                through a curve, quantised to a scale), curve, range, and the mode's own keys
 ``[sound]``    sample_rate, channels, waveforms, amplitude, attack_s, release_s, phase, pan, max_frequency_hz
-``[midi]``     velocity, programs, nan_note, inf_note, alarm_velocity
+``[midi]``     mode ("notes", or continuous control for DAW automation: "cc", "cc14", "pitchbend"), cc,
+               velocity, programs, nan_note, inf_note, alarm_velocity
+``[live]``     every (sound every Nth step), max_fps (at most this many steps a second), aggregate
+               ("max" or "mean" of what falls between): rate control for live outputs only
+``[osc]``      latency_s (0: bundles play on arrival; > 0: timetag = send time + latency_s)
 
 Every mistake raises ``PresetError`` naming the file, the key, the bad value, what is allowed and the fix.
 """
@@ -54,6 +58,8 @@ LAYOUTS = ("sequential", "chord")
 PITCH_MODES = ("linear_hz", "scale")
 PHASES = ("reset", "continuous")
 PANS = ("center", "spread")
+MIDI_MODES = ("notes", "cc", "cc14", "pitchbend")
+AGGREGATES = ("max", "mean")
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,19 @@ class Preset:
     pan: str = "spread"
     max_frequency_hz: float = 16000.0
     # [midi]
+    midi_mode: str = "notes"
+    cc: int = 20  # first controller number; cc14 also uses cc + 32 for the fine byte
     velocity: int | str = 100  # an int 1–127, or "value": louder as the norm rises in its range
     programs: tuple[int, ...] = (0,)
     nan_note: int = 49  # GM percussion: Crash Cymbal 1
     inf_note: int = 52  # GM percussion: Chinese Cymbal
     alarm_velocity: int = 120
+    # [live]
+    every: int = 1
+    max_fps: float = 0.0  # 0: no limit
+    aggregate: str = "max"
+    # [osc]
+    osc_latency_s: float = 0.0
 
     def seconds_per_step(self, layer_count: int) -> float:
         """Musical length of one optimizer step in seconds, for ``layer_count`` layers."""
@@ -239,11 +253,21 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "max_frequency_hz": ("max_frequency_hz", _number(20.0, 96000.0, unit="Hz")),
     },
     "midi": {
+        "mode": ("midi_mode", _choice(MIDI_MODES)),
+        "cc": ("cc", _integer(0, 119, "(MIDI controller number)")),
         "velocity": ("velocity", _velocity),
         "programs": ("programs", _list_of(_integer(0, 127), "General MIDI programs 0–127")),
         "nan_note": ("nan_note", _integer(0, 127, "(GM percussion note)")),
         "inf_note": ("inf_note", _integer(0, 127, "(GM percussion note)")),
         "alarm_velocity": ("alarm_velocity", _integer(1, 127)),
+    },
+    "live": {
+        "every": ("every", _integer(1, 1_000_000, "steps")),
+        "max_fps": ("max_fps", _number(0.0, 10000.0, unit="steps per second (0: no limit)")),
+        "aggregate": ("aggregate", _choice(AGGREGATES)),
+    },
+    "osc": {
+        "latency_s": ("osc_latency_s", _number(0.0, 10.0, unit="seconds")),
     },
 }
 
@@ -317,6 +341,9 @@ def _check_together(preset: Preset, pitch: dict[str, Any], timing: dict[str, Any
         raise _fail(source, "[sound] attack_s/release_s", f"attack ({preset.attack_s:g} s) plus release "
                     f"({preset.release_s:g} s) is longer than a note ({preset.note_s:g} s)",
                     "shorten them, or lengthen [timing] note_s")
+    if preset.midi_mode == "cc14" and preset.cc > 31:
+        raise _fail(source, "[midi] cc", f"14-bit control needs a coarse controller 0–31 (its fine byte is "
+                    f"cc + 32), got {preset.cc}", "choose cc between 0 and 31, or mode = \"cc\"")
     if preset.max_frequency_hz >= preset.sample_rate / 2:
         raise _fail(source, "[sound] max_frequency_hz", f"{preset.max_frequency_hz:g} Hz is not below the "
                     f"Nyquist frequency ({preset.sample_rate / 2:g} Hz) of sample_rate {preset.sample_rate}",
