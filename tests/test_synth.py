@@ -117,13 +117,21 @@ def reference_wave(waveform: str, cycles: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("waveform", ["sine", "triangle", "square", "saw"])
-def test_waveform_shapes_follow_their_formulas(waveform: str) -> None:
-    frequency_hz, amplitude = 437.77, 0.4
-    out = one_note(make_arrangement(waveform=waveform), frequency_hz, 0.05, amplitude)[:, 0]
-    cycles = np.arange(out.shape[0]) * frequency_hz / SR
-    expected = amplitude * reference_wave(waveform, cycles)
-    away_from_jumps = np.abs((cycles % 0.5) - 0.25) < 0.2499  # saw and square jump at 0.5 cycles
-    assert np.max(np.abs(out - expected)[away_from_jumps]) < 1e-5
+@pytest.mark.parametrize("phase", ["reset", "continuous"])
+def test_waveform_shapes_follow_their_formulas(waveform: str, phase: str) -> None:
+    """One note alone (summed as a chord), then two notes of two layers one after another (rows)."""
+    f, amplitude = 437.77, 0.4
+    arrangement = make_arrangement(2, waveform=waveform, phase=phase)
+    alone = one_note(arrangement, f, 0.05, amplitude)[:, 0]
+    step = make_step(0, 0.0, 0.1, layer=[0, 1], note_start_s=[0.0, 0.05], note_duration_s=0.05,
+                     frequency_hz=[f, 2 * f], amplitude=amplitude)
+    in_turn = render_events(arrangement, [step])[:, 0]
+    k = np.arange(2205)
+    for out, frequency in ((alone, f), (in_turn[:2205], f), (in_turn[2205:], 2 * f)):
+        cycles = k * frequency / SR
+        expected = amplitude * reference_wave(waveform, cycles)
+        away_from_jumps = np.abs((cycles % 0.5) - 0.25) < 0.2499  # saw and square jump at 0.5 cycles
+        assert np.max(np.abs(out - expected)[away_from_jumps]) < 1e-5
 
 
 def test_frequencies_are_clipped_to_max_frequency_and_nyquist() -> None:
@@ -395,3 +403,5 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
                                frequency_hz=440.0, amplitude=0.5))
     with pytest.raises(ValueError, match="until_s"):
         synth.pop_ready(math.nan)
+    with pytest.raises(ValueError, match="max_frames"):
+        synth.pop_ready(1.0, max_frames=0)

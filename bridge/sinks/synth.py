@@ -7,10 +7,10 @@ Samples are float32, shape ``(frames, audio_channels)``, always finite and withi
 
 Each layer has one oscillator (sine, triangle, square or saw) whose phase either restarts at 0 on every
 note (``phase = "reset"``) or carries on from the end of the layer's previous note (``"continuous"``).
-Sample ``k`` of a note has phase ``φ0 + k·f/sample_rate`` cycles, split into a coarse phase per block of
-``_BLOCK`` samples plus a fine phase within the block; the notes of a step that share waveform, start and
-length are summed by matrix products over those two parts, so no per-sample Python and, for sines, not
-even a per-note array: ``Σ g·sin(a + b) = Σ g·sin a·cos b + g·cos a·sin b``.
+Sample ``k = q·_BLOCK + r`` of a note has phase ``coarse[q] + fine[r]`` cycles, so a step's notes of one
+length are computed at once by matrix products, with no per-sample Python: as a (notes, samples) array
+when they follow one another, and summed straight into (channels, samples) when they start together;
+a chord of sines never even makes the per-note array (``Σ g·sin(a + b) = Σ g·sin a·cos b + g·cos a·sin b``).
 """
 
 from __future__ import annotations
@@ -39,11 +39,15 @@ ALARM_AMPLITUDE = 0.25
 ALARM_EDGE_S = 0.002
 
 _BLOCK = 128  # samples per coarse phase step
-_TILE_ELEMENTS = 1 << 18  # notes × samples computed at once (keeps scratch arrays in cache, memory bounded)
+_TILE_ELEMENTS = 1 << 19  # notes × samples computed at once (keeps scratch arrays in cache, memory bounded)
 _MAX_TIME_S = 1e9  # a note starting further than this from time zero is ignored (cannot be placed)
 _WAVE_CODES = {name: code for code, name in enumerate(WAVEFORMS)}
-# Phase offset in cycles of each waveform's formula in ``_oscillate_mix``, so that all start at 0 and rise.
-_WAVE_OFFSETS = {"sine": 0.0, "triangle": -0.25, "square": 0.0, "saw": 0.0}
+_SINE, _TRIANGLE, _SQUARE = _WAVE_CODES["sine"], _WAVE_CODES["triangle"], _WAVE_CODES["square"]
+# Per waveform code (see ``_waves``): phase offset in cycles, so that every waveform starts at 0 and rises
+# (the square at +1), and the affine map from the computed row to the wave.
+_OFFSETS = np.array([{"triangle": -0.25}.get(name, 0.0) for name in WAVEFORMS])
+_SCALES = np.array([{"sine": 1.0, "triangle": -4.0, "square": 2.0, "saw": 2.0}[name] for name in WAVEFORMS])
+_BIASES = np.array([{"triangle": 1.0, "square": -1.0}.get(name, 0.0) for name in WAVEFORMS])
 
 
 class Synth:
@@ -146,15 +150,19 @@ class Synth:
             if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
                 raise ValueError(f"max_frames must be a whole number of frames >= 1 or None, got {max_frames!r}")
             stop = min(stop, origin + int(max_frames))
-        out = np.zeros((self.audio_channels, stop - origin), dtype=np.float32)
-        kept = []
-        for start, chunk in self._finished + [(base, self._buf[:, :self._filled])]:
-            low, high = max(start, origin), min(start + chunk.shape[1], stop)
-            if high > low:
-                out[:, low - origin:high - origin] = chunk[:, low - start:high - start]
-            if start + chunk.shape[1] > stop and start < base:  # a set-aside chunk not used up
-                kept.append((max(start, stop), chunk[:, max(0, stop - start):]))
-        self._finished = kept
+        if not self._finished and base == origin and stop <= base + self._filled:  # the usual case
+            out = np.clip(self._buf[:, :stop - origin], -1.0, 1.0)
+        else:
+            out = np.zeros((self.audio_channels, stop - origin), dtype=np.float32)
+            kept = []
+            for start, chunk in self._finished + [(base, self._buf[:, :self._filled])]:
+                low, high = max(start, origin), min(start + chunk.shape[1], stop)
+                if high > low:
+                    out[:, low - origin:high - origin] = chunk[:, low - start:high - start]
+                if start + chunk.shape[1] > stop and start < base:  # a set-aside chunk not used up
+                    kept.append((max(start, stop), chunk[:, max(0, stop - start):]))
+            self._finished = kept
+            np.clip(out, -1.0, 1.0, out=out)
         used = min(max(stop - base, 0), self._filled)
         keep = self._filled - used
         if used and keep:
@@ -163,7 +171,6 @@ class Synth:
         self._filled = keep
         self._origin = stop
         self._base = max(base + used, stop)
-        np.clip(out, -1.0, 1.0, out=out)
         if math.isnan(float(out.sum())):  # cannot happen with sanitised input; never let NaN out anyway
             np.nan_to_num(out, copy=False, nan=0.0)
         return out.T.copy()
@@ -193,25 +200,28 @@ class Synth:
                              f"frequency_hz {freq.shape[0]}, amplitude {amp.shape[0]}")
         if count == 0:
             return None
-        known = (layer >= 0) & (layer < self._slot_of_layer.shape[0])
-        slot = self._slot_of_layer[np.where(known, layer, 0)]
-        if not known.all() or (slot < 0).any():
+        table = self._slot_of_layer
+        slot = table[np.minimum(np.maximum(layer.astype(np.int64, copy=False), 0), table.shape[0] - 1)]
+        if slot.min() < 0 or layer.min() < 0 or layer.max() >= table.shape[0]:
             raise ValueError(f"Notes.layer at step {events.step} names layers {sorted(set(layer.tolist()))} but "
                              f"the arrangement has voices for {sorted(v.index for v in self.arrangement.voices)}; "
                              "render events made with the same arrangement")
         ok = (np.abs(start_s) < _MAX_TIME_S) & (duration_s > 0) & (freq == freq)  # NaN compares unequal
-        starts = np.rint(np.where(ok, start_s, 0.0) * sr).astype(np.int64)
-        lengths = np.rint(np.where(ok, np.minimum(duration_s, MAX_NOTE_S), 0.0) * sr).astype(np.int64)
+        if not ok.all():  # placeholders for what will not sound, so that no arithmetic meets NaN or Inf
+            start_s, duration_s = np.where(ok, start_s, 0.0), np.where(ok, duration_s, 0.0)
+        starts = np.rint(start_s * sr).astype(np.int64)
+        lengths = np.rint(np.minimum(duration_s, MAX_NOTE_S) * sr).astype(np.int64)
         ok &= lengths > 0
-        freq = np.where(freq > MIN_FREQUENCY_HZ, np.minimum(freq, self.max_frequency_hz), MIN_FREQUENCY_HZ)
-        inc = freq / sr  # cycles per sample
+        inc = np.minimum(np.maximum(freq, MIN_FREQUENCY_HZ), self.max_frequency_hz) / sr  # cycles per sample
         phase0 = self._start_phases(slot, starts, lengths, inc, ok)
         ok &= amp > 0  # NaN amplitude is silence
-        if not ok.any():
-            return None
-        keep = np.flatnonzero(ok)
-        gains = (self._gain_of_slot[:, slot[keep]] * np.minimum(amp[keep], 1.0)).astype(np.float32)
-        return self._wave_of_slot[slot[keep]], starts[keep], lengths[keep], inc[keep], phase0[keep], gains
+        if not ok.all():
+            if not ok.any():
+                return None
+            keep = np.flatnonzero(ok)
+            slot, starts, lengths, inc, phase0, amp = (a[keep] for a in (slot, starts, lengths, inc, phase0, amp))
+        gains = (self._gain_of_slot[:, slot] * np.minimum(amp, 1.0)).astype(np.float32)
+        return self._wave_of_slot[slot], starts, lengths, inc, phase0, gains
 
     def _start_phases(self, slot: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
                       ok: np.ndarray) -> np.ndarray:
@@ -258,31 +268,36 @@ class Synth:
              phase0: np.ndarray, gains: np.ndarray, attack_n: int, release_n: int) -> None:
         """Add notes into the buffer; ``codes`` index ``WAVEFORMS``, ``gains`` is (channels, notes).
 
-        Notes sharing waveform, start and length (a chord) are summed first, then given their common
-        envelope, so the only per-note work is the oscillator.
+        Notes of one length are computed together and share one envelope. When they also start together
+        (a chord) they are summed by matrix products; otherwise (notes one after another) each is a row of
+        one array, added at its own place.
         """
         self._end = max(self._end, int((starts + lengths).max()))
         rel = starts - self._base
         self._reserve(int((rel + lengths).max()))
-        if (lengths == lengths[0]).all() and (rel == rel[0]).all():  # one chord: group by waveform only
-            order = np.argsort(codes, kind="stable")
-            bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        else:
-            order = np.lexsort((rel, lengths, codes))
-            key = np.stack([codes[order], lengths[order], rel[order]])
-            bounds = np.flatnonzero((key[:, 1:] != key[:, :-1]).any(axis=0)) + 1
-        for group in np.split(order, bounds):
-            at, length, waveform = int(rel[group[0]]), int(lengths[group[0]]), WAVEFORMS[codes[group[0]]]
-            first = max(0, -at)  # samples before the buffer were popped already: too late to change
-            self.late_samples += min(first, length)
-            tile = max(_BLOCK, _TILE_ELEMENTS * (8 if waveform == "sine" else 1) // group.shape[0])
-            for begin in range(first, length, tile):
+        order = np.lexsort((rel, codes, lengths))  # by length, then waveform: each waveform a run of rows
+        by_length = lengths[order]
+        for group in np.split(order, np.flatnonzero(by_length[1:] != by_length[:-1]) + 1):
+            length, at, group_codes, group_inc = int(lengths[group[0]]), rel[group], codes[group], inc[group]
+            if at.min() < 0:  # samples before the buffer were popped already: too late to change
+                self.late_samples += int(np.minimum(-at[at < 0], length).sum())
+            chord = bool((at == at[0]).all())
+            tile = max(_BLOCK, _TILE_ELEMENTS // group.shape[0])
+            for begin in range(max(0, -int(at.max())), length, tile):
                 count = min(tile, length - begin)
-                phase = (phase0[group] + inc[group] * begin) % 1.0
-                block = _oscillate_mix(waveform, inc[group], phase, gains[:, group], count, self._work)
-                _apply_envelope(block, begin, length, attack_n, release_n)
-                self._buf[:, at + begin:at + begin + count] += block
-            self._filled = max(self._filled, at + length)
+                phase = phase0[group] if begin == 0 else (phase0[group] + group_inc * begin) % 1.0
+                if chord:
+                    block = _chord(group_codes, group_inc, phase, gains[:, group], count, self._work)
+                    _apply_envelope(block, begin, length, attack_n, release_n)
+                    self._buf[:, at[0] + begin:at[0] + begin + count] += block
+                    continue
+                rows = _voices(group_codes, group_inc, phase, count, self._work)
+                _apply_envelope(rows, begin, length, attack_n, release_n)
+                for row, (note, offset) in enumerate(zip(group.tolist(), (at + begin).tolist())):
+                    skip = max(0, -offset)
+                    if skip < count:
+                        self._buf[:, offset + skip:offset + count] += gains[:, note, None] * rows[row, skip:]
+            self._filled = max(self._filled, int(at.max()) + length)
 
     def _reserve(self, needed: int) -> None:
         if needed > self._buf.shape[1]:
@@ -302,49 +317,83 @@ def render_events(arrangement: Arrangement, events: Iterable[StepEvents]) -> np.
     return np.concatenate(chunks, axis=0)
 
 
-def _oscillate_mix(waveform: str, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, count: int,
-                   work: "_Workspace") -> np.ndarray:
-    """Sum of oscillators, float32 ``(channels, count)``: ``Σ_i gains[:, i] · wave(phase0_i + k·inc_i)``.
+def _block_phases(inc: np.ndarray, phase0: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phase in cycles of sample ``k = q·_BLOCK + r`` as ``coarse[q, note] + fine[note, r]`` (mod 1).
 
-    Sample ``k = q·_BLOCK + r`` has phase ``a_iq + b_ir``: a coarse phase per block plus a fine one within.
-    The sine needs no per-note array at all, ``sin(a + b) = sin a·cos b + cos a·sin b`` summed over notes is
-    one matrix product; the other waveforms make each note's phase by a batched product, then shape it.
+    Both parts are wrapped to [0, 1): ``coarse`` (blocks, notes), ``fine`` (notes, ``_BLOCK``).
     """
-    notes, channels, blocks = inc.shape[0], gains.shape[0], -(-count // _BLOCK)
-    coarse = np.multiply.outer(np.arange(blocks, dtype=np.float64) * _BLOCK, inc)  # (blocks, notes)
-    coarse += phase0 + _WAVE_OFFSETS[waveform]
-    coarse -= np.floor(coarse)  # cycles at the start of each block, [0, 1)
-    fine = np.multiply.outer(inc, np.arange(_BLOCK, dtype=np.float64))  # (notes, block): cycles within a block
-    if waveform == "sine":
-        fine -= np.floor(fine)
-        a = (coarse * (2.0 * np.pi)).astype(np.float32)  # float32 sin/cos of angles in [0, 2π): fast, exact
+    coarse = np.multiply.outer(np.arange(-(-count // _BLOCK), dtype=np.float64) * _BLOCK, inc)
+    coarse += phase0
+    fine = np.multiply.outer(inc, np.arange(_BLOCK, dtype=np.float64))
+    return coarse - np.floor(coarse), fine - np.floor(fine)
+
+
+def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int,
+           work: _Workspace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each note's oscillator up to an affine map: float32 rows ``(notes, count)`` and per-note ``scale``,
+    ``bias`` such that ``wave = scale·row + bias``. ``codes`` must come sorted (one run per waveform).
+
+    The phase ``x`` comes from a batched product (coarse + fine), then ``w = x - rint(x)`` in [-1/2, 1/2];
+    sine ``sin 2πw``, saw ``2w``, square ``2·[w >= 0] - 1``, triangle ``1 - 4|w|`` (w a quarter cycle early).
+    """
+    coarse, fine = _block_phases(inc, phase0 + _OFFSETS[codes], count)
+    (blocks, notes) = coarse.shape
+    left = np.empty((notes, blocks, 2), dtype=np.float32)
+    right = np.empty((notes, 2, _BLOCK), dtype=np.float32)
+    left[:, :, 0], left[:, :, 1], right[:, 0, :], right[:, 1, :] = coarse.T, 1.0, 1.0, fine
+    x = np.matmul(left, right, out=work.get("rows", (notes, blocks, _BLOCK))).reshape(notes, -1)[:, :count]
+    np.subtract(x, np.rint(x, out=work.get("wrapped", x.shape)), out=x)
+    edges = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+    for low, high in zip([0] + edges, edges + [notes]):  # one run of rows per waveform
+        code, w = int(codes[low]), x[low:high]
+        if code == _SINE:
+            w *= np.float32(2.0 * np.pi)
+            np.sin(w, out=w)
+        elif code == _SQUARE:
+            np.greater_equal(w, np.float32(0.0), out=w, casting="unsafe")
+        elif code == _TRIANGLE:
+            np.abs(w, out=w)
+    return x, _SCALES[codes], _BIASES[codes]
+
+
+def _voices(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int, work: _Workspace) -> np.ndarray:
+    """Each note's oscillator, float32 ``(notes, count)``, amplitude 1, from phase ``phase0`` (cycles)."""
+    rows, scale, bias = _waves(codes, inc, phase0, count, work)
+    if (scale != 1.0).any() or bias.any():
+        rows *= scale.astype(np.float32)[:, None]
+        rows += bias.astype(np.float32)[:, None]
+    return rows
+
+
+def _chord(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, count: int,
+           work: _Workspace) -> np.ndarray:
+    """Notes starting together, summed: float32 ``(channels, count)`` = ``Σ_i gains[:, i]·wave_i``.
+
+    Sines need no per-note array: ``Σ g·sin 2π(a + b) = Σ (g·sin 2πa)·cos 2πb + (g·cos 2πa)·sin 2πb`` is
+    one matrix product over (block, note) × (note, offset in block). The other waveforms are made as rows
+    (see ``_waves``) and summed by a matrix product with the gains. ``codes`` must come sorted, sines first.
+    """
+    sines = int(np.searchsorted(codes, _SINE, side="right"))
+    out = None
+    if sines < codes.shape[0]:
+        rows, scale, bias = _waves(codes[sines:], inc[sines:], phase0[sines:], count, work)
+        others = gains[:, sines:]
+        out = (others * scale).astype(np.float32) @ rows
+        out += (others @ bias).astype(np.float32)[:, None]
+    if sines:
+        coarse, fine = _block_phases(inc[:sines], phase0[:sines], count)
+        (blocks, notes), channels = coarse.shape, gains.shape[0]
+        a = (coarse * (2.0 * np.pi)).astype(np.float32)
         b = (fine * (2.0 * np.pi)).astype(np.float32)
         left = np.empty((channels, blocks, 2, notes), dtype=np.float32)
-        np.multiply(np.sin(a), gains[:, None, :], out=left[:, :, 0, :])
-        np.multiply(np.cos(a), gains[:, None, :], out=left[:, :, 1, :])
+        np.multiply(np.sin(a), gains[:, None, :sines], out=left[:, :, 0, :])
+        np.multiply(np.cos(a), gains[:, None, :sines], out=left[:, :, 1, :])
         right = np.empty((2, notes, _BLOCK), dtype=np.float32)
         np.cos(b, out=right[0])
         np.sin(b, out=right[1])
-        out = left.reshape(channels * blocks, 2 * notes) @ right.reshape(2 * notes, _BLOCK)
-        return out.reshape(channels, blocks * _BLOCK)[:, :count]
-    coarse = coarse.T
-    left = np.empty((notes, blocks, 2), dtype=np.float32)
-    left[:, :, 0], left[:, :, 1] = coarse, 1.0
-    right = np.empty((notes, 2, _BLOCK), dtype=np.float32)
-    right[:, 0, :], right[:, 1, :] = 1.0, fine
-    phase = np.matmul(left, right, out=work.get("phase", (notes, blocks, _BLOCK))).reshape(notes, -1)[:, :count]
-    wrapped = np.rint(phase, out=work.get("wrapped", (notes, blocks * _BLOCK))[:, :count])
-    np.subtract(phase, wrapped, out=phase)  # w = x - rint(x), in [-1/2, 1/2]: saw 2w
-    scale, bias = 2.0, 0.0
-    if waveform == "square":  # 2·[w >= 0] - 1: +1 in the first half cycle, -1 in the second
-        np.greater_equal(phase, np.float32(0.0), out=phase, casting="unsafe")
-        bias = -1.0
-    elif waveform == "triangle":  # 1 - 4|w| with w taken a quarter cycle early
-        np.abs(phase, out=phase)
-        scale, bias = -4.0, 1.0
-    out = (gains * np.float32(scale)) @ phase
-    if bias:
-        out += (gains.sum(axis=1, keepdims=True) * np.float32(bias))
+        product = left.reshape(channels * blocks, 2 * notes) @ right.reshape(2 * notes, _BLOCK)
+        sine_sum = product.reshape(channels, blocks * _BLOCK)[:, :count]
+        out = sine_sum if out is None else out + sine_sum
     return out
 
 
