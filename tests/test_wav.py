@@ -73,7 +73,7 @@ def test_int16_wav_reads_back_with_the_wave_module(tmp_path: Path, channels: int
         assert reader.getnframes() == EXPECTED_FRAMES == sink.frames_written
         data = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2").reshape(-1, channels)
     assert np.max(np.abs(data / 32767.0 - expected)) <= 0.5 / 32767 + 1e-7
-    assert np.array_equal(data, np.rint(expected * 32767.0).astype(np.int16))  # round(x × 32767)
+    assert np.array_equal(data, np.rint(expected.astype(np.float64) * 32767.0).astype(np.int16))  # round(x·32767)
     assert (tmp_path / "run.wav").stat().st_size == 44 + EXPECTED_FRAMES * channels * 2
 
 
@@ -117,6 +117,22 @@ def test_samples_are_streamed_while_the_run_goes(tmp_path: Path) -> None:
         assert reader.getnframes() == sink.frames_written
 
 
+def test_sizes_are_patched_while_running_so_a_cut_run_still_plays(tmp_path: Path) -> None:
+    path = tmp_path / "run.wav"
+    sink = WavSink(path)
+    sink.open(make_arrangement(1))
+    steps = make_steps(110)  # 5.5 s of steps: one patch after 5 s of audio
+    for step in steps:
+        sink.send(step)
+    patched = 5 * SR  # sending step 100 (at 5.0 s) completed the first 5 s of audio: sizes patched then
+    with wave.open(str(path), "rb") as reader:  # read while the sink is still open
+        assert reader.getnframes() == patched
+        assert len(reader.readframes(patched)) == 2 * patched
+    sink.close()
+    with wave.open(str(path), "rb") as reader:
+        assert reader.getnframes() == note_end(109 * 0.05 + 0.02, 0.045)
+
+
 def test_wav_sink_is_a_sink() -> None:
     assert isinstance(WavSink("x.wav"), Sink) and WavSink("x.wav").name == "wav"
 
@@ -126,7 +142,7 @@ def test_unwritable_path_raises_sink_error(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="no such folder"):
         sink.open(make_arrangement(1))
     sink.close()  # nothing was opened: nothing to do
-    with pytest.raises(SinkError, match="before open"):
+    with pytest.raises(SinkError, match="not open"):
         sink.send(make_steps(1)[0])
 
 

@@ -76,13 +76,13 @@ class WavSink:
             handle.write(self._header())
             handle.flush()  # a valid, empty WAV file from the start
         except OSError as error:
-            self._abandon()
+            self._release()
             raise SinkError(f"cannot write WAV file {self.path}: {error.strerror or error}") from error
 
     def send(self, events: StepEvents) -> None:
         """Render one step and append every sample that is final."""
         if self._synth is None:
-            raise SinkError("WavSink.send called before open(); the dispatcher opens sinks first")
+            raise SinkError(f"WAV sink for {self.path} is not open: send() came before open() or after close()")
         self._synth.render(events)
         while True:
             samples = self._synth.pop_ready(max_frames=_CHUNK_FRAMES)
@@ -106,11 +106,11 @@ class WavSink:
             try:
                 self._patch_sizes()
             finally:
-                self._abandon()
+                self._release()
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _abandon(self) -> None:
+    def _release(self) -> None:
         handle, self._file, self._synth = self._file, None, None
         if handle is not None:
             try:
@@ -122,7 +122,7 @@ class WavSink:
         if self._file is None:
             raise SinkError(f"WAV file {self.path} is not open")
         if self.sample_format == "int16":
-            data = np.rint(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+            data = np.rint(np.clip(samples, -1.0, 1.0).astype(np.float64) * 32767.0).astype("<i2")
         else:
             data = np.clip(samples, -1.0, 1.0).astype("<f4")
         if self._header_size() + (self._frames + samples.shape[0]) * self._block_align() > _RIFF_LIMIT:
