@@ -1,4 +1,4 @@
-"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``export``, ``mappings``.
+"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``export``, ``replay``, ``ports``, ``mappings``.
 
 ``render``, ``midi`` and ``export`` read a run log or a CSV of norms and never import torch.
 """
@@ -23,6 +23,9 @@ EPILOG = """examples:
   gradbridge render demo.gbrun -o run.wav --mapping pentatonic
   gradbridge midi demo.gbrun -o run.mid --mapping daw
   gradbridge export demo.gbrun -o norms.csv        a run log as CSV (render and midi read it back)
+  gradbridge replay demo.gbrun --osc 127.0.0.1:57120 --speed 2   live, to SuperCollider / Max / Pd
+  gradbridge replay demo.gbrun --midi "IAC Driver" --play          live, to a DAW and the speakers
+  gradbridge ports                                 MIDI outputs this machine has, and the MIDI API
   gradbridge mappings                              every preset, in plain words
 """
 
@@ -125,6 +128,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send a recorded run (or CSV) live to MIDI, OSC and the speakers, at musical time."""
+    from bridge.mapping import Mapping
+    from bridge.outputs import live_sinks
+    from bridge.pipeline import rate_for
+    from bridge.replay import replay
+    from bridge.runlog import open_run
+
+    sinks = live_sinks(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
+                       play=args.play)
+    if not sinks:
+        raise GradbridgeError("nothing to replay to. Fix: add --midi PORT, --osc HOST:PORT or --play")
+    info, frames = open_run(args.run)
+    mapping = Mapping.load(_mapping_for(info.metadata, args.mapping))
+    print(f"gradbridge: {mapping.arrange(info.layer_names).description}", file=sys.stderr)
+    stats = replay(frames, info, mapping, sinks, speed=args.speed,
+                   rate=rate_for(mapping, args.every, args.max_fps))
+    print(f"gradbridge: {stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    """List the MIDI outputs this machine has, and which MIDI API is in use."""
+    from bridge.sinks.midi_port import describe_ports
+
+    print(describe_ports(args.api))
+    return 0
+
+
+def add_live_options(parser: argparse.ArgumentParser) -> None:
+    """The options that pick live outputs, shared by ``demo`` and ``replay``."""
+    parser.add_argument("--midi", metavar="PORT", default=None,
+                        help="send to this MIDI output (a unique part of its name is enough; see gradbridge ports)")
+    parser.add_argument("--midi-api", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
+                        help="MIDI API (default: the platform's own)")
+    parser.add_argument("--virtual", action="store_true",
+                        help="create a virtual MIDI output (named --midi, or gradbridge) for a DAW to connect to")
+    parser.add_argument("--osc", metavar="HOST:PORT", default=None,
+                        help="send OSC bundles there, e.g. 127.0.0.1:57120 (SuperCollider's sclang)")
+    parser.add_argument("--play", action="store_true", help="play through the speakers (needs PyAudio)")
+    parser.add_argument("--every", type=int, default=None, help="live outputs sound every Nth step")
+    parser.add_argument("--max-fps", type=float, default=None, help="live outputs sound at most this many steps a second")
+
+
 def cmd_mappings(args: argparse.Namespace) -> int:
     """List every built-in preset, described in plain words."""
     from bridge.mapping import describe
@@ -151,7 +198,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def listen(model, optimizer):  # type: ignore[no-untyped-def]
         return watch(model, optimizer, mapping=args.mapping, record=run, wav=wav, midi_file=mid,
-                     params="weights", wav_format=args.format)
+                     params="weights", wav_format=args.format, midi=args.midi, midi_api=args.midi_api,
+                     midi_virtual=args.virtual, osc=args.osc, play=args.play, every=args.every,
+                     max_fps=args.max_fps)
 
     result = train_demo(config, on_optimizer=listen,
                         on_step=(lambda step, loss: progress.update(step + 1)) if progress.enabled else None)
@@ -187,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", default=".", help="where to write the files (default: here)")
     demo.add_argument("--name", default="demo", help="file name stem (default demo: demo.wav, demo.mid, demo.gbrun)")
     demo.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
+    add_live_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     for verb, func, what, default_out in (("render", cmd_render, "a WAV file with the built-in synth", "run.wav"),
@@ -205,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="a run log (.gbrun)")
     export.add_argument("-o", "--output", default="norms.csv", help="output CSV (default norms.csv)")
     export.set_defaults(func=cmd_export)
+
+    replay = verbs.add_parser("replay", help="send a recorded run live to MIDI, OSC or the speakers",
+                              description=cmd_replay.__doc__)
+    replay.add_argument("run", help="a run log (.gbrun) or a CSV of norms")
+    replay.add_argument("-m", "--mapping", default=None,
+                        help="preset name or .toml path (default: the run's own preset, else pentatonic)")
+    replay.add_argument("--speed", type=float, default=1.0, help="2 plays twice as fast (default 1)")
+    add_live_options(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    ports = verbs.add_parser("ports", help="list MIDI outputs and the MIDI API in use", description=cmd_ports.__doc__)
+    ports.add_argument("--api", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
+                       help="MIDI API to ask (default: the platform's own)")
+    ports.set_defaults(func=cmd_ports)
 
     mappings = verbs.add_parser("mappings", help="list the presets in plain words", description=cmd_mappings.__doc__)
     mappings.set_defaults(func=cmd_mappings)

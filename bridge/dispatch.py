@@ -197,18 +197,24 @@ class Dispatcher:
         return self.stats
 
     def run_sync(self, frames: Iterable[FrameSource]) -> DispatchStats:
-        """Feed ``frames`` to the consumers on this thread, close them, return the stats (offline use)."""
+        """Feed ``frames`` to the consumers on this thread, close them, return the stats (offline use).
+
+        The consumers are closed however the loop ends (Ctrl-C or an error while reading ``frames``
+        included), so files are finished and live notes silenced before the exception goes on.
+        """
         with self._lock:
             if self._started or self._closed or self._synced:
                 raise RuntimeError("run_sync needs a fresh dispatcher (not started, not closed, not run before)")
             self._synced = True
-        for item in frames:
+        try:
+            for item in frames:
+                with self._lock:
+                    self._stats.frames_in += 1
+                self._deliver(item)
+        finally:
             with self._lock:
-                self._stats.frames_in += 1
-            self._deliver(item)
-        with self._lock:
-            self._closed = True
-        self._close_consumers()
+                self._closed = True
+            self._close_consumers()
         return self.stats
 
     def __enter__(self) -> "Dispatcher":

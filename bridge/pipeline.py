@@ -14,6 +14,7 @@ from bridge.dispatch import Consumer, Dispatcher, DispatchStats
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
+from bridge.rate import RateControl
 from bridge.runlog import RunLogWriter
 from bridge.sinks.base import Sink
 
@@ -21,18 +22,24 @@ log = logging.getLogger("bridge")
 
 
 class SharedMapping:
-    """A mapping shared by several sinks: each frame is mapped once, whichever sink asks first."""
+    """A mapping shared by several sinks: each frame is mapped once, whichever sink asks first.
 
-    def __init__(self, mapping: Mapping, layer_names: Sequence[str]) -> None:
+    With a ``RateControl`` (live outputs), frames it holds back map to ``None`` (nothing to sound) and the
+    frame it lets through carries the aggregate of the ones held back.
+    """
+
+    def __init__(self, mapping: Mapping, layer_names: Sequence[str], rate: RateControl | None = None) -> None:
         self.mapping = mapping
+        self.rate = rate
         self.arrangement: Arrangement = mapping.arrange(tuple(layer_names))
         self._last_frame: Frame | None = None
         self._last_events: StepEvents | None = None
 
-    def events_for(self, frame: Frame) -> StepEvents:
-        """The events of ``frame`` (computed on the first call for that frame)."""
-        if frame is not self._last_frame or self._last_events is None:
-            self._last_events = self.mapping.map_frame(frame)
+    def events_for(self, frame: Frame) -> StepEvents | None:
+        """The events of ``frame`` (computed on the first call for that frame), or ``None`` to stay quiet."""
+        if frame is not self._last_frame:
+            sounded = frame if self.rate is None else self.rate.offer(frame)
+            self._last_events = None if sounded is None else self.mapping.map_frame(sounded)
             self._last_frame = frame
         return self._last_events
 
@@ -46,7 +53,9 @@ class SinkConsumer:
         self._shared = shared
 
     def handle(self, frame: Frame) -> None:
-        self.sink.send(self._shared.events_for(frame))
+        events = self._shared.events_for(frame)
+        if events is not None:
+            self.sink.send(events)
 
     def close(self) -> None:
         self.sink.close()
@@ -77,26 +86,43 @@ class Outputs:
 
 
 def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
-                  record: RunLogWriter | None = None) -> Outputs:
+                  record: RunLogWriter | None = None, live_sinks: Sequence[Sink] = (),
+                  rate: RateControl | None = None) -> Outputs:
     """Arrange the mapping for the run's layers, open every sink, and wrap each as a consumer.
 
-    A sink that fails to open (port missing, file unwritable) is reported once and left out; the others
-    and training go on. The run log comes first, so a frame is recorded even if every sink breaks.
+    ``sinks`` (files) take every frame at musical time. ``live_sinks`` (MIDI port, OSC, speakers) take the
+    frames ``rate`` lets through, mapped by their own copy of the mapping, since the running ranges of a
+    rate-limited stream differ from the full one's. A sink that fails to open (port missing, file
+    unwritable) is reported once and left out; the others and training go on. The run log comes first,
+    so a frame is recorded even if every sink breaks.
     """
     shared = SharedMapping(mapping, run_info.layer_names)
     outputs = Outputs(consumers=[], arrangement=shared.arrangement)
     if record is not None:
         outputs.consumers.append(RunLogConsumer(record))
-    for sink in sinks:
-        try:
-            sink.open(shared.arrangement)
-        except Exception as exc:  # isolate: a missing output must not stop the run
-            text = f"{type(exc).__name__}: {exc}"
-            outputs.failed_to_open[sink.name] = text
-            log.warning("output %r could not be opened (%s); going on without it", sink.name, text)
-            continue
-        outputs.consumers.append(SinkConsumer(sink, shared))
+    groups = [(shared, sinks)]
+    if live_sinks:
+        groups.append((SharedMapping(Mapping(mapping.preset), run_info.layer_names, rate), live_sinks))
+    for group, members in groups:
+        for sink in members:
+            try:
+                sink.open(group.arrangement)
+            except Exception as exc:  # isolate: a missing output must not stop the run
+                text = f"{type(exc).__name__}: {exc}"
+                outputs.failed_to_open[sink.name] = text
+                log.warning("output %r could not be opened (%s); going on without it", sink.name, text)
+                continue
+            outputs.consumers.append(SinkConsumer(sink, group))
     return outputs
+
+
+def rate_for(mapping: Mapping, every: int | None = None, max_fps: float | None = None,
+             aggregate: str | None = None) -> RateControl:
+    """The live rate control: the preset's ``[live]`` settings, each overridden when given."""
+    p = mapping.preset
+    return RateControl(every=p.every if every is None else every,
+                       max_fps=p.max_fps if max_fps is None else max_fps,
+                       aggregate=p.aggregate if aggregate is None else aggregate)
 
 
 def render_frames(frames: Iterable[Frame], mapping: Mapping, run_info: RunInfo,

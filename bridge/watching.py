@@ -29,11 +29,10 @@ from bridge.capture import Capture, find_layers
 from bridge.dispatch import Dispatcher, DispatchStats
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
-from bridge.pipeline import build_outputs
+from bridge.outputs import file_sinks, live_sinks
+from bridge.pipeline import build_outputs, rate_for
 from bridge.runlog import RunLogWriter
 from bridge.sinks.base import Sink
-from bridge.sinks.midi_file import MidiFileSink
-from bridge.sinks.wav import WavSink
 
 PathLike = str | os.PathLike[str]
 
@@ -102,7 +101,15 @@ def watch(
     record: PathLike | None = None,
     wav: PathLike | None = None,
     midi_file: PathLike | None = None,
+    midi: str | None = None,
+    osc: str | None = None,
+    play: bool = False,
     sinks: Sequence[Sink] = (),
+    midi_api: str | None = None,
+    midi_virtual: bool = False,
+    every: int | None = None,
+    max_fps: float | None = None,
+    aggregate: str | None = None,
     layers: str | None = None,
     params: str = "all",
     groups: MappingType[str, str] | None = None,
@@ -123,7 +130,14 @@ def watch(
         record: path of the run log (``.gbrun``) to write, for replay and re-rendering later.
         wav: path of a WAV file rendered by the built-in synth.
         midi_file: path of a Standard MIDI File (type 1, one track per layer).
-        sinks: further sinks (MIDI port, OSC, live synth, your own).
+        midi: live MIDI output port, by name or a unique part of it (``gradbridge ports`` lists them).
+        osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
+        play: play live through the built-in synth on the default audio output (needs PyAudio).
+        sinks: further live sinks (your own), rate-controlled like ``midi``, ``osc`` and ``play``.
+        midi_api: ``"alsa"``, ``"jack"``, ``"coremidi"`` or ``"winmm"``; ``None``: the platform's own.
+        midi_virtual: create a virtual MIDI output named ``midi`` (or "gradbridge") for a DAW to connect to.
+        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound
+            every Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
         layers: regex; keep only layers whose name matches.
         params: ``"all"`` parameters of each layer, or ``"weights"`` only (as the 2019 post did).
         groups: {channel name: regex}: modules matching a regex sound as one layer.
@@ -139,14 +153,11 @@ def watch(
     chosen = mapping if isinstance(mapping, Mapping) else Mapping.load(mapping)
     found = find_layers(model, include=layers, params=params, groups=groups, depth=depth)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
-    outputs_wanted: list[Sink] = []
-    if wav is not None:
-        outputs_wanted.append(WavSink(wav, sample_format=wav_format))
-    if midi_file is not None:
-        outputs_wanted.append(MidiFileSink(midi_file))
-    outputs_wanted.extend(sinks)
+    rate = rate_for(chosen, every, max_fps, aggregate)
+    files = file_sinks(wav=wav, midi_file=midi_file, wav_format=wav_format)
+    live = live_sinks(midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc, play=play) + list(sinks)
     writer = RunLogWriter(record, run_info, flush_every=flush_every) if record is not None else None
-    outputs = build_outputs(chosen, run_info, outputs_wanted, record=writer)
+    outputs = build_outputs(chosen, run_info, files, record=writer, live_sinks=live, rate=rate)
     dispatcher = Dispatcher(outputs.consumers, queue_size=queue_size).start()
     try:
         capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto)

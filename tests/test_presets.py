@@ -139,3 +139,23 @@ def test_bad_list_item_is_named(tmp_path: Path) -> None:
 def test_non_preset_argument_type() -> None:
     with pytest.raises(TypeError, match="preset name or a path"):
         load_preset(42)  # type: ignore[arg-type]
+
+
+def test_live_midi_and_osc_tables(tmp_path: Path) -> None:
+    path = write(tmp_path, '[midi]\nmode = "cc14"\ncc = 7\n[live]\nevery = 4\nmax_fps = 30\naggregate = "mean"\n'
+                           "[osc]\nlatency_s = 0.2\n")
+    preset = load_preset(path)
+    assert (preset.midi_mode, preset.cc, preset.every, preset.max_fps, preset.aggregate, preset.osc_latency_s) == (
+        "cc14", 7, 4, 30.0, "mean", 0.2)
+
+
+def test_fourteen_bit_control_needs_a_coarse_controller(tmp_path: Path) -> None:
+    path = write(tmp_path, '[midi]\nmode = "cc14"\ncc = 40\n')
+    with pytest.raises(PresetError, match=r"\[midi\] cc: 14-bit control needs a coarse controller 0–31"):
+        load_preset(path)
+
+
+def test_live_every_must_be_positive(tmp_path: Path) -> None:
+    path = write(tmp_path, "[live]\nevery = 0\n")
+    with pytest.raises(PresetError, match=r"\[live\] every = 0: expected an integer in \[1, 1000000\] steps"):
+        load_preset(path)
