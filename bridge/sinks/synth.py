@@ -64,7 +64,6 @@ class Synth:
         self.continuous = a.phase == "continuous"
         self.attack_n, self.release_n = int(round(a.attack_s * sr)), int(round(a.release_s * sr))
         self.max_frequency_hz = min(float(a.max_frequency_hz), sr / 2.0)
-        self._max_note_n = int(round(MAX_NOTE_S * sr))
         self._slot_of_layer = np.full(max(v.index for v in a.voices) + 1, -1, dtype=np.int64)
         self._slot_of_layer[[v.index for v in a.voices]] = np.arange(len(a.voices))
         self._wave_of_slot = np.array([_WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
@@ -374,12 +373,11 @@ def _chord(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.nda
     (see ``_waves``) and summed by a matrix product with the gains. ``codes`` must come sorted, sines first.
     """
     sines = int(np.searchsorted(codes, _SINE, side="right"))
-    out = None
+    parts = []
     if sines < codes.shape[0]:
         rows, scale, bias = _waves(codes[sines:], inc[sines:], phase0[sines:], count, work)
         others = gains[:, sines:]
-        out = (others * scale).astype(np.float32) @ rows
-        out += (others @ bias).astype(np.float32)[:, None]
+        parts.append((others * scale).astype(np.float32) @ rows + (others @ bias).astype(np.float32)[:, None])
     if sines:
         coarse, fine = _block_phases(inc[:sines], phase0[:sines], count)
         (blocks, notes), channels = coarse.shape, gains.shape[0]
@@ -392,9 +390,8 @@ def _chord(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.nda
         np.cos(b, out=right[0])
         np.sin(b, out=right[1])
         product = left.reshape(channels * blocks, 2 * notes) @ right.reshape(2 * notes, _BLOCK)
-        sine_sum = product.reshape(channels, blocks * _BLOCK)[:, :count]
-        out = sine_sum if out is None else out + sine_sum
-    return out
+        parts.append(product.reshape(channels, blocks * _BLOCK)[:, :count])
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 def _apply_envelope(block: np.ndarray, begin: int, length: int, attack_n: int, release_n: int) -> None:
@@ -446,10 +443,7 @@ def _pan_gains(pan: float, audio_channels: int) -> np.ndarray:
 
 
 def _finite(value: float, default: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
+    number = float(value)
     return number if math.isfinite(number) else default
 
 
