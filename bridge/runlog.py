@@ -1,4 +1,4 @@
-"""Run log: crash-safe, append-only binary recording of a run's frames, reading back, CSV import/export.
+"""Run log: crash-safe, append-only binary recording of a run's frames, and reading a run back.
 
 A ``.gbrun`` file is little-endian throughout. The header is written once, when the writer opens::
 
@@ -26,27 +26,26 @@ Reading ignores a truncated last record (a write torn by ``kill -9``) and stops,
 ``RunLogWarning`` that says how many bytes were skipped, at the first record whose CRC does not match.
 
 CSV: ``open_run`` also reads a CSV with a ``step`` column (any case; W&B's ``_step`` too) and one
-column per layer, as TensorBoard and W&B export them; see ``open_run`` and ``write_csv``.
+column per layer, as TensorBoard and W&B export them. The CSV format lives in ``bridge.runcsv``;
+``write_csv`` and ``LAYER_PREFIX`` are re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import struct
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from types import TracebackType
 
 import numpy as np
 
 from bridge.errors import RunLogError
 from bridge.frames import Frame, RunInfo
+from bridge.runcsv import EXPECTED_INPUT, LAYER_PREFIX, open_csv, write_csv
 
 __all__ = ["BYTES_PER_LAYER", "FORMAT_VERSION", "LAYER_PREFIX", "MAGIC", "RECORD_FIXED_BYTES", "RunLogReader",
            "RunLogWarning", "RunLogWriter", "open_run", "read_run", "record_bytes", "write_csv"]
@@ -57,16 +56,10 @@ FORMAT_VERSION = 1
 RECORD_FIXED_BYTES = 36
 #: Bytes each layer adds to a record (one float32 norm).
 BYTES_PER_LAYER = 4
-#: A CSV column whose header starts with this is a layer named by the rest, whatever that rest is.
-LAYER_PREFIX = "layer:"
 
 _PREAMBLE = struct.Struct("<5sHI")  # magic, version, JSON length
 _FIXED = struct.Struct("<qddd")  # step, time_s, loss, lr
 _CRC = struct.Struct("<I")
-_EXPECTED = "expected a .gbrun run log written by gradbridge, or a CSV with a 'step' column"
-# CSV headers read as something other than a layer, after strip(), lower() and spaces -> "_".
-_RESERVED = {"step": "step", "_step": "step", "wall_time": "wall_time", "_timestamp": "wall_time",
-             "loss": "loss", "lr": "lr"}
 
 
 class RunLogWarning(UserWarning):
@@ -82,16 +75,16 @@ def record_bytes(layer_count: int) -> int:
     return RECORD_FIXED_BYTES + BYTES_PER_LAYER * layer_count
 
 
-def _fspath(path: str | os.PathLike[str], field: str = "path") -> str:
+def _fspath(path: str | os.PathLike[str]) -> str:
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{field} must be a str or os.PathLike; got {type(path).__name__}")
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     return os.fspath(path)
 
 
-def _check_parent(path: str, what: str) -> None:
+def _check_parent(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise RunLogError(f"cannot create {what} {path}: directory {parent} does not exist; create it first")
+        raise RunLogError(f"cannot create run log {path}: directory {parent} does not exist; create it first")
 
 
 def _encode_header(run_info: RunInfo) -> bytes:
@@ -181,7 +174,7 @@ class RunLogWriter:
         self._buffer = bytearray()
         self._closed = False
         header = bytearray(_encode_header(run_info))
-        _check_parent(self.path, "run log")
+        _check_parent(self.path)
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         except OSError as exc:
@@ -298,10 +291,10 @@ class RunLogReader:
             with open(self.path, "rb") as f:
                 preamble = f.read(_PREAMBLE.size)
                 if len(preamble) == 0:
-                    raise RunLogError(f"{self.path} is empty; {_EXPECTED}")
+                    raise RunLogError(f"{self.path} is empty; {EXPECTED_INPUT}")
                 if preamble[: len(MAGIC)] != MAGIC:
                     raise RunLogError(f"{self.path} is not a run log: it does not start with {MAGIC!r}; "
-                                      f"{_EXPECTED}")
+                                      f"{EXPECTED_INPUT}")
                 if len(preamble) < _PREAMBLE.size:
                     raise RunLogError(f"run log {self.path} has a truncated header ({len(preamble)} bytes)")
                 _, version, json_len = _PREAMBLE.unpack(preamble)
@@ -310,7 +303,7 @@ class RunLogReader:
                                       f"reads version {FORMAT_VERSION}; use the gradbridge that wrote it")
                 rest = f.read(json_len + _CRC.size)
         except OSError as exc:
-            raise RunLogError(f"cannot read run log {self.path}: {exc.strerror or exc}; {_EXPECTED}") from exc
+            raise RunLogError(f"cannot read run log {self.path}: {exc.strerror or exc}; {EXPECTED_INPUT}") from exc
         if len(rest) < json_len + _CRC.size:
             raise RunLogError(f"run log {self.path} has a truncated header: {json_len + _CRC.size} bytes "
                               f"expected after the first {_PREAMBLE.size}, {len(rest)} found")
@@ -352,8 +345,9 @@ class RunLogReader:
 def open_run(path: str | os.PathLike[str]) -> tuple[RunInfo, Iterator[Frame]]:
     """Open a ``.gbrun`` run log or a CSV of norms (told apart by the magic bytes, not the suffix).
 
-    Returns the run's ``RunInfo`` and an iterator of its frames, read lazily. CSV: one header row with a
-    ``step`` column (any case, also ``_step``/``Step``) and one column per layer, in file order; the
+    Returns the run's ``RunInfo`` and an iterator of its frames, read lazily. A file that does not start
+    with ``MAGIC`` (and is not empty) is read as a CSV by ``bridge.runcsv.open_csv``: one header row with
+    a ``step`` column (any case, also ``_step``/``Step``) and one column per layer, in file order; the
     optional columns ``wall_time`` (also ``Wall time``, W&B's ``_timestamp``), ``loss`` and ``lr`` fill
     ``time_s``, ``loss`` and ``lr``, which are NaN (unknown) when absent. A header ``layer:NAME`` is
     always a layer named ``NAME``. Empty cells and ``nan`` read as NaN, ``inf``/``-inf`` as ±Inf; steps
@@ -364,157 +358,13 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunInfo, Iterator[Frame]]:
         with open(path, "rb") as f:
             start = f.read(len(MAGIC))
     except OSError as exc:
-        raise RunLogError(f"cannot read run log {path}: {exc.strerror or exc}; {_EXPECTED}") from exc
+        raise RunLogError(f"cannot read run log {path}: {exc.strerror or exc}; {EXPECTED_INPUT}") from exc
     if start == MAGIC or not start:
         return (reader := RunLogReader(path)).info, iter(reader)
-    layout = _read_csv_layout(path)
-    return layout.info, _iter_csv(path, layout)
+    return open_csv(path)
 
 
 def read_run(path: str | os.PathLike[str]) -> tuple[RunInfo, list[Frame]]:
     """Read a whole ``.gbrun`` run log or CSV of norms into memory; see ``open_run``."""
     info, frames = open_run(path)
     return info, list(frames)
-
-
-def _reserved_role(header: str) -> str | None:
-    return _RESERVED.get(header.strip().lower().replace(" ", "_"))
-
-
-def _csv_layer_header(name: str) -> str:
-    """The CSV header for a layer: its name, or ``layer:`` + name when that would read as something else."""
-    if name.startswith(LAYER_PREFIX) or _reserved_role(name) is not None:
-        return LAYER_PREFIX + name
-    return name
-
-
-@dataclass(frozen=True)
-class _CsvLayout:
-    info: RunInfo
-    width: int
-    roles: dict[str, int]  # reserved role -> column index
-    layer_columns: tuple[int, ...]
-
-
-def _csv_rows(path: str, f: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
-    """Rows as (line number, cells), blank lines skipped, decoding and CSV errors as ``RunLogError``."""
-    reader = csv.reader(f)
-    try:
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                yield reader.line_num, row
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise RunLogError(f"{path}, line {reader.line_num + 1}: not a readable CSV ({exc}); {_EXPECTED}") from exc
-
-
-def _read_csv_layout(path: str) -> _CsvLayout:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header = next(iter(_csv_rows(path, f)), (0, []))[1]
-    roles: dict[str, int] = {}
-    names: list[str] = []
-    columns: list[int] = []
-    for index, cell in enumerate(header):
-        role = None if cell.startswith(LAYER_PREFIX) else _reserved_role(cell)
-        if role is None:
-            names.append(cell[len(LAYER_PREFIX):] if cell.startswith(LAYER_PREFIX) else cell)
-            columns.append(index)
-        elif role in roles:
-            raise RunLogError(f"{path}: columns {roles[role] + 1} ({header[roles[role]]!r}) and {index + 1} "
-                              f"({cell!r}) both give {role!r}; keep one of them")
-        else:
-            roles[role] = index
-    if "step" not in roles:
-        raise RunLogError(f"{path} is not a run log: it does not start with {MAGIC!r} and its first row "
-                          f"{header[:6]!r} has no 'step' column; {_EXPECTED} (also '_step' or 'Step') "
-                          f"and one column per layer")
-    if not names:
-        raise RunLogError(f"{path} has a 'step' column but no layer columns; add one column of norms per layer")
-    return _CsvLayout(RunInfo(tuple(names)), len(header), roles, tuple(columns))
-
-
-def _parse_float(text: str, where: str) -> float:
-    stripped = text.strip()
-    if not stripped:
-        return math.nan
-    try:
-        return float(stripped)
-    except ValueError:
-        raise RunLogError(f"{where}: cannot read {text!r} as a number; expected a decimal number, "
-                          f"'nan', 'inf', '-inf' or an empty cell") from None
-
-
-def _parse_step(text: str, where: str) -> int:
-    stripped = text.strip()
-    try:
-        return int(stripped)
-    except ValueError:
-        pass
-    try:
-        value = float(stripped)
-    except ValueError:
-        value = math.nan
-    if not value.is_integer():
-        raise RunLogError(f"{where}: cannot read {text!r} as a step; expected a whole number such as 0 or 12")
-    return int(value)
-
-
-def _cell_locator(path: str, line: int, header: list[str]) -> Callable[[int], str]:
-    """A function naming a cell of ``line`` for error messages: file, line, column number and header."""
-    return lambda col: f"{path}, line {line}, column {col + 1} ({header[col]!r})"
-
-
-def _iter_csv(path: str, layout: _CsvLayout) -> Iterator[Frame]:
-    step_col = layout.roles["step"]
-    optional = [layout.roles.get(role) for role in ("wall_time", "loss", "lr")]
-    previous: tuple[int, int] | None = None  # (step, line)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = _csv_rows(path, f)
-        header = next(rows, (0, []))[1]
-        for line, row in rows:
-            if len(row) != layout.width:
-                raise RunLogError(f"{path}, line {line}: {len(row)} cells, but the header has {layout.width} "
-                                  f"columns; every row needs one cell per column")
-            where = _cell_locator(path, line, header)
-            step = _parse_step(row[step_col], where(step_col))
-            if previous is not None and step < previous[0]:
-                raise RunLogError(f"{where(step_col)}: step {step} comes after step {previous[0]} (line "
-                                  f"{previous[1]}); steps must not decrease, sort the rows by step")
-            previous = (step, line)
-            time_s, loss, lr = (math.nan if col is None else _parse_float(row[col], where(col))
-                                for col in optional)
-            norms = [_parse_float(row[col], where(col)) for col in layout.layer_columns]
-            yield Frame(step, time_s, np.array(norms, dtype=np.float64), loss, lr)
-
-
-def write_csv(path: str | os.PathLike[str], run_info: RunInfo, frames: Iterable[Frame]) -> int:
-    """Write frames as CSV ``step,wall_time,loss,lr,<layers...>``; returns how many rows were written.
-
-    Floats are written with ``repr`` (``nan``, ``inf``, ``-inf`` included), so ``open_run`` reads back
-    the very same float64 values. A layer whose name starts with ``layer:`` or would read as a reserved
-    column (``step``, ``_step``, ``wall_time``, ``_timestamp``, ``loss``, ``lr``, any case, spaces for
-    underscores) gets the header ``layer:`` + name; duplicate names are kept, in order.
-    """
-    path = _fspath(path)
-    if not isinstance(run_info, RunInfo):
-        raise TypeError(f"run_info must be a bridge.frames.RunInfo; got {type(run_info).__name__}")
-    layers = len(run_info.layer_names)
-    _check_parent(path, "CSV")
-    rows = 0
-    try:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["step", "wall_time", "loss", "lr",
-                             *(_csv_layer_header(name) for name in run_info.layer_names)])
-            for frame in frames:
-                if not isinstance(frame, Frame):
-                    raise TypeError(f"frames must hold bridge.frames.Frame; got {type(frame).__name__}")
-                frame = frame.resolve()
-                if frame.layer_count != layers:
-                    raise ValueError(f"frame at step {frame.step} has {frame.layer_count} layer norms but "
-                                     f"run_info names {layers} layers")
-                writer.writerow([str(frame.step), repr(frame.time_s), repr(frame.loss), repr(frame.lr),
-                                 *map(repr, frame.norms.tolist())])
-                rows += 1
-    except OSError as exc:
-        raise RunLogError(f"could not write CSV {path}: {exc.strerror or exc}") from exc
-    return rows

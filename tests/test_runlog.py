@@ -1,4 +1,4 @@
-"""Tests for bridge.runlog: the binary run log, its crash safety, and CSV import/export."""
+"""Tests for bridge.runlog: the binary run log, its crash safety, and telling it from a CSV (see test_runcsv)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from bridge.runlog import (
     open_run,
     read_run,
     record_bytes,
-    write_csv,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -402,100 +401,3 @@ def test_kill_9_loses_at_most_flush_every_minus_1_frames(tmp_path: Path) -> None
     assert len(frames) % 10 == 0  # only whole flushes of 10 frames reach the file
     assert appended_at_least - 9 <= len(frames) <= appended_at_least + 1
     assert_frames_are_the_childs(frames)
-
-
-# --- CSV -------------------------------------------------------------------------------------------------
-
-
-def test_csv_export_import_round_trip_with_colliding_names(tmp_path: Path) -> None:
-    names = ("loss", "Step", "layer:x", "wall time", "fc", "fc", "enc.0,attn", "")
-    info = RunInfo(names)
-    norms = np.array([[0.1, math.nan, math.inf, -math.inf, 0.0, 1e30, 3e38, 7.0]], dtype=np.float32)
-    frames = [Frame(0, 1700000000.123456, norms[0], loss=0.1, lr=math.nan),
-              Frame(3, math.nan, norms[0] / 2, loss=math.inf, lr=3e-4)]
-    path = tmp_path / "norms.csv"
-
-    assert write_csv(path, info, frames) == 2
-    first_line = path.read_text().splitlines()[0]
-    got_info, got = read_run(path)
-
-    assert first_line == 'step,wall_time,loss,lr,layer:loss,layer:Step,layer:layer:x,layer:wall time,fc,fc,"enc.0,attn",'
-    assert got_info.layer_names == names
-    assert [f.step for f in got] == [0, 3]
-    assert_same_floats([f.time_s for f in got], [1700000000.123456, math.nan])
-    assert_same_floats([f.loss for f in got], [0.1, math.inf])
-    assert_same_floats([f.lr for f in got], [math.nan, 3e-4])
-    assert_same_floats(got[0].norms, norms[0].astype(np.float64))
-    assert_same_floats(got[1].norms, (norms[0] / 2).astype(np.float64))
-    assert got[0].norms[0] == 0.100000001490116119384765625
-
-
-def test_binary_to_csv_and_back_is_exact(tmp_path: Path) -> None:
-    log, csv_path = tmp_path / "run.gbrun", tmp_path / "run.csv"
-    write_frames(log, ("a", "b"), 3)
-    info, frames = read_run(log)
-    write_csv(csv_path, info, frames)
-    info2, frames2 = read_run(csv_path)
-    assert info2.layer_names == ("a", "b")
-    assert [(f.step, f.time_s, f.loss, f.lr, f.norms.tolist()) for f in frames2] == [
-        (s, 100.0 + s, float(s), 0.1, [s + 0.5, s + 0.5]) for s in range(3)]
-
-
-def test_csv_with_wandb_step_header(tmp_path: Path) -> None:
-    path = tmp_path / "wandb.csv"
-    path.write_text("\ufeff_step,enc.0/grad_norm,enc.1/grad_norm,_timestamp\n0,0.5,,1700000000.5\n"
-                    "\n2,NaN,-inf,1700000001\n2, 1e-3 ,Infinity,\n")
-    info, frames = read_run(path)
-    assert info.layer_names == ("enc.0/grad_norm", "enc.1/grad_norm")
-    assert [f.step for f in frames] == [0, 2, 2]
-    assert_same_floats(np.array([f.norms for f in frames]), [[0.5, math.nan], [math.nan, -math.inf],
-                                                             [0.001, math.inf]])
-    assert_same_floats([f.time_s for f in frames], [1700000000.5, 1700000001.0, math.nan])
-    assert_same_floats([f.loss for f in frames], [math.nan] * 3)
-
-
-def test_csv_from_tensorboard_with_capitalised_headers(tmp_path: Path) -> None:
-    path = tmp_path / "tb.csv"
-    path.write_text("Wall time,Step,Value\n1700000000.25,0,0.75\n1700000000.5,10.0,1.25\n")
-    info, frames = read_run(path)
-    assert info.layer_names == ("Value",)
-    assert [(f.step, f.time_s, f.norms.tolist()) for f in frames] == [(0, 1700000000.25, [0.75]),
-                                                                      (10, 1700000000.5, [1.25])]
-
-
-def test_csv_bad_cell_names_file_line_column_and_value(tmp_path: Path) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text("step,a,b\n0,1,2\n1,1,oops\n")
-    _, frames = open_run(path)
-    with pytest.raises(RunLogError) as error:
-        list(frames)
-    assert str(error.value).startswith(f"{path}, line 3, column 3 ('b'): cannot read 'oops' as a number")
-
-
-def test_csv_bad_step_and_short_row(tmp_path: Path) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text("step,a\n0.5,1\n")
-    with pytest.raises(RunLogError, match=r"line 2, column 1 \('step'\): cannot read '0.5' as a step"):
-        read_run(path)
-    path.write_text("step,a,b\n0,1\n")
-    with pytest.raises(RunLogError, match="line 2: 2 cells, but the header has 3 columns"):
-        read_run(path)
-
-
-def test_csv_decreasing_step_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "unsorted.csv"
-    path.write_text("step,a\n5,1\n6,1\n3,1\n")
-    with pytest.raises(RunLogError, match=r"line 4, column 1 \('step'\): step 3 comes after step 6 \(line 3\)"):
-        read_run(path)
-
-
-def test_csv_without_step_column_or_layers(tmp_path: Path) -> None:
-    path = tmp_path / "nostep.csv"
-    path.write_text("epoch,a\n0,1\n")
-    with pytest.raises(RunLogError) as error:
-        read_run(path)
-    assert str(path) in str(error.value) and EXPECTED_KINDS in str(error.value)
-    assert "['epoch', 'a']" in str(error.value)
-    path.write_text("Step,loss,LR\n0,1,2\n")
-    with pytest.raises(RunLogError, match="has a 'step' column but no layer columns"):
-        read_run(path)

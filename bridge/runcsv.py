@@ -1,0 +1,210 @@
+"""A CSV of norms, as TensorBoard or W&B export it, read into frames, and frames written back as CSV.
+
+Reading (``open_csv``): one header row with a ``step`` column (any case, also W&B's ``_step``) and one
+column per layer, in file order; the optional columns ``wall_time`` (also ``Wall time``, W&B's
+``_timestamp``), ``loss`` and ``lr`` fill ``Frame.time_s``, ``loss`` and ``lr``, which are NaN (unknown)
+when absent. A header ``layer:NAME`` is always a layer named ``NAME``. Empty cells and ``nan`` read as
+NaN, ``inf``/``-inf`` as ±Inf; steps may repeat but never decrease. Blank lines are skipped and a UTF-8
+byte order mark is ignored.
+
+Writing (``write_csv``): ``step,wall_time,loss,lr,<layers...>`` with floats written by ``repr``, so reading
+the file back gives the very same float64 values.
+
+``bridge.runlog.open_run`` reads any file that does not start with the run log's magic bytes as such a
+CSV, so the errors here for a file that is neither name both kinds of run file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from bridge.errors import RunLogError
+from bridge.frames import Frame, RunInfo
+
+__all__ = ["EXPECTED_INPUT", "LAYER_PREFIX", "open_csv", "write_csv"]
+
+#: A CSV column whose header starts with this is a layer named by the rest, whatever that rest is.
+LAYER_PREFIX = "layer:"
+#: What a run file may be; ends the errors about a file that is neither kind.
+EXPECTED_INPUT = "expected a .gbrun run log written by gradbridge, or a CSV with a 'step' column"
+
+# The start of a .gbrun run log (``bridge.runlog.MAGIC``), named when a file is neither kind of run file.
+_NOT_A_RUN_LOG = "is not a run log: it does not start with b'GBRUN'"
+# CSV headers read as something other than a layer, after strip(), lower() and spaces -> "_".
+_RESERVED = {"step": "step", "_step": "step", "wall_time": "wall_time", "_timestamp": "wall_time",
+             "loss": "loss", "lr": "lr"}
+
+
+def open_csv(path: str | os.PathLike[str]) -> tuple[RunInfo, Iterator[Frame]]:
+    """Open a CSV of norms: its ``RunInfo`` (layer names from the header) and an iterator of its frames.
+
+    The header is read at once, the rows lazily as the iterator is consumed; see the module docstring for
+    the columns. Problems raise ``RunLogError`` naming the file, line and column.
+    """
+    path = _fspath(path)
+    try:
+        layout = _read_layout(path)
+    except OSError as exc:
+        raise RunLogError(f"cannot read CSV {path}: {exc.strerror or exc}; {EXPECTED_INPUT}") from exc
+    return layout.info, _iter_frames(path, layout)
+
+
+def write_csv(path: str | os.PathLike[str], run_info: RunInfo, frames: Iterable[Frame]) -> int:
+    """Write frames as CSV ``step,wall_time,loss,lr,<layers...>``; returns how many rows were written.
+
+    Floats are written with ``repr`` (``nan``, ``inf``, ``-inf`` included), so ``open_csv`` reads back
+    the very same float64 values. A layer whose name starts with ``layer:`` or would read as a reserved
+    column (``step``, ``_step``, ``wall_time``, ``_timestamp``, ``loss``, ``lr``, any case, spaces for
+    underscores) gets the header ``layer:`` + name; duplicate names are kept, in order.
+    """
+    path = _fspath(path)
+    if not isinstance(run_info, RunInfo):
+        raise TypeError(f"run_info must be a bridge.frames.RunInfo; got {type(run_info).__name__}")
+    layers = len(run_info.layer_names)
+    _check_parent(path)
+    rows = 0
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["step", "wall_time", "loss", "lr",
+                             *(_layer_header(name) for name in run_info.layer_names)])
+            for frame in frames:
+                if not isinstance(frame, Frame):
+                    raise TypeError(f"frames must hold bridge.frames.Frame; got {type(frame).__name__}")
+                frame = frame.resolve()
+                if frame.layer_count != layers:
+                    raise ValueError(f"frame at step {frame.step} has {frame.layer_count} layer norms but "
+                                     f"run_info names {layers} layers")
+                writer.writerow([str(frame.step), repr(frame.time_s), repr(frame.loss), repr(frame.lr),
+                                 *map(repr, frame.norms.tolist())])
+                rows += 1
+    except OSError as exc:
+        raise RunLogError(f"could not write CSV {path}: {exc.strerror or exc}") from exc
+    return rows
+
+
+def _fspath(path: str | os.PathLike[str]) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def _check_parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise RunLogError(f"cannot create CSV {path}: directory {parent} does not exist; create it first")
+
+
+def _reserved_role(header: str) -> str | None:
+    return _RESERVED.get(header.strip().lower().replace(" ", "_"))
+
+
+def _layer_header(name: str) -> str:
+    """The CSV header for a layer: its name, or ``layer:`` + name when that would read as something else."""
+    if name.startswith(LAYER_PREFIX) or _reserved_role(name) is not None:
+        return LAYER_PREFIX + name
+    return name
+
+
+@dataclass(frozen=True)
+class _Layout:
+    info: RunInfo
+    width: int
+    roles: dict[str, int]  # reserved role -> column index
+    layer_columns: tuple[int, ...]
+
+
+def _rows(path: str, f: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """Rows as (line number, cells), blank lines skipped, decoding and CSV errors as ``RunLogError``."""
+    reader = csv.reader(f)
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield reader.line_num, row
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise RunLogError(f"{path}, line {reader.line_num + 1}: not a readable CSV ({exc}); "
+                          f"{EXPECTED_INPUT}") from exc
+
+
+def _read_layout(path: str) -> _Layout:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = next(iter(_rows(path, f)), (0, []))[1]
+    roles: dict[str, int] = {}
+    names: list[str] = []
+    columns: list[int] = []
+    for index, cell in enumerate(header):
+        role = None if cell.startswith(LAYER_PREFIX) else _reserved_role(cell)
+        if role is None:
+            names.append(cell[len(LAYER_PREFIX):] if cell.startswith(LAYER_PREFIX) else cell)
+            columns.append(index)
+        elif role in roles:
+            raise RunLogError(f"{path}: columns {roles[role] + 1} ({header[roles[role]]!r}) and {index + 1} "
+                              f"({cell!r}) both give {role!r}; keep one of them")
+        else:
+            roles[role] = index
+    if "step" not in roles:
+        raise RunLogError(f"{path} {_NOT_A_RUN_LOG} and its first row {header[:6]!r} has no 'step' column; "
+                          f"{EXPECTED_INPUT} (also '_step' or 'Step') and one column per layer")
+    if not names:
+        raise RunLogError(f"{path} has a 'step' column but no layer columns; add one column of norms per layer")
+    return _Layout(RunInfo(tuple(names)), len(header), roles, tuple(columns))
+
+
+def _parse_float(text: str, where: str) -> float:
+    stripped = text.strip()
+    if not stripped:
+        return math.nan
+    try:
+        return float(stripped)
+    except ValueError:
+        raise RunLogError(f"{where}: cannot read {text!r} as a number; expected a decimal number, "
+                          f"'nan', 'inf', '-inf' or an empty cell") from None
+
+
+def _parse_step(text: str, where: str) -> int:
+    stripped = text.strip()
+    try:
+        return int(stripped)
+    except ValueError:
+        pass
+    try:
+        value = float(stripped)
+    except ValueError:
+        value = math.nan
+    if not value.is_integer():
+        raise RunLogError(f"{where}: cannot read {text!r} as a step; expected a whole number such as 0 or 12")
+    return int(value)
+
+
+def _cell_locator(path: str, line: int, header: list[str]) -> Callable[[int], str]:
+    """A function naming a cell of ``line`` for error messages: file, line, column number and header."""
+    return lambda col: f"{path}, line {line}, column {col + 1} ({header[col]!r})"
+
+
+def _iter_frames(path: str, layout: _Layout) -> Iterator[Frame]:
+    step_col = layout.roles["step"]
+    optional = [layout.roles.get(role) for role in ("wall_time", "loss", "lr")]
+    previous: tuple[int, int] | None = None  # (step, line)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = _rows(path, f)
+        header = next(rows, (0, []))[1]
+        for line, row in rows:
+            if len(row) != layout.width:
+                raise RunLogError(f"{path}, line {line}: {len(row)} cells, but the header has {layout.width} "
+                                  f"columns; every row needs one cell per column")
+            where = _cell_locator(path, line, header)
+            step = _parse_step(row[step_col], where(step_col))
+            if previous is not None and step < previous[0]:
+                raise RunLogError(f"{where(step_col)}: step {step} comes after step {previous[0]} (line "
+                                  f"{previous[1]}); steps must not decrease, sort the rows by step")
+            previous = (step, line)
+            time_s, loss, lr = (math.nan if col is None else _parse_float(row[col], where(col))
+                                for col in optional)
+            norms = [_parse_float(row[col], where(col)) for col in layout.layer_columns]
+            yield Frame(step, time_s, np.array(norms, dtype=np.float64), loss, lr)
