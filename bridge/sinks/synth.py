@@ -7,10 +7,8 @@ Samples are float32, shape ``(frames, audio_channels)``, always finite and withi
 
 Each layer has one oscillator (sine, triangle, square or saw) whose phase either restarts at 0 on every
 note (``phase = "reset"``) or carries on from the end of the layer's previous note (``"continuous"``).
-Sample ``k = q·_BLOCK + r`` of a note has phase ``coarse[q] + fine[r]`` cycles, so a step's notes of one
-length are computed at once by matrix products, with no per-sample Python: as a (notes, samples) array
-when they follow one another, and summed straight into (channels, samples) when they start together;
-a chord of sines never even makes the per-note array (``Σ g·sin(a + b) = Σ g·sin a·cos b + g·cos a·sin b``).
+A step's notes of one length are computed at once (``bridge.sinks.voices``): as a (notes, samples) array
+when they follow one another, and summed straight into (channels, samples) when they start together.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from bridge.events import WAVEFORMS, Alarm, Arrangement, StepEvents
+from bridge.sinks.voices import BLOCK, WAVE_CODES, Workspace, apply_envelope, chord_sum, oscillator_rows, pan_gains
 
 #: Phase handling of the oscillators.
 PHASES = ("reset", "continuous")
@@ -38,16 +37,8 @@ ALARM_AMPLITUDE = 0.25
 #: Attack and release of each half of the alarm, in seconds.
 ALARM_EDGE_S = 0.002
 
-_BLOCK = 128  # samples per coarse phase step
 _TILE_ELEMENTS = 1 << 19  # notes × samples computed at once (keeps scratch arrays in cache, memory bounded)
 _MAX_TIME_S = 1e9  # a note starting further than this from time zero is ignored (cannot be placed)
-_WAVE_CODES = {name: code for code, name in enumerate(WAVEFORMS)}
-_SINE, _TRIANGLE, _SQUARE = _WAVE_CODES["sine"], _WAVE_CODES["triangle"], _WAVE_CODES["square"]
-# Per waveform code (see ``_waves``): phase offset in cycles, so that every waveform starts at 0 and rises
-# (the square at +1), and the affine map from the computed row to the wave.
-_OFFSETS = np.array([{"triangle": -0.25}.get(name, 0.0) for name in WAVEFORMS])
-_SCALES = np.array([{"sine": 1.0, "triangle": -4.0, "square": 2.0, "saw": 2.0}[name] for name in WAVEFORMS])
-_BIASES = np.array([{"triangle": 1.0, "square": -1.0}.get(name, 0.0) for name in WAVEFORMS])
 
 
 class Synth:
@@ -66,8 +57,8 @@ class Synth:
         self.max_frequency_hz = min(float(a.max_frequency_hz), sr / 2.0)
         self._slot_of_layer = np.full(max(v.index for v in a.voices) + 1, -1, dtype=np.int64)
         self._slot_of_layer[[v.index for v in a.voices]] = np.arange(len(a.voices))
-        self._wave_of_slot = np.array([_WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
-        self._gain_of_slot = np.stack([_pan_gains(v.pan, self.audio_channels) for v in a.voices], axis=1)
+        self._wave_of_slot = np.array([WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
+        self._gain_of_slot = np.stack([pan_gains(v.pan, self.audio_channels) for v in a.voices], axis=1)
         self._phase = np.zeros(len(a.voices), dtype=np.float64)  # each layer's phase in cycles, [0, 1)
         self._buf = np.zeros((self.audio_channels, 4096), dtype=np.float32)
         self._origin = 0  # absolute sample index up to which samples were popped
@@ -76,7 +67,7 @@ class Synth:
         self._finished: list[tuple[int, np.ndarray]] = []  # (start, samples) left before a long silence
         self._end = 0  # absolute sample index where everything rendered so far ends
         self._last_start = 0  # absolute sample index of the last rendered step's start
-        self._work = _Workspace()
+        self._work = Workspace()
         #: Samples that arrived for a time already popped (or left behind), and were dropped.
         self.late_samples = 0
 
@@ -258,9 +249,9 @@ class Synth:
         starts = np.concatenate([span[:, 0], span[:, 0] + half])
         lengths = np.concatenate([half, span[:, 1] - half])
         inc = np.repeat(np.minimum(ALARM_FREQUENCIES_HZ, self.max_frequency_hz) / sr, span.shape[0])
-        centre = _pan_gains(0.0, self.audio_channels) * ALARM_AMPLITUDE
+        centre = pan_gains(0.0, self.audio_channels) * ALARM_AMPLITUDE
         gains = np.repeat(centre[:, None], starts.shape[0], axis=1).astype(np.float32)
-        codes = np.full(starts.shape[0], _WAVE_CODES["square"])
+        codes = np.full(starts.shape[0], WAVE_CODES["square"])
         return codes, starts, lengths, inc, np.zeros_like(inc), gains
 
     def _mix(self, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
@@ -281,17 +272,17 @@ class Synth:
             if at.min() < 0:  # samples before the buffer were popped already: too late to change
                 self.late_samples += int(np.minimum(-at[at < 0], length).sum())
             chord = bool((at == at[0]).all())
-            tile = max(_BLOCK, _TILE_ELEMENTS // group.shape[0])
+            tile = max(BLOCK, _TILE_ELEMENTS // group.shape[0])
             for begin in range(max(0, -int(at.max())), length, tile):
                 count = min(tile, length - begin)
                 phase = phase0[group] if begin == 0 else (phase0[group] + group_inc * begin) % 1.0
                 if chord:
-                    block = _chord(group_codes, group_inc, phase, gains[:, group], count, self._work)
-                    _apply_envelope(block, begin, length, attack_n, release_n)
+                    block = chord_sum(group_codes, group_inc, phase, gains[:, group], count, self._work)
+                    apply_envelope(block, begin, length, attack_n, release_n)
                     self._buf[:, at[0] + begin:at[0] + begin + count] += block
                     continue
-                rows = _voices(group_codes, group_inc, phase, count, self._work)
-                _apply_envelope(rows, begin, length, attack_n, release_n)
+                rows = oscillator_rows(group_codes, group_inc, phase, count, self._work)
+                apply_envelope(rows, begin, length, attack_n, release_n)
                 for row, (note, offset) in enumerate(zip(group.tolist(), (at + begin).tolist())):
                     skip = max(0, -offset)
                     if skip < count:
@@ -314,132 +305,6 @@ def render_events(arrangement: Arrangement, events: Iterable[StepEvents]) -> np.
         chunks.append(synth.pop_ready())
     chunks.append(synth.finish())
     return np.concatenate(chunks, axis=0)
-
-
-def _block_phases(inc: np.ndarray, phase0: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Phase in cycles of sample ``k = q·_BLOCK + r`` as ``coarse[q, note] + fine[note, r]`` (mod 1).
-
-    Both parts are wrapped to [0, 1): ``coarse`` (blocks, notes), ``fine`` (notes, ``_BLOCK``).
-    """
-    coarse = np.multiply.outer(np.arange(-(-count // _BLOCK), dtype=np.float64) * _BLOCK, inc)
-    coarse += phase0
-    fine = np.multiply.outer(inc, np.arange(_BLOCK, dtype=np.float64))
-    return coarse - np.floor(coarse), fine - np.floor(fine)
-
-
-def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int,
-           work: _Workspace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each note's oscillator up to an affine map: float32 rows ``(notes, count)`` and per-note ``scale``,
-    ``bias`` such that ``wave = scale·row + bias``. ``codes`` must come sorted (one run per waveform).
-
-    The phase ``x`` comes from a batched product (coarse + fine), then ``w = x - rint(x)`` in [-1/2, 1/2];
-    sine ``sin 2πw``, saw ``2w``, square ``2·[w >= 0] - 1``, triangle ``1 - 4|w|`` (w a quarter cycle early).
-    """
-    coarse, fine = _block_phases(inc, phase0 + _OFFSETS[codes], count)
-    (blocks, notes) = coarse.shape
-    left = np.empty((notes, blocks, 2), dtype=np.float32)
-    right = np.empty((notes, 2, _BLOCK), dtype=np.float32)
-    left[:, :, 0], left[:, :, 1], right[:, 0, :], right[:, 1, :] = coarse.T, 1.0, 1.0, fine
-    x = np.matmul(left, right, out=work.get("rows", (notes, blocks, _BLOCK))).reshape(notes, -1)[:, :count]
-    np.subtract(x, np.rint(x, out=work.get("wrapped", x.shape)), out=x)
-    edges = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
-    for low, high in zip([0] + edges, edges + [notes]):  # one run of rows per waveform
-        code, w = int(codes[low]), x[low:high]
-        if code == _SINE:
-            w *= np.float32(2.0 * np.pi)
-            np.sin(w, out=w)
-        elif code == _SQUARE:
-            np.greater_equal(w, np.float32(0.0), out=w, casting="unsafe")
-        elif code == _TRIANGLE:
-            np.abs(w, out=w)
-    return x, _SCALES[codes], _BIASES[codes]
-
-
-def _voices(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int, work: _Workspace) -> np.ndarray:
-    """Each note's oscillator, float32 ``(notes, count)``, amplitude 1, from phase ``phase0`` (cycles)."""
-    rows, scale, bias = _waves(codes, inc, phase0, count, work)
-    if (scale != 1.0).any() or bias.any():
-        rows *= scale.astype(np.float32)[:, None]
-        rows += bias.astype(np.float32)[:, None]
-    return rows
-
-
-def _chord(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, count: int,
-           work: _Workspace) -> np.ndarray:
-    """Notes starting together, summed: float32 ``(channels, count)`` = ``Σ_i gains[:, i]·wave_i``.
-
-    Sines need no per-note array: ``Σ g·sin 2π(a + b) = Σ (g·sin 2πa)·cos 2πb + (g·cos 2πa)·sin 2πb`` is
-    one matrix product over (block, note) × (note, offset in block). The other waveforms are made as rows
-    (see ``_waves``) and summed by a matrix product with the gains. ``codes`` must come sorted, sines first.
-    """
-    sines = int(np.searchsorted(codes, _SINE, side="right"))
-    parts = []
-    if sines < codes.shape[0]:
-        rows, scale, bias = _waves(codes[sines:], inc[sines:], phase0[sines:], count, work)
-        others = gains[:, sines:]
-        parts.append((others * scale).astype(np.float32) @ rows + (others @ bias).astype(np.float32)[:, None])
-    if sines:
-        coarse, fine = _block_phases(inc[:sines], phase0[:sines], count)
-        (blocks, notes), channels = coarse.shape, gains.shape[0]
-        a = (coarse * (2.0 * np.pi)).astype(np.float32)
-        b = (fine * (2.0 * np.pi)).astype(np.float32)
-        left = np.empty((channels, blocks, 2, notes), dtype=np.float32)
-        np.multiply(np.sin(a), gains[:, None, :sines], out=left[:, :, 0, :])
-        np.multiply(np.cos(a), gains[:, None, :sines], out=left[:, :, 1, :])
-        right = np.empty((2, notes, _BLOCK), dtype=np.float32)
-        np.cos(b, out=right[0])
-        np.sin(b, out=right[1])
-        product = left.reshape(channels * blocks, 2 * notes) @ right.reshape(2 * notes, _BLOCK)
-        parts.append(product.reshape(channels, blocks * _BLOCK)[:, :count])
-    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
-
-
-def _apply_envelope(block: np.ndarray, begin: int, length: int, attack_n: int, release_n: int) -> None:
-    """Multiply samples ``begin …`` of a note of ``length`` by its envelope, in place.
-
-    Gain at sample ``k``: ``min(1, k / attack_n, (length - 1 - k) / release_n)``: from exactly 0 at the
-    first sample up, and down to exactly 0 at the last.
-    """
-    end = begin + block.shape[1]
-    if attack_n + release_n > length:  # a note too short for both ramps: the lower of the two
-        k = np.arange(begin, end, dtype=np.float64)
-        gain = np.ones(k.shape[0])
-        if attack_n:
-            np.minimum(gain, k / attack_n, out=gain)
-        if release_n:
-            np.minimum(gain, (length - 1 - k) / release_n, out=gain)
-        block *= np.maximum(gain, 0.0).astype(np.float32)
-        return
-    if attack_n and begin < attack_n:
-        stop = min(end, attack_n)
-        block[:, :stop - begin] *= np.arange(begin, stop, dtype=np.float32) / np.float32(attack_n)
-    if release_n and end > length - release_n:
-        low = max(begin, length - release_n)
-        block[:, low - begin:] *= (np.float32(length - 1) - np.arange(low, end, dtype=np.float32)) / \
-            np.float32(release_n)
-
-
-class _Workspace:
-    """Scratch arrays reused from step to step: fresh large arrays cost more than the arithmetic on them."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 array of ``shape`` (contents undefined), backed by the named scratch array."""
-        size = math.prod(shape)
-        array = self._arrays.get(name)
-        if array is None or array.shape[0] < size:
-            array = self._arrays[name] = np.empty(max(size, 2 * (0 if array is None else array.shape[0])),
-                                                  dtype=np.float32)
-        return array[:size].reshape(shape)
-
-
-def _pan_gains(pan: float, audio_channels: int) -> np.ndarray:
-    """Per-channel gains: mono 1; stereo constant power, pan -1 (left) … 1 (right)."""
-    if audio_channels == 1:
-        return np.ones(1)
-    return np.array([math.sin((1.0 - pan) * math.pi / 4.0), math.sin((1.0 + pan) * math.pi / 4.0)])
 
 
 def _finite(value: float, default: float) -> float:
