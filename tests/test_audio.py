@@ -140,6 +140,18 @@ def test_a_step_arriving_after_the_queue_ran_dry_starts_latency_after_the_play_p
     assert np.array_equal(after[2205:2205 + second.shape[0]], second)
 
 
+def test_a_step_arriving_while_the_previous_one_still_plays_follows_it_seamlessly() -> None:
+    arrangement, steps = mapped("pentatonic", 2)
+    player = LivePlayer(arrangement, latency_s=0.05, max_backlog_s=10.0)
+    player.send(steps[0])  # frames 2205..7716
+    before = play_all(player, 6144)  # step 0 ends 1573 frames ahead: more than half the latency (1102.5)
+    player.send(steps[1])
+    player.finish()
+    after = play_all(player, 10000)
+    offline = render_events(arrangement, steps)
+    assert np.array_equal(np.concatenate([before, after])[2205:2205 + offline.shape[0]], offline)
+
+
 def test_steps_beyond_the_backlog_are_dropped_and_counted() -> None:
     arrangement, steps = mapped("pentatonic", 5)
     player = LivePlayer(arrangement, latency_s=0.05, max_backlog_s=0.2)  # 8820 frames may wait

@@ -2,9 +2,10 @@
 
 Timing. The output stream keeps its own clock: the frames its callback has handed to the device so far
 (``frames_played``). A step that arrives is scheduled to start ``latency_s`` after that play position, or,
-when the previous step is still queued, right where the previous step ends: steps that arrive faster than
-their musical length are queued back to back at musical spacing, so a live run or a replay sounds like the
-rendered WAV file (gaps in ``start_s``, left by steps that rate control folded away, are closed up). A step
+when the previous step is still queued (it ends at least ``latency_s / 2`` ahead of the play position), right
+where the previous step ends: steps that arrive faster than their musical length, or paced at it (replay),
+are queued back to back at musical spacing, so they sound like the rendered WAV file (gaps in ``start_s``,
+left by steps that rate control folded away, are closed up). A step
 that would start more than ``max_backlog_s`` after "now + latency" is dropped and counted
 (``steps_dropped``), so a run that trains faster than it sounds keeps the listener at most that far behind.
 
@@ -217,8 +218,10 @@ class LivePlayer:
                             "(%.3f s); steps must come in order of start time, so it is skipped",
                             events.step, events.start_s, self._musical / sr)
             return False
-        earliest = self.buffer.read_position + self.latency_frames
-        start = max(earliest, self._queue_end)
+        now = self.buffer.read_position
+        earliest = now + self.latency_frames
+        # right after the queued step while that one ends at least latency / 2 ahead (absorbs arrival jitter)
+        start = self._queue_end if 2 * (self._queue_end - now) >= self.latency_frames else earliest
         if start - earliest > self.backlog_frames:
             self.steps_dropped += 1
             return False
