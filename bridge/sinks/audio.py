@@ -43,7 +43,7 @@ log = logging.getLogger("bridge")
 
 #: What to do instead when there is no sound output, appended to every "cannot play" message.
 NO_AUDIO_HINT = ("render to a file instead (wav='run.wav' in bridge.watch, or `gradbridge render RUN -o "
-                 "run.wav`), or start a JACK server (jackd) and play through it")
+                 "run.wav`), or start a JACK server (jackd) and play through it (device='jack')")
 
 _WRITE_BLOCK = 4096  # frames added to the ring buffer per lock hold
 _POP_FRAMES = 1 << 16  # frames taken from the synth at once (bounds memory across long musical gaps)
@@ -184,7 +184,7 @@ class LivePlayer:
         max_backlog_s: seconds a step may wait behind earlier queued steps before it is dropped, 0–3600.
     """
 
-    def __init__(self, arrangement: Arrangement, *, latency_s: float = 0.1, max_backlog_s: float = 2.0) -> None:
+    def __init__(self, arrangement: Arrangement, *, latency_s: float = 0.1, max_backlog_s: float = 1.0) -> None:
         self.synth = Synth(arrangement)
         sr = self.sample_rate = self.synth.sample_rate
         self.latency_frames = int(round(_seconds("latency_s", latency_s, 10.0) * sr))
@@ -280,7 +280,7 @@ class AudioSink:
     name = "audio"
 
     def __init__(self, *, device: int | str | None = None, latency_s: float = 0.1, frames_per_buffer: int = 512,
-                 max_backlog_s: float = 2.0) -> None:
+                 max_backlog_s: float = 1.0) -> None:
         if device is not None and (isinstance(device, bool) or not isinstance(device, (int, str))):
             raise TypeError("AudioSink device must be None, an int index or a str name; "
                             f"got {type(device).__name__}")
