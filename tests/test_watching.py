@@ -6,6 +6,7 @@ import io
 import math
 import shutil
 import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -212,3 +213,51 @@ def test_nothing_is_left_on_the_model_or_optimizer(tmp_path: Path) -> None:
 def test_wrong_model_type() -> None:
     with pytest.raises(TypeError, match="torch.nn.Module"):
         bridge.watch("model", None)  # type: ignore[arg-type]
+
+
+class StuckSink:
+    """A live sink that blocks in send until released: the slowest sink there is."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.threads: set[int] = set()
+        self.sent = 0
+
+    def open(self, arrangement: object) -> None:
+        pass
+
+    def send(self, events: object) -> None:
+        import threading
+
+        self.threads.add(threading.get_ident())
+        self.release.wait(timeout=60)
+        self.sent += 1
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stuck_sink_never_holds_training_back_and_drops_are_counted(tmp_path: Path) -> None:
+    import threading
+
+    stuck = StuckSink()
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = bridge.watch(model, optimizer, mapping="daw", sinks=[stuck], queue_size=4, announce=None)
+    train(model, optimizer, 1, w)
+    for _ in range(6000):  # wait (at most 60 s) until the dispatcher sits inside the stuck sink
+        if stuck.threads:
+            break
+        time.sleep(0.01)
+    train(model, optimizer, 49, w)  # completes while the sink has not finished even one step
+    assert stuck.sent == 0
+    stuck.release.set()
+    stats = w.remove()
+    # the dispatcher took one frame into the stuck sink, 4 waited in the queue, the other 45 were dropped
+    assert (stats.frames_in, stats.frames_done, stats.frames_dropped) == (50, 5, 45)
+    assert stuck.sent == 5
+    assert threading.get_ident() not in stuck.threads
