@@ -1,0 +1,101 @@
+"""Probes for the overhead benchmark: a spy on host reads, a local OSC receiver, waiting for the dispatcher.
+
+Imported by ``overhead.py``; importing it does not change anything until a probe is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from bridge.watching import Watch
+
+
+def drain(watch: Watch, timeout_s: float = 120.0) -> None:
+    """Wait until the dispatcher has handled every frame handed to it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = watch.stats
+        if s.frames_done + s.frames_unreadable + s.frames_dropped >= s.frames_in:
+            return
+        time.sleep(0.0005)
+    raise RuntimeError(f"the dispatcher did not catch up within {timeout_s} s")
+
+
+class OscReceiver:
+    """A UDP socket on 127.0.0.1 (port chosen by the OS) that reads and discards, on its own thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.packets = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sock.recv(65536)
+                self.packets += 1
+            except socket.timeout:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+class HostReadSpy:
+    """Counts calls that read a tensor's value on the host, made on the thread that entered the spy.
+
+    Counted: ``item``, ``tolist``, ``numpy``, ``cpu``, ``float()``/``int()``/``bool()`` of a tensor, and a
+    ``to``/``copy_`` that moves data from a device to the host.
+    """
+
+    NAMES = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "to", "copy_")
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._saved: dict[str, object] = {}
+
+    def __enter__(self) -> "HostReadSpy":
+        self._thread = threading.get_ident()
+        for name in self.NAMES:
+            self._saved[name] = torch.Tensor.__dict__.get(name)
+            setattr(torch.Tensor, name, self._wrap(name, getattr(torch.Tensor, name)))
+        return self
+
+    def _wrap(self, name: str, original: Callable[..., object]) -> Callable[..., object]:
+        spy = self
+
+        def counted(tensor: torch.Tensor, *args: object, **kwargs: object) -> object:
+            result = original(tensor, *args, **kwargs)
+            if threading.get_ident() == spy._thread:
+                if name == "to":
+                    moved = isinstance(result, torch.Tensor) and result.device.type == "cpu" != tensor.device.type
+                    spy.counts[name] += moved
+                elif name == "copy_":
+                    source = args[0] if args else kwargs.get("src")
+                    spy.counts[name] += isinstance(source, torch.Tensor) and \
+                        tensor.device.type == "cpu" != source.device.type
+                else:
+                    spy.counts[name] += 1
+            return result
+
+        return counted
+
+    def __exit__(self, *exc: object) -> None:
+        for name, saved in self._saved.items():
+            if saved is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, saved)
