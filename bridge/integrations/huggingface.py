@@ -1,0 +1,164 @@
+"""Hugging Face adapter: ``GradbridgeTrainerCallback`` hears a ``transformers.Trainer`` run.
+
+    from transformers import Trainer
+    from bridge.integrations.huggingface import GradbridgeTrainerCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      callbacks=[GradbridgeTrainerCallback(mapping="pentatonic", record="run.gbrun",
+                                                           wav="run.wav", midi_file="run.mid")])
+    trainer.train()
+
+Needs transformers with the ``on_pre_optimizer_step`` event (``pip install "gradbridge[huggingface]"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping as MappingType
+from typing import TYPE_CHECKING, Any
+
+from bridge.integrations import WatchedRun, import_framework
+
+# The framework first: a missing one fails at once, before torch is loaded.
+_transformers = import_framework("transformers", "huggingface", "Hugging Face transformers")
+if not hasattr(_transformers.TrainerCallback, "on_pre_optimizer_step"):
+    raise ImportError(
+        f"transformers {_transformers.__version__} has no TrainerCallback.on_pre_optimizer_step event, which "
+        'GradbridgeTrainerCallback needs; upgrade it with: pip install "gradbridge[huggingface]"'
+    )
+
+import torch
+
+if TYPE_CHECKING:
+    from bridge.dispatch import DispatchStats
+    from bridge.watching import Watch
+
+__all__ = ["GradbridgeTrainerCallback"]
+
+
+def _output_loss(output: Any) -> torch.Tensor | None:
+    """The ``loss`` a model returned (a ``ModelOutput`` or dict entry), if it is a one-element tensor."""
+    loss = output.get("loss") if isinstance(output, MappingType) else getattr(output, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+class _StepLoss:
+    """Collects the training loss of one optimizer step from the model's own outputs (a forward hook).
+
+    Each training forward pass (module in training mode, grad enabled: evaluation is left out) adds its
+    ``loss``. The step's loss is their mean, or their sum when the Trainer passed ``num_items_in_batch``
+    (then each micro-batch loss is already divided by the item count of the whole step).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._total: torch.Tensor | None = None
+        self._count = 0
+        self._summed = False
+        self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        loss = _output_loss(output)
+        if loss is None:
+            return
+        part = loss.detach().reshape(())
+        self._total = part if self._total is None else self._total + part
+        self._count += 1
+        self._summed = kwargs.get("num_items_in_batch") is not None
+
+    def take(self) -> torch.Tensor | None:
+        """The loss of the step now ending (``None`` if the model returned none), and start the next."""
+        total, count, summed = self._total, self._count, self._summed
+        self._total, self._count = None, 0
+        if total is None:
+            return None
+        return total if summed else total / count
+
+    def remove(self) -> None:
+        """Unregister the forward hook; safe to call twice."""
+        self._handle.remove()
+
+
+class GradbridgeTrainerCallback(_transformers.TrainerCallback):  # type: ignore[misc,name-defined]
+    """Hear every optimizer step of ``Trainer.train``: the layers' gradient norms, the loss and the lr.
+
+    Takes the keyword options of ``bridge.watch`` (``mapping``, ``record``, ``wav``, ``midi_file``,
+    ``midi``, ``osc``, ``play``, ``sinks``, ``layers``, ``params``, ``groups``, ``depth``, ``every``,
+    ``max_fps``, ``aggregate``, ``announce``, ...), checked when the callback is made; ``model`` (optional)
+    measures that module instead of the Trainer's model, e.g. only the encoder.
+
+    When: ``on_pre_optimizer_step``, after the step's backward passes (one frame per optimizer step, also
+    with ``gradient_accumulation_steps``). The Trainer clips gradients *before* this event, so with
+    ``max_grad_norm`` > 0 (the default is 1.0) you hear the clipped norms: every layer scaled by the same
+    factor whenever the total norm exceeds the limit. Set ``max_grad_norm=0`` to hear the raw norms (under
+    fp16 mixed precision they are then still multiplied by the loss scale, since only clipping unscales
+    them before the optimizer step).
+
+    Loss: taken from the model's own ``loss`` output in the step's training forward passes (their mean,
+    or their sum when the model normalises by ``num_items_in_batch``); NaN when the model returns no loss,
+    as with label smoothing or a ``compute_loss_func``, which take the labels away from the model.
+    Learning rate: the first parameter group of the Trainer's optimizer.
+
+    Lifecycle: the watch opens in ``on_train_begin`` and closes in ``on_train_end``. The Trainer has no
+    exception event: on an exception or Ctrl-C the outputs are finished when the interpreter exits, or
+    at once with ``close()`` (or ``with callback: trainer.train()``). Only the world process zero sounds.
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None, **options: Any) -> None:
+        super().__init__()
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module (or None for the Trainer's model); got {type(model).__name__}"
+            )
+        self._model = model
+        self._run = WatchedRun(type(self).__name__, options)
+        self._loss: _StepLoss | None = None
+
+    @property
+    def watch(self) -> Watch | None:
+        """The open watch (layer names, live stats), or ``None`` outside ``train`` and off process zero."""
+        return self._run.watch
+
+    @property
+    def stats(self) -> DispatchStats | None:
+        """Frames in, dropped and done, and output errors, of the current or last run; ``None`` if none."""
+        return self._run.stats
+
+    def close(self) -> DispatchStats | None:
+        """Finish the outputs now (the callback does it itself when ``train`` ends); idempotent."""
+        if self._loss is not None:
+            self._loss.remove()
+            self._loss = None
+        return self._run.close()
+
+    def __enter__(self) -> "GradbridgeTrainerCallback":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        trainer_model = kwargs.get("model")
+        measured = self._model if self._model is not None else trainer_model
+        if not isinstance(measured, torch.nn.Module):
+            raise TypeError(
+                f"{type(self).__name__} found no model to measure (got {type(measured).__name__}); "
+                "pass model= when making the callback"
+            )
+        self.close()
+        self._run.open(measured, kwargs.get("optimizer"))
+        # the loss comes out of the Trainer's model, also when a part of it is measured
+        self._loss = _StepLoss(trainer_model if isinstance(trainer_model, torch.nn.Module) else measured)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._run.watch is None or self._loss is None:
+            return
+        loss = self._loss.take()
+        if loss is not None:
+            self._run.add_loss(loss)
+        self._run.step()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.close()
