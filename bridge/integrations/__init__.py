@@ -3,9 +3,9 @@
     from bridge.integrations.lightning import GradbridgeCallback            # pip install "gradbridge[lightning]"
     from bridge.integrations.huggingface import GradbridgeTrainerCallback   # pip install "gradbridge[huggingface]"
 
-Each callback is a thin shell over ``bridge.watch(model, None, auto=False, ...)``: it opens the watch when
-training starts, calls ``step()`` at the framework's own "gradients are ready" hook and closes the watch
-when training ends. Importing this package imports neither framework (nor torch); each adapter imports
+Each callback is a thin shell over ``bridge.watch(model, optimizer, auto=False, ...)`` (no optimizer hook:
+the optimizer only lends its learning rate): it opens the watch when training starts, calls ``step()`` at
+the framework's own "gradients are ready" event and closes the watch when training ends. Importing this package imports neither framework (nor torch); each adapter imports
 its framework when it is itself imported, and says which extra to install when the framework is missing.
 ``WatchedRun`` is the lifecycle both share.
 """
@@ -42,14 +42,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bridge.integrations' has no attribute {name!r}")
 
 
-def import_framework(module: str, extra: str, framework: str) -> ModuleType:
-    """Import ``module`` of a training framework, or raise ``ImportError`` naming the extra to install."""
+def import_framework(module: str, extra: str, framework: str, packages: str) -> ModuleType:
+    """Import ``module`` of a training framework, or raise ``ImportError`` naming the extra to install.
+
+    ``packages`` is the plain pip requirement of the framework, e.g. ``"lightning"``.
+    """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"{framework} is not installed (importing {module!r} failed: {exc}); "
-            f'install it with: pip install "gradbridge[{extra}]"'
+            f"{framework} is not installed (importing {module!r} failed: {exc}); install gradbridge's "
+            f'{extra} extra: pip install "gradbridge[{extra}]" (from a clone: pip install -e ".[{extra}]"), '
+            f"or the framework itself: pip install {packages}"
         ) from exc
 
 

@@ -8,7 +8,8 @@
                                                            wav="run.wav", midi_file="run.mid")])
     trainer.train()
 
-Needs transformers with the ``on_pre_optimizer_step`` event (``pip install "gradbridge[huggingface]"``).
+Needs transformers 4.45 or later, which has the ``on_pre_optimizer_step`` event, and accelerate
+(``pip install "gradbridge[huggingface]"``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from bridge.integrations import WatchedRun, import_framework
 
 # The framework first: a missing one fails at once, before torch is loaded.
-_transformers = import_framework("transformers", "huggingface", "Hugging Face transformers")
+_transformers = import_framework("transformers", "huggingface", "Hugging Face transformers",
+                                 "transformers accelerate")
 if not hasattr(_transformers.TrainerCallback, "on_pre_optimizer_step"):
     raise ImportError(
         f"transformers {_transformers.__version__} has no TrainerCallback.on_pre_optimizer_step event, which "
-        'GradbridgeTrainerCallback needs; upgrade it with: pip install "gradbridge[huggingface]"'
+        'GradbridgeTrainerCallback needs (transformers 4.45 or later); upgrade it: pip install --upgrade '
+        '"transformers>=4.45"'
     )
 
 import torch

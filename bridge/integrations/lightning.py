@@ -31,7 +31,7 @@ LIGHTNING_MODULE = (
     if importlib.util.find_spec("lightning") is None and importlib.util.find_spec("pytorch_lightning") is not None
     else "lightning.pytorch"
 )
-_pl = import_framework(LIGHTNING_MODULE, "lightning", "Lightning")
+_pl = import_framework(LIGHTNING_MODULE, "lightning", "Lightning", "lightning")
 
 __all__ = ["LIGHTNING_MODULE", "GradbridgeCallback"]
 
