@@ -1,0 +1,507 @@
+"""``MidiPortSink``: live MIDI to a DAW or synth through python-rtmidi (ALSA, JACK, CoreMIDI, Windows MM).
+
+``send`` only turns a step into timed messages on a heap; one scheduler thread writes each when it is due.
+Ports are listed through mido's rtmidi backends (``MIDO_BACKENDS``) and opened with python-rtmidi itself,
+since mido's backend turns any client name into a virtual port. A stopped JACK server cannot be seen through
+python-rtmidi, which then blocks the whole interpreter once its buffer fills; so on JACK a port-less client
+of the same libjack watches for the server's shutdown, and the sink stops writing first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import heapq
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import mido
+import rtmidi
+
+from bridge.errors import SinkError
+from bridge.events import PERCUSSION_CHANNEL, Arrangement, StepEvents
+
+log = logging.getLogger("bridge")
+
+#: Our API names → mido backend names (``mido.Backend(MIDO_BACKENDS["jack"])``).
+MIDO_BACKENDS = {"alsa": "mido.backends.rtmidi/LINUX_ALSA", "jack": "mido.backends.rtmidi/UNIX_JACK",
+                 "coremidi": "mido.backends.rtmidi/MACOSX_CORE", "winmm": "mido.backends.rtmidi/WINDOWS_MM"}
+_LABELS = {"alsa": "ALSA", "jack": "JACK", "coremidi": "CoreMIDI", "winmm": "Windows MM"}
+_RTAPI = {name: getattr(rtmidi, "API_" + backend.rsplit("/", 1)[1]) for name, backend in MIDO_BACKENDS.items()}
+#: The device ALSA MIDI needs; containers and machines without a sound driver lack it.
+ALSA_SEQ_DEVICE = "/dev/snd/seq"
+#: Controller 123, All Notes Off, sent with value 0 on every used channel at close.
+ALL_NOTES_OFF = 123
+#: A message written more than this many seconds after it was due counts as late.
+LATE_AFTER_S = 0.010
+
+_CHECK_S = 0.25  # how often the scheduler makes sure the port (and the JACK server) still exist
+_SETTLE_PERIODS, _SETTLE_MIN_S, _SETTLE_MAX_S = 4, 0.05, 0.25  # JACK: let a new or closing connection settle
+_JOIN_S = 5.0
+_NOTE_S = (0.001, 3600.0)  # note lengths are clipped to this; > 0, so a note-off always follows its note-on
+_OFF, _ON, _CC, _BEND = 0, 1, 2, 3
+_Item = tuple[float, int, int, int, int, int, int, int]  # due (monotonic s), order, seq, kind, channel, a, b, note id
+_MODES = ("notes", "cc", "cc14", "pitchbend")
+_FIX = ("Fix: start JACK (`jackd -d dummy &` runs without a sound card) and pick it with api=\"jack\" "
+        "(--midi-api jack); or send OSC instead (--osc HOST:PORT); or write a MIDI file "
+        "(midi_file=\"run.mid\" in bridge.watch, or `gradbridge midi RUN`).")
+_NO_OUTPUTS = "Fix: start the synth or DAW first, or create a virtual output (virtual=True, --virtual)."
+
+
+def available_apis() -> list[str]:
+    """The MIDI APIs this python-rtmidi was built with, by our names (e.g. ``["alsa", "jack"]``)."""
+    return [name for api in rtmidi.get_compiled_api() for name, value in _RTAPI.items() if value == api]
+
+
+def _check_api(api: str | None) -> str | None:
+    if api is not None and not isinstance(api, str):
+        raise TypeError(f"api must be a str or None, got {type(api).__name__}")
+    if api is not None and api not in _RTAPI:
+        raise ValueError(f"api must be one of {', '.join(map(repr, _RTAPI))} or None (the platform's own); got {api!r}")
+    return api
+
+
+def _stack_error(api: str | None, detail: str = "") -> SinkError:
+    """The plain-words error for a MIDI system that cannot start."""
+    if api == "alsa":
+        why = (f"ALSA MIDI cannot start: the ALSA sequencer device {ALSA_SEQ_DEVICE} does not exist (no sound "
+               "driver loaded, or a container started without /dev/snd; `sudo modprobe snd-seq` loads it).")
+    elif api == "jack":
+        why = ("JACK MIDI cannot start: no JACK server is running "
+               f"(server name {os.environ.get('JACK_DEFAULT_SERVER', 'default')!r}).")
+    elif api is None:
+        why = f"MIDI cannot start here: {ALSA_SEQ_DEVICE} does not exist (no ALSA) and no JACK server is running."
+    else:
+        why = f"{_LABELS[api]} MIDI cannot start."
+    return SinkError(f"{why}{f' ({detail})' if detail else ''} {_FIX}")
+
+
+def _jack_server_answers() -> bool:
+    try:
+        rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "gradbridge-probe").delete()
+    except rtmidi.SystemError:  # this is the answer: no server
+        return False
+    return True
+
+
+def _resolve_api(api: str | None) -> str:
+    """``api`` checked against what is compiled in, or the platform's default; SinkError when none can start."""
+    compiled = available_apis()
+    if api is not None:
+        if api not in compiled:
+            raise SinkError(f"python-rtmidi here was built without {_LABELS[api]} MIDI (api={api!r}); it has "
+                            f"{', '.join(compiled) or 'none'}. Fix: pick one of those, or leave api unset.")
+        if api == "alsa" and sys.platform.startswith("linux") and not os.path.exists(ALSA_SEQ_DEVICE):
+            raise _stack_error("alsa")
+        return api
+    if sys.platform.startswith("linux"):
+        if "alsa" in compiled and os.path.exists(ALSA_SEQ_DEVICE):
+            return "alsa"
+        if "jack" in compiled and _jack_server_answers():
+            return "jack"
+        raise _stack_error(None)
+    for wanted, platform in (("coremidi", "darwin"), ("winmm", "win32")):
+        if sys.platform == platform and wanted in compiled:
+            return wanted
+    if compiled:
+        return compiled[0]
+    raise SinkError("python-rtmidi here was built without any MIDI API. Fix: reinstall python-rtmidi.")
+
+
+def list_output_ports(api: str | None = None) -> list[str]:
+    """The MIDI output ports of ``api`` (``None``: the platform's own); SinkError if that MIDI cannot start."""
+    name = _resolve_api(_check_api(api))
+    try:
+        return list(mido.Backend(MIDO_BACKENDS[name]).get_output_names())
+    except rtmidi.RtMidiError as exc:
+        raise _stack_error(name, str(exc)) from exc
+
+
+def describe_ports(api: str | None = None) -> str:
+    """Plain text: the MIDI API in use and its outputs, or why MIDI cannot start (never raises for that)."""
+    built = f"(built with: {', '.join(available_apis()) or 'no MIDI API'})"
+    try:
+        name = _resolve_api(_check_api(api))
+        ports = list_output_ports(name)
+    except SinkError as exc:
+        return f"{exc}\n{built}"
+    if not ports:
+        return f"MIDI API: {_LABELS[name]} {built}\nNo MIDI outputs on {_LABELS[name]}. {_NO_OUTPUTS}"
+    return "\n".join([f"MIDI API: {_LABELS[name]} {built}", "MIDI outputs (pass a name, or a unique part of it):"]
+                     + [f"  {i}. {port}" for i, port in enumerate(ports, 1)])
+
+
+def _match_port(wanted: str, ports: list[str], api: str) -> str:
+    """The port named ``wanted`` exactly, else the one port whose name contains it (any case)."""
+    hits = [wanted] if wanted in ports else [p for p in ports if wanted.casefold() in p.casefold()]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise SinkError(f"MIDI port {wanted!r} matches {len(hits)} outputs on {_LABELS[api]}: "
+                        f"{', '.join(map(repr, hits))}. Fix: give more of the name (`gradbridge ports` lists them).")
+    if not ports:
+        raise SinkError(f"no MIDI output matches {wanted!r}: there are none on {_LABELS[api]}. {_NO_OUTPUTS}")
+    raise SinkError(f"no MIDI output matches {wanted!r} on {_LABELS[api]}; the outputs are: "
+                    f"{', '.join(map(repr, ports))}. Fix: pass one of these names or a unique part of it "
+                    "(`gradbridge ports` lists them).")
+
+
+def _loaded_libjack() -> str | None:
+    """The libjack python-rtmidi loaded (Linux, from ``/proc/self/maps``); a second copy deadlocked on close."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for fields in (line.split(maxsplit=5) for line in maps):
+                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith("libjack"):
+                    return fields[5].strip()
+    except OSError as exc:
+        log.debug("cannot read /proc/self/maps (%s)", exc)
+    return None
+
+
+class _JackWatch:
+    """A port-less JACK client that notices the server stopping (``gone``) and knows the period length."""
+
+    _SHUTDOWN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+    def __init__(self, client_name: str) -> None:
+        self.gone = threading.Event()
+        self.period_s = 0.0
+        self._lib: ctypes.CDLL | None = None
+        self._client: int | None = None
+        path = _loaded_libjack()
+        if path is None:
+            log.debug("python-rtmidi's libjack not found; a stopped JACK server will not be noticed")
+            return
+        lib = ctypes.CDLL(path)
+        lib.jack_client_open.restype = ctypes.c_void_p
+        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+        lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, self._SHUTDOWN, ctypes.c_void_p]
+        lib.jack_get_buffer_size.argtypes = lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
+        lib.jack_get_buffer_size.restype = lib.jack_get_sample_rate.restype = ctypes.c_uint32
+        lib.jack_client_close.argtypes = [ctypes.c_void_p]
+        status = ctypes.c_int(0)
+        client = lib.jack_client_open(f"{client_name}-watch"[:60].encode(), 1, ctypes.byref(status))  # 1: no start
+        if not client:
+            log.debug("could not open a JACK watch client (status %#x)", status.value)
+            return
+        self._callback = self._SHUTDOWN(lambda _arg: self.gone.set())  # kept alive as long as the client
+        lib.jack_on_shutdown(client, self._callback, None)
+        rate = lib.jack_get_sample_rate(client)
+        self.period_s = lib.jack_get_buffer_size(client) / rate if rate else 0.0
+        self._lib, self._client = lib, client
+
+    def close(self) -> None:
+        if self._lib is not None and self._client is not None:
+            self._lib.jack_client_close(self._client)
+            self._client = None
+
+
+@dataclass(frozen=True)
+class MidiPortCounters:
+    """What a MIDI port sink wrote: messages, notes on and off, and messages later than ``LATE_AFTER_S``."""
+
+    messages_sent: int = 0
+    notes_on: int = 0
+    notes_off: int = 0
+    late_messages: int = 0
+    max_late_s: float = 0.0
+
+
+class MidiPortSink:
+    """Plays each step live on a MIDI output port, one channel per layer (alarms on channel 10, index 9).
+
+    Args:
+        port: an existing output, by exact name or a unique case-insensitive part of it; ``None`` opens the
+            first output. With ``virtual=True``: the name of the port to create (default ``client_name``).
+        api: ``"alsa"``, ``"jack"``, ``"coremidi"``, ``"winmm"`` or ``None`` (Linux: ALSA if
+            ``/dev/snd/seq`` exists, else JACK if a server answers).
+        virtual: create a virtual output for a DAW to connect to (not possible with Windows MM).
+        client_name: the MIDI client's name as other programs see it.
+    """
+
+    def __init__(self, port: str | None = None, *, api: str | None = None, virtual: bool = False,
+                 client_name: str = "gradbridge") -> None:
+        if port is not None and not isinstance(port, str):
+            raise TypeError(f"port must be a str (a MIDI port name) or None, got {type(port).__name__}")
+        if not isinstance(virtual, bool):
+            raise TypeError(f"virtual must be a bool, got {type(virtual).__name__}")
+        if not isinstance(client_name, str) or not client_name.strip():
+            raise ValueError(f"client_name must be a non-empty str, got {client_name!r}")
+        self.requested_api = _check_api(api)
+        self.port, self.virtual, self.client_name = port, virtual, client_name
+        shown = port if port is not None else (client_name if virtual else "(the first output)")
+        self.name = f"MIDI port {shown}" + (" (virtual)" if virtual else "")
+        self.api: str | None = None
+        self.port_name: str | None = None
+        self._out: rtmidi.MidiOut | None = None
+        self._watch: _JackWatch | None = None
+        self._thread: threading.Thread | None = None
+        self._cond, self._close_lock = threading.Condition(), threading.Lock()
+        self._heap: list[_Item] = []
+        self._seq, self._note_ids = itertools.count(), itertools.count(1)
+        self._sounding: dict[tuple[int, int], int] = {}  # (channel, pitch) → id of the note sounding there
+        self._used_channels: set[int] = set()
+        self._stopping = self._closed = self._error_raised = False
+        self._error: Exception | None = None
+        self._counts = [0, 0, 0, 0]  # messages, notes on, notes off, late
+        self._max_late_s = 0.0
+
+    @property
+    def counters(self) -> MidiPortCounters:
+        """A snapshot of what was written so far."""
+        return MidiPortCounters(*self._counts, max_late_s=self._max_late_s)
+
+    def open(self, arrangement: Arrangement) -> None:
+        """Open the port, send each used channel its program (notes mode), start the scheduler thread."""
+        if not isinstance(arrangement, Arrangement):
+            raise TypeError(f"arrangement must be an Arrangement, got {type(arrangement).__name__}")
+        if self._out is not None or self._closed:
+            raise SinkError(f"{self.name} was opened before; make a new MidiPortSink for another run")
+        if arrangement.midi_mode not in _MODES:
+            raise ValueError(f"arrangement.midi_mode must be one of {_MODES}, got {arrangement.midi_mode!r}")
+        if not arrangement.voices:
+            raise ValueError("arrangement.voices is empty; a MIDI port needs at least one layer")
+        self._mode, self._cc = arrangement.midi_mode, int(arrangement.midi_cc)
+        if not 0 <= self._cc <= (31 if self._mode == "cc14" else 119):
+            raise ValueError(f"arrangement.midi_cc must be 0-119 (0-31 for \"cc14\"), got {self._cc}; fix the preset")
+        self._channels = [min(max(int(v.channel), 0), 15) for v in arrangement.voices]
+        self.api = _resolve_api(self.requested_api)
+        if self.virtual and self.api == "winmm":
+            raise SinkError("Windows MM cannot create virtual MIDI ports. Fix: install a loopback driver such as "
+                            "loopMIDI, create a port there and pass its name (without virtual=True).")
+        self._out = self._open_port(self.api)
+        try:
+            if self.api == "jack":
+                self._watch = _JackWatch(self.client_name)
+                if not self.virtual:  # the connection starts with a later JACK cycle: programs sent now were lost
+                    self._settle()
+            self._used_channels.update(self._channels)
+            if self._mode == "notes":
+                programs: dict[int, int] = {}
+                for voice, channel in zip(arrangement.voices, self._channels):
+                    programs.setdefault(channel, min(max(int(voice.program), 0), 127))
+                for channel, program in programs.items():
+                    self._write((0xC0 | channel, program))
+        except Exception:
+            self._release_port()
+            raise
+        self._thread = threading.Thread(target=self._run, name=f"gradbridge-{self.name}", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+        log.info("%s: sending to %r on %s", self.name, self.port_name, _LABELS[self.api])
+
+    def _open_port(self, api: str) -> rtmidi.MidiOut:
+        try:
+            out = rtmidi.MidiOut(_RTAPI[api], self.client_name)
+        except rtmidi.RtMidiError as exc:
+            raise _stack_error(api, str(exc)) from exc
+        try:
+            if self.virtual:
+                self.port_name = self.port or self.client_name
+                out.open_virtual_port(self.port_name)
+            else:
+                ports = out.get_ports()
+                if self.port is None and not ports:
+                    raise SinkError(f"there are no MIDI outputs on {_LABELS[api]}. {_NO_OUTPUTS}")
+                self.port_name = ports[0] if self.port is None else _match_port(self.port, ports, api)
+                out.open_port(ports.index(self.port_name), "out")
+        except BaseException as exc:
+            out.delete()
+            if isinstance(exc, rtmidi.RtMidiError):
+                raise SinkError(f"could not open MIDI port {self.port_name!r} on {_LABELS[api]}: {exc}") from exc
+            raise
+        return out
+
+    def send(self, events: StepEvents) -> None:
+        """Schedule one step's messages, relative to now; raises the scheduler's error if the port failed."""
+        if not isinstance(events, StepEvents):
+            raise TypeError(f"events must be StepEvents, got {type(events).__name__}")
+        if self._error is not None:
+            self._error_raised = True
+            raise self._error
+        if self._out is None or self._closed:
+            raise SinkError(f"{self.name} is not open; call open(arrangement) first (and not after close)")
+        items = self._messages_of(events, time.monotonic())
+        with self._cond:
+            for item in items:
+                heapq.heappush(self._heap, item)
+            self._cond.notify()
+
+    def _messages_of(self, events: StepEvents, now: float) -> list[_Item]:
+        notes, items, seq, cc = events.notes, [], self._seq, self._cc
+
+        def due(start_s: float) -> float:  # a step plays relative to its arrival
+            offset = start_s - events.start_s
+            return now + (offset if math.isfinite(offset) and offset > 0 else 0.0)
+
+        def note(at: float, length_s: float, channel: int, pitch: int, velocity: int) -> None:
+            nid, pitch, velocity = next(self._note_ids), min(max(int(pitch), 0), 127), min(max(int(velocity), 1), 127)
+            length_s = min(max(length_s, _NOTE_S[0]), _NOTE_S[1]) if math.isfinite(length_s) else _NOTE_S[0]
+            items.append((at, 1, next(seq), _ON, channel, pitch, velocity, nid))
+            items.append((at + length_s, 0, next(seq), _OFF, channel, pitch, 0, nid))  # order 0: offs go first
+
+        for layer, start, length, pitch, velocity, value in zip(
+                notes.layer.tolist(), notes.start_s.tolist(), notes.duration_s.tolist(), notes.midi_note.tolist(),
+                notes.velocity.tolist(), notes.value.tolist()):
+            if not 0 <= layer < len(self._channels):
+                raise ValueError(f"note for layer {layer}, but the arrangement has {len(self._channels)} layers")
+            at, channel = due(start), self._channels[layer]
+            if self._mode == "notes":
+                note(at, length, channel, pitch, velocity)
+            elif math.isfinite(value):
+                value = min(max(value, 0.0), 1.0)
+                if self._mode == "cc":
+                    items.append((at, 1, next(seq), _CC, channel, cc, round(value * 127), 0))
+                elif self._mode == "cc14":
+                    v14 = round(value * 16383)
+                    items.append((at, 1, next(seq), _CC, channel, cc, v14 >> 7, 0))
+                    items.append((at, 1, next(seq), _CC, channel, cc + 32, v14 & 127, 0))
+                else:  # pitchbend round(value × 16383) − 8192, kept in its unsigned 14-bit form
+                    items.append((at, 1, next(seq), _BEND, channel, round(value * 16383), 0, 0))
+        for alarm in events.alarms:
+            note(due(alarm.start_s), alarm.duration_s, PERCUSSION_CHANNEL, alarm.midi_note, alarm.velocity)
+        return items
+
+    def _run(self) -> None:
+        """The scheduler thread: write each message when due; check the port every ``_CHECK_S``."""
+        try:
+            next_check = time.monotonic() + _CHECK_S
+            while True:
+                with self._cond:
+                    while not self._stopping:
+                        now = time.monotonic()
+                        if (self._heap and self._heap[0][0] <= now) or now >= next_check:
+                            break
+                        self._cond.wait(min(next_check, self._heap[0][0] if self._heap else next_check) - now)
+                    if self._stopping:
+                        return
+                    now, batch = time.monotonic(), []
+                    while self._heap and self._heap[0][0] <= now:
+                        batch.append(heapq.heappop(self._heap))
+                if now >= next_check:
+                    self._check_port()
+                    next_check = time.monotonic() + _CHECK_S
+                for item in batch:
+                    self._play(item)
+        except Exception as exc:  # recorded; raised by the next send, or by close
+            if not isinstance(exc, SinkError):
+                wrapped = SinkError(f"{self.name} failed writing to {self.port_name!r}: {type(exc).__name__}: {exc}")
+                wrapped.__cause__, exc = exc, wrapped
+            self._error = exc
+            log.debug("%s: scheduler stopped: %s", self.name, self._error)
+
+    def _check_port(self) -> None:
+        if self._watch is not None and self._watch.gone.is_set():
+            raise SinkError(f"the JACK server stopped, so {self.name} stopped sending. Fix: restart JACK "
+                            "(`jackd -d dummy &`), reconnect, and start the output again.")
+        if not self.virtual and self._out is not None and self.port_name not in self._out.get_ports():
+            raise SinkError(f"MIDI port {self.port_name!r} is gone (the program or device that owned it quit or was "
+                            "unplugged). Fix: start it again and restart the output; `gradbridge ports` lists outputs.")
+
+    def _play(self, item: _Item) -> None:
+        due_s, _, _, kind, channel, a, b, nid = item
+        late = time.monotonic() - due_s
+        if late > LATE_AFTER_S:
+            self._counts[3] += 1
+            self._max_late_s = max(self._max_late_s, late)
+        if kind == _ON:
+            if (channel, a) in self._sounding:  # struck again while sounding: end it first
+                self._note_off(channel, a)
+            self._write((0x90 | channel, a, b))
+            self._sounding[(channel, a)] = nid
+            self._counts[1] += 1
+            self._used_channels.add(channel)
+        elif kind == _OFF:
+            if self._sounding.get((channel, a)) == nid:  # else a newer note of that pitch ended it already
+                self._note_off(channel, a)
+        elif kind == _CC:
+            self._write((0xB0 | channel, a, b))
+        else:
+            self._write((0xE0 | channel, a & 0x7F, a >> 7))
+
+    def _note_off(self, channel: int, pitch: int) -> None:
+        self._write((0x80 | channel, pitch, 0))
+        del self._sounding[(channel, pitch)]
+        self._counts[2] += 1
+
+    def _write(self, message: tuple[int, ...]) -> None:
+        if self._watch is not None and self._watch.gone.is_set():
+            self._check_port()  # raises: writing to a stopped JACK server would block
+        if self._out is None:
+            raise SinkError(f"{self.name} is closed")
+        try:
+            self._out.send_message(message)
+        except rtmidi.RtMidiError as exc:
+            raise SinkError(f"could not write to MIDI port {self.port_name!r}: {exc}. Fix: check the device "
+                            "or program is still there (`gradbridge ports`).") from exc
+        self._counts[0] += 1
+
+    def close(self) -> None:
+        """Stop the scheduler, end every sounding note, send All Notes Off on each used channel, close the port.
+
+        Idempotent; safe in an exception handler. Raises the port's error if no ``send`` has reported it yet.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            with self._cond:
+                self._stopping = True
+                self._cond.notify()
+            if self._thread is not None:
+                self._thread.join(_JOIN_S)
+                if self._thread.is_alive():
+                    self._closed = True  # the thread still owns the port: leave it, report
+                    raise SinkError(f"{self.name}: the scheduler did not stop within {_JOIN_S:g} s")
+            problem = self._silence_and_release()
+            self._closed = True
+            atexit.unregister(self.close)
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self._error
+        if problem is not None:
+            raise problem
+
+    def _silence_and_release(self) -> Exception | None:
+        if self._out is None:
+            return None
+        problem: Exception | None = None
+        try:
+            if self._watch is None or not self._watch.gone.is_set():
+                for channel, pitch in list(self._sounding):
+                    self._note_off(channel, pitch)
+                for channel in sorted(self._used_channels):
+                    self._write((0xB0 | channel, ALL_NOTES_OFF, 0))
+        except Exception as exc:  # reported by close; the port is released all the same
+            problem = exc
+        finally:
+            self._release_port()
+        return problem
+
+    def _settle(self) -> None:
+        """On JACK, wait a few periods: a connection made or about to be undone reaches receivers a cycle late."""
+        period_s = self._watch.period_s if self._watch is not None else 0.0
+        time.sleep(min(max(_SETTLE_PERIODS * period_s, _SETTLE_MIN_S), _SETTLE_MAX_S))
+
+    def _release_port(self) -> None:
+        out, self._out = self._out, None
+        try:
+            if out is not None:
+                if self.api == "jack" and not (self._watch is not None and self._watch.gone.is_set()):
+                    self._settle()  # else a receiver running late misses the last note-offs
+                out.close_port()  # on JACK this waits (up to 1 s) for what was written to be taken
+                out.delete()
+        finally:
+            if self._watch is not None:
+                self._watch.close()
+
+    def __enter__(self) -> "MidiPortSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
