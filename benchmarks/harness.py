@@ -96,6 +96,7 @@ class Report:
     goals: list[Goal] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    started: dict[str, object] = field(default_factory=lambda: environment())
 
     def table(self, title: str, rows: list[dict[str, object]]) -> None:
         """Add a table and print it at once (a long run shows progress)."""
@@ -121,7 +122,11 @@ class Report:
         checks = [{"check": c.name, "result": "ok" if c.passed else "FAILED", "detail": c.detail}
                   for c in self.checks]
         print(f"\ncorrectness checks\n{format_table(checks)}")
-        payload = {"environment": environment(), "quick": self.quick, "settings": self.settings,
+        ended = environment()
+        started = dict(self.started)
+        started["load_average_1min_at_end"] = ended["load_average_1min"]
+        started["seconds"] = round(time.time() - float(started.pop("epoch_s")), 1)  # type: ignore[arg-type]
+        payload = {"environment": started, "quick": self.quick, "settings": self.settings,
                    "tables": self.tables, "goals": [asdict(g) for g in self.goals],
                    "checks": [asdict(c) for c in self.checks], "notes": self.notes}
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -180,6 +185,7 @@ def environment() -> dict[str, object]:
         commit = "unknown"
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "epoch_s": time.time(),
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu": platform.processor() or platform.machine(),
@@ -191,7 +197,7 @@ def environment() -> dict[str, object]:
 
 
 def banner(title: str, quick: bool) -> None:
-    """Print what runs and where."""
+    """Print what runs and where (the JSON results hold the same, and the load at the end)."""
     env = environment()
     print(f"{title} ({'quick smoke run' if quick else 'full run'}); {env['date_utc']} UTC, nproc {env['nproc']}, "
           f"load {env['load_average_1min']}, python {env['python']}, numpy {env['numpy']}, torch {env['torch']}, "
