@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from bridge import distributed
+from bridge.distributed import Participation
 from bridge.frames import Frame
 
 logger = logging.getLogger("bridge")
@@ -39,12 +41,13 @@ class Layer:
     Attributes:
         name: the module's qualified name (the root module: its class name), or the group's name.
         parameter_names: qualified names of the parameters measured, e.g. ``("fc1.weight", "fc1.bias")``.
-        parameters: the parameters themselves, in the same order (not compared, not printed).
+        parameters: the parameters themselves, in the same order (not compared, not printed); under
+            FSDP1 without ``use_orig_params`` a ``ShardSlice`` stands in for each (it has ``grad``).
     """
 
     name: str
     parameter_names: tuple[str, ...]
-    parameters: tuple[torch.nn.Parameter, ...] = field(compare=False, repr=False)
+    parameters: tuple[Any, ...] = field(compare=False, repr=False)
 
 
 def _compile(pattern: str, what: str) -> re.Pattern[str]:
@@ -88,6 +91,10 @@ def find_layers(
     ``weight``. ``groups`` ({layer name: regex}) merges the modules whose name matches a regex into one
     layer (first matching group wins; a group sits where its first module sits); ``depth`` merges modules
     by the first ``depth`` dot-separated parts of their name. Raises ``ValueError`` when nothing matches.
+
+    Wrapped models give the unwrapped model's names: a ``DistributedDataParallel`` wrapper is looked
+    through, FSDP1's ``_fsdp_wrapped_module`` parts are dropped, and the original parameters inside
+    FSDP1 flat parameters are measured in their own modules (FSDP2 keeps names as they are).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -109,13 +116,16 @@ def find_layers(
             raise TypeError(f"groups must map layer names to regexes; got {type(groups).__name__}")
         group_res = [(str(k), _compile(v, f"groups[{k!r}]")) for k, v in groups.items()]
 
+    model = distributed.unwrap(model)
+    flat_members = distributed.fsdp1_layout(model).members
     candidates: list[str] = []
-    merged: dict[str, tuple[list[str], list[torch.nn.Parameter]]] = {}
+    merged: dict[str, tuple[list[str], list[Any]]] = {}
     for qualified, module in model.named_modules():
+        qualified = distributed.clean_name(qualified)
         owned = [
             (pname, p)
-            for pname, p in module.named_parameters(recurse=False)
-            if p.requires_grad and (params == "all" or pname == "weight")
+            for pname, p in [*module.named_parameters(recurse=False), *flat_members.get(id(module), ())]
+            if p.requires_grad and (params == "all" or pname == "weight") and not distributed.is_flat_param(p)
         ]
         if not owned:
             continue
@@ -155,10 +165,12 @@ class NormReader:
 
     ``read()`` returns a 1-D float64 tensor (one norm per layer, on the first parameter's device) without
     synchronising with the device. A layer of several parameters gets sqrt(sum of their squared norms),
-    squared in float64; a parameter without gradient counts 0; NaN and Inf propagate.
+    squared in float64; a parameter without gradient counts 0; NaN and Inf propagate. A DTensor gradient
+    is measured by its local shard. ``share`` (parameter → factor, default 1) scales each parameter's
+    squared norm in ``read_squares()``, so that summing those over ranks gives the unsharded squares.
     """
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    def __init__(self, layers: Sequence[Layer], *, share: Callable[[Any], float] | None = None) -> None:
         layers = list(layers)
         if not layers:
             raise ValueError("NormReader needs at least one layer; got none (see find_layers)")
@@ -170,16 +182,21 @@ class NormReader:
         self.layer_names: tuple[str, ...] = tuple(layer.name for layer in layers)
         self._device = layers[0].parameters[0].device
         # (device, dtype) -> (parameters, layer index of each as a tensor on that device)
-        owners: dict[tuple[torch.device, torch.dtype], tuple[list[torch.nn.Parameter], list[int]]] = {}
+        owners: dict[tuple[torch.device, torch.dtype], tuple[list[Any], list[int]]] = {}
         for index, layer in enumerate(layers):
             for p in layer.parameters:
                 ps, idx = owners.setdefault((p.device, p.dtype), ([], []))
                 ps.append(p)
                 idx.append(index)
-        self._groups = [
-            (device, dtype, ps, torch.tensor(idx, dtype=torch.long, device=device))
-            for (device, dtype), (ps, idx) in owners.items()
-        ]
+        self._groups = []
+        for (device, dtype), (ps, idx) in owners.items():
+            factors = [1.0 if share is None else float(share(p)) for p in ps]
+            weight = None
+            if any(f != 1.0 for f in factors):
+                weight = torch.tensor(factors, dtype=torch.float64, device=device)
+            local = any(hasattr(p, "_local_tensor") for p in ps)  # DTensor: measure the local shard
+            index = torch.tensor(idx, dtype=torch.long, device=device)
+            self._groups.append((device, dtype, ps, index, weight, local))
         self._zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._fused_failed: set[tuple[torch.device, torch.dtype]] = set()
 
@@ -219,9 +236,15 @@ class NormReader:
 
     def read(self) -> torch.Tensor:
         """Return the layers' gradient norms now: float64, shape ``(layers,)``, no host sync."""
+        return self.read_squares().sqrt_()
+
+    def read_squares(self) -> torch.Tensor:
+        """Return the layers' squared gradient norms (local shards, times ``share``): float64, no host sync."""
         squares = torch.zeros(self.layer_count, dtype=torch.float64, device=self._device)
-        for device, dtype, params, index in self._groups:
+        for device, dtype, params, index, weight, local in self._groups:
             grads = [p.grad for p in params]
+            if local:
+                grads = [g._local_tensor if hasattr(g, "_local_tensor") else g for g in grads]
             present = [g for g in grads if g is not None]
             if not present:
                 continue
@@ -229,12 +252,14 @@ class NormReader:
             zero = self._zero(device, torch.float32 if dtype in _LOW_PRECISION else dtype.to_real())
             stacked = torch.stack([zero if g is None else next(norms) for g in grads])
             sq = stacked.to(torch.float64).square()
+            if weight is not None:
+                sq.mul_(weight)
             if device == self._device:
                 squares.index_add_(0, index, sq)
             else:
                 part = torch.zeros(self.layer_count, dtype=torch.float64, device=device)
                 squares += part.index_add_(0, index, sq).to(self._device, non_blocking=True)
-        return squares.sqrt_()
+        return squares
 
 
 def _scalar_of(value: Any, what: str) -> float | torch.Tensor:
@@ -303,6 +328,11 @@ class Capture:
     and before ``zero_grad()``. ``on_frame`` receives a ``PendingFrame`` on the training thread and must
     not block (``Dispatcher.submit`` is made for it). Nothing is stored on the model or the optimizer;
     ``remove()`` (or leaving a ``with`` block) unregisters the hook.
+
+    In a ``torch.distributed`` run, ``participation`` (default: rank 0 sounds; see
+    ``bridge.distributed.participation``) says what this rank does: a silent rank of a replicated run
+    registers no hook at all; with sharded gradients every rank measures and joins one ``all_reduce`` of
+    the per-layer squared norms per step, and only sounding ranks call ``on_frame``.
     """
 
     def __init__(
@@ -313,6 +343,7 @@ class Capture:
         on_frame: Callable[[FrameLike], None],
         *,
         auto: bool = True,
+        participation: Participation | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -320,7 +351,10 @@ class Capture:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
         if not callable(on_frame):
             raise TypeError(f"on_frame must be callable (e.g. Dispatcher.submit); got {type(on_frame).__name__}")
-        self._reader = NormReader(find_layers(model) if layers is None else layers)
+        layers = find_layers(model) if layers is None else layers
+        self.participation = participation or distributed.participation(0, model, layers)
+        share = distributed.shares(model) if self.participation.sharded else None
+        self._reader = NormReader(layers, share=share)
         self._optimizer = optimizer
         self._on_frame = on_frame
         self._next_step = 0
@@ -331,7 +365,8 @@ class Capture:
         if auto:
             if optimizer is None:
                 raise ValueError("auto=True hooks the optimizer, but optimizer is None; pass it or use auto=False")
-            self._handle = optimizer.register_step_pre_hook(self._hook)
+            if self.participation.measures:
+                self._handle = optimizer.register_step_pre_hook(self._hook)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -348,7 +383,11 @@ class Capture:
         self._loss = _scalar_of(loss, "loss")
 
     def step(self, loss: float | torch.Tensor | None = None) -> None:
-        """Capture a frame now (after ``backward()``, before ``zero_grad()``); errors propagate."""
+        """Capture a frame now (after ``backward()``, before ``zero_grad()``); errors propagate.
+
+        With sharded gradients every rank must call it at the same step (it joins a collective)."""
+        if not self.participation.measures:
+            return
         if loss is not None:
             self.record_loss(loss)
         self._capture()
@@ -368,7 +407,14 @@ class Capture:
     def _capture(self) -> None:
         step, time_s = self._next_step, time.time()
         self._next_step += 1  # a failed capture still uses its step index: steps count optimizer steps
-        norms = self._reader.read()
+        if self.participation.sharded:
+            squares = self._read_reduced()
+            if not self.participation.sounds:
+                self._loss = None
+                return
+        else:
+            squares = self._reader.read_squares()
+        norms = squares.sqrt_()
         device = norms.device
         loss, self._loss = self._loss, None
         lr: Any = math.nan
@@ -396,6 +442,16 @@ class Capture:
         elif device.type != "cpu":
             packed = packed.to("cpu")
         self._on_frame(PendingFrame(step, time_s, self._reader.layer_count, packed, slots, event))
+
+    def _read_reduced(self) -> torch.Tensor:
+        """Squared norms summed over ranks; a rank that cannot read joins with NaN, so that none hangs."""
+        try:
+            squares = self._reader.read_squares()
+        except Exception:
+            count, device = self._reader.layer_count, self._reader.device
+            distributed.reduce_squares(torch.full((count,), math.nan, dtype=torch.float64, device=device))
+            raise
+        return distributed.reduce_squares(squares)
 
     def remove(self) -> None:
         """Unregister the optimizer hook; safe to call twice."""

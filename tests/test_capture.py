@@ -464,6 +464,64 @@ def test_capture_feeds_a_dispatcher() -> None:
     np.testing.assert_allclose(np.stack([f.norms for f in keep.frames]), expected, rtol=1e-6)
 
 
+# --- mixed precision with a gradient scaler ---------------------------------------------------
+
+
+def scaled_backward(model: nn.Module, scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor) -> None:
+    with torch.autocast("cpu", dtype=torch.float16):  # float16 autocast runs on the CPU in torch >= 2.3
+        out = model(x)
+    assert out.dtype == torch.float16
+    scaler.scale(nn.functional.mse_loss(out.float(), y)).backward()
+
+
+def test_scaler_step_shows_unscaled_gradients_and_a_skipped_step_makes_no_frame() -> None:
+    model, optimizer, x, y = make_run()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # backoff 0.5 after an overflow
+    pending: list[PendingFrame] = []
+    expected = []
+    with Capture(model, optimizer, None, pending.append):
+        for step in range(3):
+            optimizer.zero_grad()
+            scaled_backward(model, scaler, x, y)
+            scale = 2.0**10 if step < 2 else 2.0**9
+            if step == 1:
+                model[0].weight.grad[0, 0] = math.inf  # the scaled gradients overflowed
+                before = [p.detach().clone() for p in model.parameters()]
+            else:  # dividing by a power of two is exact: these are the unscaled norms
+                expected.append([n / scale for n in expected_norms(model)])
+            scaler.step(optimizer)
+            scaler.update()
+            if step == 1:
+                assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped
+    frames = [p.resolve() for p in pending]
+    assert [f.step for f in frames] == [0, 1]  # steps count the optimizer steps taken
+    np.testing.assert_allclose(np.stack([f.norms for f in frames]), expected, rtol=1e-6)
+    assert 0.01 < frames[0].norms[0] < 10.0  # of the order of a float32 run's, not ~1000 times it
+
+
+def test_explicit_step_after_unscale_sounds_the_overflow_the_scaler_skips() -> None:
+    model, optimizer, x, y = make_run()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    pending: list[PendingFrame] = []
+    expected = []
+    capture = Capture(model, optimizer, None, pending.append, auto=False)
+    for step in range(2):
+        optimizer.zero_grad()
+        scaled_backward(model, scaler, x, y)
+        if step == 1:
+            model[2].bias.grad[0] = math.inf
+        expected.append([n / 2.0**10 for n in expected_norms(model)])
+        scaler.unscale_(optimizer)
+        capture.step()
+        scaler.step(optimizer)  # skips step 1; our frame is already taken
+        scaler.update()
+    frames = [p.resolve() for p in pending]
+    assert [f.step for f in frames] == [0, 1]
+    np.testing.assert_allclose(frames[0].norms, expected[0], rtol=1e-6)
+    assert frames[1].norms[1] == math.inf  # an Inf alarm for the layer that overflowed
+    assert frames[1].norms[0] == pytest.approx(expected[1][0], rel=1e-6)
+
+
 @pytest.fixture
 def cuda() -> torch.device:
     if not torch.cuda.is_available():
