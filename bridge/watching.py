@@ -27,6 +27,7 @@ import torch
 
 from bridge.capture import Capture, find_layers
 from bridge.dispatch import Dispatcher, DispatchStats
+from bridge.distributed import participation
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.outputs import file_sinks, live_sinks
@@ -115,6 +116,7 @@ def watch(
     groups: MappingType[str, str] | None = None,
     depth: int | None = None,
     auto: bool = True,
+    ranks: int | str = 0,
     queue_size: int = 1024,
     flush_every: int = 1,
     wav_format: str = "int16",
@@ -143,6 +145,9 @@ def watch(
         groups: {channel name: regex}: modules matching a regex sound as one layer.
         depth: group modules by the first ``depth`` parts of their dotted name.
         auto: register the optimizer hook (``False``: call ``step()`` yourself).
+        ranks: in a ``torch.distributed`` run, the rank that sounds (the others open no output and,
+            unless gradients are sharded, do nothing), or ``"all"``: every rank sounds and writes its
+            files as ``NAME.rank<N>.EXT``. Ignored outside a distributed run.
         queue_size: frames that may wait for the dispatcher before new ones are dropped (and counted).
         flush_every: frames per write of the run log (1 loses nothing on ``kill -9``).
         wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
@@ -152,6 +157,12 @@ def watch(
         raise TypeError(f"watch needs a torch.nn.Module as model, got {type(model).__name__}")
     chosen = mapping if isinstance(mapping, Mapping) else Mapping.load(mapping)
     found = find_layers(model, include=layers, params=params, groups=groups, depth=depth)
+    part = participation(ranks, model, found)
+    if not part.sounds:  # no outputs, no thread, no files; joins the norm reduction if gradients are sharded
+        silent = Dispatcher([])
+        capture = Capture(model, optimizer, found, silent.submit, auto=auto, participation=part)
+        return Watch(capture, silent, {}, f"rank {part.rank} is silent (rank {ranks} sounds)", None)
+    record, wav, midi_file = part.path_for(record), part.path_for(wav), part.path_for(midi_file)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
     rate = rate_for(chosen, every, max_fps, aggregate)
     files = file_sinks(wav=wav, midi_file=midi_file, wav_format=wav_format)
@@ -160,7 +171,7 @@ def watch(
     outputs = build_outputs(chosen, run_info, files, record=writer, live_sinks=live, rate=rate)
     dispatcher = Dispatcher(outputs.consumers, queue_size=queue_size).start()
     try:
-        capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto)
+        capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto, participation=part)
     except BaseException:
         dispatcher.close()
         raise
