@@ -178,10 +178,10 @@ def _text(value: Any) -> str:
     return value
 
 
-def _list_of(item: Callable[[Any], Any], what: str) -> Callable[[Any], tuple[Any, ...]]:
+def _list_of(item: Callable[[Any], Any], what: str, example: str) -> Callable[[Any], tuple[Any, ...]]:
     def check(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or not value:
-            raise _Bad(f"a non-empty list of {what}", f"write it as a list, e.g. [{item.__doc__ or ''}]")
+            raise _Bad(f"a non-empty list of {what}", f"write it as a list in brackets, e.g. {example}")
         out = []
         for i, element in enumerate(value):
             try:
@@ -244,7 +244,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "sound": {
         "sample_rate": ("sample_rate", _integer(8000, 192000, "Hz")),
         "channels": ("channels", _integer(1, 2, "(1 mono, 2 stereo)")),
-        "waveforms": ("waveforms", _list_of(_choice(WAVEFORMS), "waveform names " + "/".join(WAVEFORMS))),
+        "waveforms": ("waveforms", _list_of(_choice(WAVEFORMS), "waveform names " + "/".join(WAVEFORMS),
+                                           '["sine", "triangle"]')),
         "amplitude": ("amplitude", _number(0.0, 1.0, low_open=True)),
         "attack_s": ("attack_s", _number(0.0, 10.0, unit="seconds")),
         "release_s": ("release_s", _number(0.0, 10.0, unit="seconds")),
@@ -256,7 +257,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "mode": ("midi_mode", _choice(MIDI_MODES)),
         "cc": ("cc", _integer(0, 119, "(MIDI controller number)")),
         "velocity": ("velocity", _velocity),
-        "programs": ("programs", _list_of(_integer(0, 127), "General MIDI programs 0–127")),
+        "programs": ("programs", _list_of(_integer(0, 127), "General MIDI programs 0–127", "[0, 48]")),
         "nan_note": ("nan_note", _integer(0, 127, "(GM percussion note)")),
         "inf_note": ("inf_note", _integer(0, 127, "(GM percussion note)")),
         "alarm_velocity": ("alarm_velocity", _integer(1, 127)),
