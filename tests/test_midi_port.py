@@ -26,89 +26,9 @@ from bridge.events import Alarm, Arrangement, Notes, StepEvents
 from bridge.frames import Frame
 from bridge.mapping import Mapping
 from bridge.sinks.midi_port import MidiPortSink, available_apis, describe_ports, list_output_ports
+from tests.conftest import WAIT_S, MidiDump, jack_ports
 
-Message = tuple[int, tuple[int, ...]]  # (frame stamp, MIDI bytes)
-WAIT_S = 5.0
 JACK_RATE, JACK_PERIOD = 44100, 256  # the conftest server: 44.1 kHz, 256-frame periods
-
-
-def parse_dump(text: str) -> list[Message]:
-    """``jack_midi_dump -a`` lines (``  26624: 90 3c 64 note on ...``) as (frame, bytes); other lines skipped."""
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]  # a line still being written
-    messages = []
-    for line in text.splitlines():
-        head, sep, rest = line.partition(":")
-        if not sep or not head.strip().isdigit():
-            continue
-        tokens = rest.split()
-        size = 2 if 0xC0 <= int(tokens[0], 16) <= 0xDF else 3  # program change: 2 bytes; ours else: 3
-        messages.append((int(head), tuple(int(t, 16) for t in tokens[:size])))
-    return messages
-
-
-class MidiDump:
-    """``jack_midi_dump -a NAME`` on the current JACK server, its port ``NAME:input``."""
-
-    def __init__(self, name: str, log_path: Path) -> None:
-        command = ["jack_midi_dump", "-a", name]
-        if shutil.which("stdbuf"):
-            command = ["stdbuf", "-oL", *command]  # print each message as it comes, not at exit
-        self.port = f"{name}:input"
-        self.log_path = log_path
-        with open(log_path, "wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + WAIT_S
-        while self.port not in jack_ports():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                pytest.fail(f"jack_midi_dump did not show port {self.port} within {WAIT_S} s")
-            time.sleep(0.02)
-
-    def messages(self) -> list[Message]:
-        return parse_dump(self.log_path.read_text())
-
-    def wait_for(self, done: Callable[[list[tuple[int, ...]]], bool]) -> list[Message]:
-        """Poll (at most ``WAIT_S``) until ``done(bytes of every message so far)``; fail with what arrived."""
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            messages = self.messages()
-            if done([m for _, m in messages]):
-                return messages
-            if time.monotonic() > deadline:
-                pytest.fail(f"receiver did not get what was expected within {WAIT_S} s; it got {messages}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def jack_ports() -> list[str]:
-    listed = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=WAIT_S)
-    return listed.stdout.splitlines()
-
-
-@pytest.fixture
-def midi_dump(jack_server: str, tmp_path: Path) -> Iterator[Callable[..., MidiDump]]:
-    """Start receivers on demand (``midi_dump()`` or ``midi_dump(name)``); all are stopped after the test."""
-    if shutil.which("jack_midi_dump") is None or shutil.which("jack_lsp") is None:
-        pytest.skip("jack_midi_dump / jack_lsp not installed (Debian package jackd2)")
-    started: list[MidiDump] = []
-
-    def start(name: str | None = None) -> MidiDump:
-        name = name or f"gbdump-{uuid.uuid4().hex[:8]}"
-        started.append(MidiDump(name, tmp_path / f"{name}.txt"))
-        return started[-1]
-
-    yield start
-    for dump in started:
-        dump.stop()
 
 
 def arrange(preset: str, layers: int, **changes: object) -> tuple[Mapping, Arrangement]:
