@@ -31,6 +31,8 @@ if not hasattr(_transformers.TrainerCallback, "on_pre_optimizer_step"):
 
 import torch
 
+from bridge.distributed import is_distributed
+
 if TYPE_CHECKING:
     from bridge.dispatch import DispatchStats
     from bridge.watching import Watch
@@ -141,7 +143,9 @@ class GradbridgeTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
         self.close()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
+        # in a torch.distributed run every rank opens the watch and bridge.watch decides who sounds: the
+        # silent ranks must still join the norm reduction when FSDP shards the gradients
+        if not state.is_world_process_zero and not is_distributed():
             return
         trainer_model = kwargs.get("model")
         measured = self._model if self._model is not None else trainer_model
