@@ -176,6 +176,18 @@ def _version(package: str) -> str:
         return "absent"
 
 
+def blas_threads() -> str:
+    """NumPy's BLAS and its thread count (threadpoolctl, when installed), e.g. ``"openblas x2"``."""
+    try:
+        import numpy  # noqa: F401  (loads the BLAS library threadpoolctl inspects)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl absent)"
+    pools = [f"{p.get('internal_api')} x{p.get('num_threads')}" for p in threadpool_info()
+             if p.get("user_api") == "blas"]
+    return ", ".join(pools) or "none found"
+
+
 def environment() -> dict[str, object]:
     """Where and when the figures were taken: date, CPUs, load, versions, commit."""
     try:
@@ -192,6 +204,7 @@ def environment() -> dict[str, object]:
         "python": platform.python_version(),
         "numpy": _version("numpy"),
         "torch": _version("torch"),
+        "numpy_blas": blas_threads(),
         "git_commit": commit,
     }
 
@@ -200,8 +213,8 @@ def banner(title: str, quick: bool) -> None:
     """Print what runs and where (the JSON results hold the same, and the load at the end)."""
     env = environment()
     print(f"{title} ({'quick smoke run' if quick else 'full run'}); {env['date_utc']} UTC, nproc {env['nproc']}, "
-          f"load {env['load_average_1min']}, python {env['python']}, numpy {env['numpy']}, torch {env['torch']}, "
-          f"commit {env['git_commit']}", flush=True)
+          f"load {env['load_average_1min']}, python {env['python']}, numpy {env['numpy']} ({env['numpy_blas']}), "
+          f"torch {env['torch']}, commit {env['git_commit']}", flush=True)
 
 
 class QuietSharedChannels(logging.Filter):
