@@ -283,11 +283,29 @@ class Synth:
                     continue
                 rows = oscillator_rows(group_codes, group_inc, phase, count, self._work)
                 apply_envelope(rows, begin, length, attack_n, release_n)
-                for row, (note, offset) in enumerate(zip(group.tolist(), (at + begin).tolist())):
-                    skip = max(0, -offset)
-                    if skip < count:
-                        self._buf[:, offset + skip:offset + count] += gains[:, note, None] * rows[row, skip:]
+                self._add_rows(rows, gains[:, group], at + begin)
             self._filled = max(self._filled, int(at.max()) + length)
+
+    def _add_rows(self, rows: np.ndarray, gains: np.ndarray, offsets: np.ndarray) -> None:
+        """Add each row (notes, count), times its gains (channels, notes), into the buffer at its offset.
+
+        Notes one after another with no gap (the sequential layout) are one slice; notes that do not
+        overlap, one scatter; only overlapping notes or notes partly before the buffer go one by one.
+        """
+        notes, count = rows.shape
+        first = int(offsets[0])
+        if notes == 1 or first >= 0 and bool((np.diff(offsets) == count).all()):  # back to back
+            if first >= 0:
+                self._buf[:, first:first + notes * count] += (gains[:, :, None] * rows).reshape(gains.shape[0], -1)
+                return
+        elif offsets.min() >= 0 and bool((np.diff(np.sort(offsets)) >= count).all()):  # apart: no sample twice
+            where = (offsets[:, None] + np.arange(count)).reshape(-1)
+            self._buf[:, where] += (gains[:, :, None] * rows).reshape(gains.shape[0], -1)
+            return
+        for row, offset in enumerate(offsets.tolist()):
+            skip = max(0, -offset)
+            if skip < count:
+                self._buf[:, offset + skip:offset + count] += gains[:, row, None] * rows[row, skip:]
 
     def _reserve(self, needed: int) -> None:
         if needed > self._buf.shape[1]:

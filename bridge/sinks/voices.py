@@ -2,7 +2,7 @@
 
 Waveforms (``bridge.events.WAVEFORMS``) all start at 0 and rise (the square at +1), amplitude 1, phase in
 cycles: sine ``sin 2πx``, triangle, square and saw. Sample ``k = q·BLOCK + r`` of a note has phase
-``coarse[q] + fine[r]`` cycles, so many notes of one length are computed at once by matrix products, with
+``coarse[q] + fine[r]`` cycles, so many notes of one length are computed at once by broadcasting, with
 no per-sample Python: as a (notes, samples) array (``oscillator_rows``), or summed straight into
 (channels, samples) when they start together (``chord_sum``); a chord of sines never even makes the
 per-note array (``Σ g·sin(a + b) = Σ g·sin a·cos b + g·cos a·sin b``). Arrays are float32 unless stated.
@@ -41,20 +41,21 @@ def _block_phases(inc: np.ndarray, phase0: np.ndarray, count: int) -> tuple[np.n
     return coarse - np.floor(coarse), fine - np.floor(fine)
 
 
-def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int,
-           work: Workspace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int, work: Workspace,
+           final: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each note's oscillator up to an affine map: float32 rows ``(notes, count)`` and per-note ``scale``,
     ``bias`` such that ``wave = scale·row + bias``. ``codes`` must come sorted (one run per waveform).
+    With ``final`` the rows are the waves themselves (scale 1, bias 0).
 
-    The phase ``x`` comes from a batched product (coarse + fine), then ``w = x - rint(x)`` in [-1/2, 1/2];
-    sine ``sin 2πw``, saw ``2w``, square ``2·[w >= 0] - 1``, triangle ``1 - 4|w|`` (w a quarter cycle early).
+    The phase ``x = coarse + fine`` (one float32 addition, broadcast: no matrix product), then
+    ``w = x - rint(x)`` in [-1/2, 1/2]; sine ``sin 2πw``, saw ``2w``, square ``2·[w >= 0] - 1``,
+    triangle ``1 - 4|w|`` (w a quarter cycle early). Every step works in place on one scratch array.
     """
     coarse, fine = _block_phases(inc, phase0 + _OFFSETS[codes], count)
     (blocks, notes) = coarse.shape
-    left = np.empty((notes, blocks, 2), dtype=np.float32)
-    right = np.empty((notes, 2, BLOCK), dtype=np.float32)
-    left[:, :, 0], left[:, :, 1], right[:, 0, :], right[:, 1, :] = coarse.T, 1.0, 1.0, fine
-    x = np.matmul(left, right, out=work.get("rows", (notes, blocks, BLOCK))).reshape(notes, -1)[:, :count]
+    x3 = work.get("rows", (notes, blocks, BLOCK))
+    np.add(coarse.T.astype(np.float32)[:, :, None], fine.astype(np.float32)[:, None, :], out=x3)
+    x = x3.reshape(notes, -1)[:, :count]
     np.subtract(x, np.rint(x, out=work.get("wrapped", x.shape)), out=x)
     edges = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
     for low, high in zip([0] + edges, edges + [notes]):  # one run of rows per waveform
@@ -63,9 +64,19 @@ def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int,
             w *= np.float32(2.0 * np.pi)
             np.sin(w, out=w)
         elif code == _SQUARE:
-            np.greater_equal(w, np.float32(0.0), out=w, casting="unsafe")
+            if final:  # w is never -0.0 (x >= 0), so the sign of w is the square exactly
+                np.copysign(np.float32(1.0), w, out=w)
+            else:
+                np.greater_equal(w, np.float32(0.0), out=w, casting="unsafe")
         elif code == _TRIANGLE:
             np.abs(w, out=w)
+            if final:
+                w *= np.float32(-4.0)
+                w += np.float32(1.0)
+        elif final:  # saw
+            w *= np.float32(2.0)
+    if final:
+        return x, np.ones(notes), np.zeros(notes)
     return x, _SCALES[codes], _BIASES[codes]
 
 
@@ -77,11 +88,7 @@ def oscillator_rows(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, coun
     sample) and ``phase0`` have one entry per note. The rows are a view into ``work``'s scratch memory:
     use them before the next call with the same ``work``.
     """
-    rows, scale, bias = _waves(codes, inc, phase0, count, work)
-    if (scale != 1.0).any() or bias.any():
-        rows *= scale.astype(np.float32)[:, None]
-        rows += bias.astype(np.float32)[:, None]
-    return rows
+    return _waves(codes, inc, phase0, count, work, final=True)[0]
 
 
 def chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, count: int,
