@@ -36,7 +36,7 @@ def note_to_frequency(note: np.ndarray | float) -> np.ndarray:
 def frequency_to_note(frequency_hz: np.ndarray | float) -> np.ndarray:
     """Frequency in Hz → nearest MIDI note number, int64, clipped to 0–127."""
     f = np.maximum(np.asarray(frequency_hz, dtype=np.float64), 1e-3)
-    return np.clip(np.rint(69.0 + 12.0 * np.log2(f / 440.0)), 0, 127).astype(np.int64)
+    return np.minimum(np.maximum(np.rint(69.0 + 12.0 * np.log2(f / 440.0)), 0), 127).astype(np.int64)
 
 
 def scale_notes(scale: str, root: str, low_note: int, high_note: int) -> np.ndarray:
@@ -72,6 +72,8 @@ class Mapping:
         self._first_step: int | None = None
         self._low: np.ndarray | None = None
         self._high: np.ndarray | None = None
+        self._layers = np.zeros(0, dtype=np.int64)
+        self._offsets = np.zeros(0)
         if preset.mode == "scale":
             self._notes = scale_notes(preset.scale, preset.root, preset.low_note, preset.high_note)
         if preset.range is not None:
@@ -119,6 +121,8 @@ class Mapping:
             osc_latency_s=p.osc_latency_s,
         )
         self._first_step = None
+        self._layers = np.arange(count)
+        self._offsets = self._layers * p.note_s if p.layout == "sequential" else np.zeros(count)
         self._low = np.full(count, np.inf)
         self._high = np.full(count, -np.inf)
         return self._arrangement
@@ -138,33 +142,45 @@ class Mapping:
         start_s = (frame.step - self._first_step) * step_s
 
         finite = np.isfinite(norms)
-        clean = np.where(finite, np.maximum(norms, 0.0), 0.0)  # a negative "norm" (bad CSV) sounds as zero
+        all_finite = bool(finite.all())
+        if all_finite:  # the usual case: fewer passes, same values
+            clean = np.maximum(norms, 0.0)  # a negative "norm" (bad CSV) sounds as zero
+        else:
+            clean = np.where(finite, np.maximum(norms, 0.0), 0.0)
         # a zero norm under a log curve sounds lowest but does not stretch the running range down to 1e-12
         informative = finite & (clean > LOG_FLOOR) if p.curve == "log" else finite
-        value = self._position(apply_curve(p.curve, clean), informative)
-        value = np.where(finite & ~informative, 0.0, value)
+        every_informative = all_finite and (p.curve != "log" or bool(informative.all()))
+        value = self._position(apply_curve(p.curve, clean), None if every_informative else informative)
+        if not every_informative:
+            value = np.where(finite & ~informative, 0.0, value)
         if p.mode == "linear_hz":
-            frequency = p.base_hz + p.hz_per_unit * clean
-            frequency = np.clip(frequency, MIN_FREQUENCY_HZ, p.max_frequency_hz)
+            frequency = np.minimum(np.maximum(p.base_hz + p.hz_per_unit * clean, MIN_FREQUENCY_HZ),
+                                   p.max_frequency_hz)
             midi_note = frequency_to_note(frequency)
         else:
             index = np.rint(value * (len(self._notes) - 1)).astype(np.int64)
             midi_note = self._notes[index]
-            frequency = np.clip(note_to_frequency(midi_note), MIN_FREQUENCY_HZ, p.max_frequency_hz)
+            frequency = np.minimum(np.maximum(note_to_frequency(midi_note), MIN_FREQUENCY_HZ), p.max_frequency_hz)
 
-        layers = np.arange(count)
-        offsets = layers * p.note_s if p.layout == "sequential" else np.zeros(count)
+        layers, offsets = self._layers, self._offsets
         starts = start_s + offsets
         if p.velocity == "value":
-            velocity = np.clip(np.rint(40.0 + 87.0 * value), 1, 127).astype(np.int64)
+            velocity = np.minimum(np.maximum(np.rint(40.0 + 87.0 * value), 1), 127).astype(np.int64)
         else:
             velocity = np.full(count, int(p.velocity), dtype=np.int64)
 
+        if all_finite:
+            notes = Notes(
+                layer=layers.copy(), start_s=starts, duration_s=np.full(count, p.note_s), frequency_hz=frequency,
+                midi_note=midi_note, velocity=velocity, amplitude=np.full(count, p.amplitude), value=value)
+            return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
+                              loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=())
         keep = finite
+        kept = int(keep.sum())
         notes = Notes(
-            layer=layers[keep], start_s=starts[keep], duration_s=np.full(int(keep.sum()), p.note_s),
+            layer=layers[keep], start_s=starts[keep], duration_s=np.full(kept, p.note_s),
             frequency_hz=frequency[keep], midi_note=midi_note[keep], velocity=velocity[keep],
-            amplitude=np.full(int(keep.sum()), p.amplitude), value=value[keep],
+            amplitude=np.full(kept, p.amplitude), value=value[keep],
         )
         alarms = tuple(
             Alarm(layer=int(i), kind="nan" if math.isnan(norms[i]) else ("+inf" if norms[i] > 0 else "-inf"),
@@ -175,20 +191,38 @@ class Mapping:
         return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
                           loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms)
 
-    def _position(self, curved: np.ndarray, update: np.ndarray) -> np.ndarray:
-        """Each layer's place in its range, 0–1: the fixed range, or the running min/max of what it played."""
+    def _position(self, curved: np.ndarray, update: np.ndarray | None) -> np.ndarray:
+        """Each layer's place in its range, 0–1: the fixed range, or the running min/max of what it played.
+
+        ``update`` marks the layers whose value joins the running range; ``None`` means all of them.
+        """
         if self.preset.range is not None:
             low, high = self._fixed
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                return self._place(curved, low, high)
+        if self._low is None or self._high is None:
+            raise RuntimeError("call Mapping.arrange(layer_names) before map_frame")
+        if update is None:
+            np.minimum(self._low, curved, out=self._low)
+            np.maximum(self._high, curved, out=self._high)
         else:
-            if self._low is None or self._high is None:
-                raise RuntimeError("call Mapping.arrange(layer_names) before map_frame")
             self._low = np.where(update, np.minimum(self._low, curved), self._low)
             self._high = np.where(update, np.maximum(self._high, curved), self._high)
-            low, high = self._low, self._high
-        with np.errstate(invalid="ignore", divide="ignore"):
-            span = high - low
-            position = np.where(span > 0, (curved - low) / np.where(span > 0, span, 1.0), 0.5)
-        return np.clip(np.nan_to_num(position, nan=0.5), 0.0, 1.0)
+        # running ranges hold finite values (or the +Inf/-Inf of "nothing yet", whose span is -Inf):
+        # no operation below can overflow or divide by zero
+        return self._place(curved, self._low, self._high)
+
+    @staticmethod
+    def _place(curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
+        """``(curved - low) / (high - low)`` clipped to 0–1; 0.5 where the range is empty or the result NaN."""
+        span = high - low
+        wide = span > 0
+        position = np.full(curved.shape, 0.5)
+        np.divide(curved - low, span, out=position, where=wide)
+        np.minimum(np.maximum(position, 0.0), 1.0, out=position)
+        if math.isnan(float(position.sum())):  # only an overflowing fixed range can get here
+            np.nan_to_num(position, copy=False, nan=0.5)
+        return position
 
 
 def describe(preset: Preset, layer_count: int | None = None) -> str:
