@@ -405,3 +405,34 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
         synth.pop_ready(math.nan)
     with pytest.raises(ValueError, match="max_frames"):
         synth.pop_ready(1.0, max_frames=0)
+
+
+def test_notes_apart_back_to_back_and_overlapping_in_one_step_each_sound_at_their_own_place() -> None:
+    # three sine layers, notes of one length: sample k of a note is a·sin(2π k f / SR) from its own start
+    arrangement = make_arrangement(3)
+    length = 441
+    k = np.arange(length)
+    freqs, amps = [437.0, 873.0, 219.0], [0.1, 0.2, 0.3]
+    for starts in ([0.0, 0.02, 0.05], [0.0, 0.01, 0.02], [0.0, 0.005, 0.012], [0.05, 0.0, 0.02]):
+        step = make_step(0, 0.0, 0.08, layer=[0, 1, 2], note_start_s=starts, note_duration_s=0.01,
+                         frequency_hz=freqs, amplitude=amps)
+        expected = np.zeros(round(0.08 * SR))
+        for start_s, f, a in zip(starts, freqs, amps):
+            at = round(start_s * SR)
+            expected[at:at + length] += a * np.sin(2 * np.pi * k * f / SR)
+        out = render_events(arrangement, [step])[:, 0]
+        assert out.shape == expected.shape
+        assert np.max(np.abs(out - expected)) < 1e-5, starts
+
+
+def test_a_step_naming_other_layers_than_the_last_uses_their_own_voices() -> None:
+    # layer 0 plays a sine, layer 1 a saw (2x - 1 ramps from 0 upwards): swapping layers swaps the shapes
+    arrangement = make_arrangement(2, waveform=["sine", "saw"])
+    steps = [make_step(i, 0.01 * i, 0.01, layer=[layer], note_start_s=0.01 * i, note_duration_s=0.01,
+                       frequency_hz=100.0, amplitude=0.5) for i, layer in enumerate([0, 1, 0])]
+    out = render_events(arrangement, steps)[:, 0]
+    k = np.arange(441)
+    sine = 0.5 * np.sin(2 * np.pi * k * 100.0 / SR)
+    cycles = (k * 100.0 / SR) % 1.0
+    saw = 0.5 * 2.0 * np.where(cycles < 0.5, cycles, cycles - 1.0)
+    assert np.max(np.abs(out - np.concatenate([sine, saw, sine]))) < 1e-5

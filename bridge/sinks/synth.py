@@ -68,6 +68,9 @@ class Synth:
         self._end = 0  # absolute sample index where everything rendered so far ends
         self._last_start = 0  # absolute sample index of the last rendered step's start
         self._work = Workspace()
+        self._layers_key: tuple[str, bytes] | None = None  # the last step's Notes.layer, and its slots
+        self._layers_slot = np.zeros(0, dtype=np.int64)
+        self._layers_single = True
         #: Samples that arrived for a time already popped (or left behind), and were dropped.
         self.late_samples = 0
 
@@ -141,7 +144,8 @@ class Synth:
                 raise ValueError(f"max_frames must be a whole number of frames >= 1 or None, got {max_frames!r}")
             stop = min(stop, origin + int(max_frames))
         if not self._finished and base == origin and stop <= base + self._filled:  # the usual case
-            out = np.clip(self._buf[:, :stop - origin], -1.0, 1.0)
+            out = np.maximum(self._buf[:, :stop - origin], np.float32(-1.0))
+            np.minimum(out, np.float32(1.0), out=out)
         else:
             out = np.zeros((self.audio_channels, stop - origin), dtype=np.float32)
             kept = []
@@ -190,12 +194,7 @@ class Synth:
                              f"frequency_hz {freq.shape[0]}, amplitude {amp.shape[0]}")
         if count == 0:
             return None
-        table = self._slot_of_layer
-        slot = table[np.minimum(np.maximum(layer.astype(np.int64, copy=False), 0), table.shape[0] - 1)]
-        if slot.min() < 0 or layer.min() < 0 or layer.max() >= table.shape[0]:
-            raise ValueError(f"Notes.layer at step {events.step} names layers {sorted(set(layer.tolist()))} but "
-                             f"the arrangement has voices for {sorted(v.index for v in self.arrangement.voices)}; "
-                             "render events made with the same arrangement")
+        slot = self._slots(layer, events.step)
         ok = (np.abs(start_s) < _MAX_TIME_S) & (duration_s > 0) & (freq == freq)  # NaN compares unequal
         if not ok.all():  # placeholders for what will not sound, so that no arithmetic meets NaN or Inf
             start_s, duration_s = np.where(ok, start_s, 0.0), np.where(ok, duration_s, 0.0)
@@ -213,13 +212,30 @@ class Synth:
         gains = (self._gain_of_slot[:, slot] * np.minimum(amp, 1.0)).astype(np.float32)
         return self._wave_of_slot[slot], starts, lengths, inc, phase0, gains
 
+    def _slots(self, layer: np.ndarray, step: int) -> np.ndarray:
+        """Each note's voice slot, from its layer index; a step's layers are usually the last step's."""
+        key = (layer.dtype.str, layer.tobytes())
+        if key == self._layers_key:
+            return self._layers_slot
+        table = self._slot_of_layer
+        slot = table[np.minimum(np.maximum(layer.astype(np.int64, copy=False), 0), table.shape[0] - 1)]
+        if slot.min() < 0 or layer.min() < 0 or layer.max() >= table.shape[0]:
+            raise ValueError(f"Notes.layer at step {step} names layers {sorted(set(layer.tolist()))} but "
+                             f"the arrangement has voices for {sorted(v.index for v in self.arrangement.voices)}; "
+                             "render events made with the same arrangement")
+        slot.setflags(write=False)
+        self._layers_key, self._layers_slot = key, slot
+        self._layers_single = bool(np.bincount(slot).max() == 1)
+        return slot
+
     def _start_phases(self, slot: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
                       ok: np.ndarray) -> np.ndarray:
         """Each note's starting phase in cycles; with continuous phase, also advance each layer's phase."""
         if not self.continuous:
             return np.zeros(slot.shape[0], dtype=np.float64)
         advance = np.where(ok, inc * lengths, 0.0)
-        if np.bincount(slot).max() == 1:  # the usual case: one note per layer
+        single = self._layers_single if slot is self._layers_slot else bool(np.bincount(slot).max() == 1)
+        if single:  # the usual case: one note per layer
             phase0 = self._phase[slot]
             self._phase[slot] = (phase0 + advance) % 1.0
             return phase0
@@ -237,6 +253,8 @@ class Synth:
 
     def _alarm_batch(self, alarms: tuple[Alarm, ...]) -> tuple[np.ndarray, ...] | None:
         """Each alarm as two square notes (high, then low); alarms at the same moment sound once."""
+        if not alarms:
+            return None
         sr, spans = self.sample_rate, set()
         for alarm in alarms:
             start, duration = _finite(alarm.start_s, math.nan), _finite(alarm.duration_s, math.nan)
@@ -265,9 +283,15 @@ class Synth:
         self._end = max(self._end, int((starts + lengths).max()))
         rel = starts - self._base
         self._reserve(int((rel + lengths).max()))
-        order = np.lexsort((rel, codes, lengths))  # by length, then waveform: each waveform a run of rows
-        by_length = lengths[order]
-        for group in np.split(order, np.flatnonzero(by_length[1:] != by_length[:-1]) + 1):
+        if codes.shape[0] > 1 and (lengths[0] != lengths).any() or (codes[1:] < codes[:-1]).any() or \
+                ((codes[1:] == codes[:-1]) & (rel[1:] < rel[:-1])).any():
+            order = np.lexsort((rel, codes, lengths))  # by length, then waveform: each waveform a run of rows
+            by_length = lengths[order]
+            edges = (np.flatnonzero(by_length[1:] != by_length[:-1]) + 1).tolist()
+            groups = [order[low:high] for low, high in zip([0] + edges, edges + [order.shape[0]])]
+        else:  # one length, already by waveform and time (the usual case)
+            groups = [np.arange(codes.shape[0])]
+        for group in groups:
             length, at, group_codes, group_inc = int(lengths[group[0]]), rel[group], codes[group], inc[group]
             if at.min() < 0:  # samples before the buffer were popped already: too late to change
                 self.late_samples += int(np.minimum(-at[at < 0], length).sum())

@@ -10,7 +10,9 @@ per-note array (``Σ g·sin(a + b) = Σ g·sin a·cos b + g·cos a·sin b``). Ar
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +102,12 @@ def chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.
     (see ``_waves``) and summed by a matrix product with the gains. ``codes`` must come sorted, sines first;
     ``inc`` and ``phase0`` as for ``oscillator_rows``, ``gains`` is float32 ``(channels, notes)``.
     """
+    with _one_blas_thread():
+        return _chord_sum(codes, inc, phase0, gains, count, work)
+
+
+def _chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, count: int,
+               work: Workspace) -> np.ndarray:
     sines = int(np.searchsorted(codes, _SINE, side="right"))
     parts = []
     if sines < codes.shape[0]:
@@ -120,6 +128,29 @@ def chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.
         product = left.reshape(channels * blocks, 2 * notes) @ right.reshape(2 * notes, BLOCK)
         parts.append(product.reshape(channels, blocks * BLOCK)[:, :count])
     return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """Hold NumPy's BLAS to one thread for a product (with threadpoolctl installed; otherwise a no-op).
+
+    The chord products are small: a second BLAS thread gains little on an idle machine and costs several
+    times over when the cores are busy with training, which is when the synth runs.
+    """
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _BLAS = False
+        else:
+            controller = ThreadpoolController()
+            _BLAS = controller if controller.select(user_api="blas").lib_controllers else False
+    if _BLAS is False:
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+_BLAS: Any = None  # the threadpoolctl controller, False without one, None before the first product
 
 
 def apply_envelope(block: np.ndarray, begin: int, length: int, attack_n: int, release_n: int) -> None:
