@@ -160,6 +160,24 @@ def _sparse_norm(grad: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(grad)
 
 
+@dataclass
+class _Group:
+    """Parameters of one device and dtype, read by one fused pass.
+
+    ``index`` holds each parameter's layer (a tensor on ``device``); ``weight`` the ``share`` factors or
+    None when all are 1; ``local``: some are DTensors, measured by their local shard. ``irregular``
+    turns True once a gradient was seen missing or not strided: from then on every read checks for both.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    params: list[Any]
+    index: torch.Tensor
+    weight: torch.Tensor | None
+    local: bool
+    irregular: bool = False
+
+
 class NormReader:
     """Per-layer L2 gradient norms of fixed layers, computed in one fused pass per device and dtype.
 
@@ -168,6 +186,10 @@ class NormReader:
     squared in float64; a parameter without gradient counts 0; NaN and Inf propagate. A DTensor gradient
     is measured by its local shard. ``share`` (parameter → factor, default 1) scales each parameter's
     squared norm in ``read_squares()``, so that summing those over ranks gives the unsharded squares.
+
+    The usual case costs the fused pass and at most two small ops: gradients are not inspected one by one
+    unless the fused pass fails on them (a missing or sparse gradient), and when every layer has the
+    same number of parameters the per-layer sums are one ``vector_norm`` over a reshaped view.
     """
 
     def __init__(self, layers: Sequence[Layer], *, share: Callable[[Any], float] | None = None) -> None:
@@ -181,14 +203,14 @@ class NormReader:
                 raise ValueError(f"layer {layer.name!r} has no parameters to measure")
         self.layer_names: tuple[str, ...] = tuple(layer.name for layer in layers)
         self._device = layers[0].parameters[0].device
-        # (device, dtype) -> (parameters, layer index of each as a tensor on that device)
+        # (device, dtype) -> (parameters, layer index of each)
         owners: dict[tuple[torch.device, torch.dtype], tuple[list[Any], list[int]]] = {}
         for index, layer in enumerate(layers):
             for p in layer.parameters:
                 ps, idx = owners.setdefault((p.device, p.dtype), ([], []))
                 ps.append(p)
                 idx.append(index)
-        self._groups = []
+        self._groups: list[_Group] = []
         for (device, dtype), (ps, idx) in owners.items():
             factors = [1.0 if share is None else float(share(p)) for p in ps]
             weight = None
@@ -196,7 +218,18 @@ class NormReader:
                 weight = torch.tensor(factors, dtype=torch.float64, device=device)
             local = any(hasattr(p, "_local_tensor") for p in ps)  # DTensor: measure the local shard
             index = torch.tensor(idx, dtype=torch.long, device=device)
-            self._groups.append((device, dtype, ps, index, weight, local))
+            self._groups.append(_Group(device, dtype, ps, index, weight, local))
+        # Every layer with the same number k of parameters, all in one group on the output device, no
+        # share factors: the norms are one vector_norm over a (layers, k) view of the per-parameter norms.
+        sizes = {len(layer.parameters) for layer in layers}
+        only = self._groups[0]
+        single = len(self._groups) == 1 and only.device == self._device and only.weight is None
+        self._per_layer: int | None = sizes.pop() if single and len(sizes) == 1 else None
+        # for read_parameters(): the layer of each value it returns, or None when they are the layers' norms
+        self._layer_of: np.ndarray | None = None
+        if single and self._per_layer != 1:
+            self._layer_of = only.index.cpu().numpy()
+        self._single = single
         self._zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._fused_failed: set[tuple[torch.device, torch.dtype]] = set()
 
@@ -216,50 +249,114 @@ class NormReader:
             zero = self._zeros[(device, dtype)] = torch.zeros((), dtype=dtype, device=device)
         return zero
 
+    def _fused(self, dtype: torch.dtype, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if dtype in _LOW_PRECISION:  # a float16 norm overflows above 65504
+            return list(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        return list(torch._foreach_norm(grads))
+
+    def _fused_failure(self, key: tuple[torch.device, torch.dtype], exc: Exception) -> None:
+        self._fused_failed.add(key)
+        logger.warning(
+            "fused norm pass failed on %s %s (%s: %s); measuring each gradient on its own from now on",
+            key[0], key[1], type(exc).__name__, exc,
+        )
+
     def _group_norms(
         self, device: torch.device, dtype: torch.dtype, grads: list[torch.Tensor]
     ) -> list[torch.Tensor]:
+        """Norms of present gradients of any layout: strided ones fused, the others one by one."""
         key = (device, dtype)
         fused = hasattr(torch, "_foreach_norm") and key not in self._fused_failed
-        if fused and all(g.layout == torch.strided for g in grads):
+        strided = [g for g in grads if g.layout == torch.strided] if fused else []
+        norms: list[torch.Tensor] = []
+        if strided:
             try:
-                if dtype in _LOW_PRECISION:  # a float16 norm overflows above 65504
-                    return list(torch._foreach_norm(grads, 2, dtype=torch.float32))
-                return list(torch._foreach_norm(grads))
+                norms = self._fused(dtype, strided)
             except (RuntimeError, NotImplementedError, TypeError) as exc:
-                self._fused_failed.add(key)
-                logger.warning(
-                    "fused norm pass failed on %s %s (%s: %s); measuring each gradient on its own from now on",
-                    device, dtype, type(exc).__name__, exc,
-                )
-        return [_sparse_norm(g) for g in grads]
+                self._fused_failure(key, exc)
+                strided = []
+        if len(strided) == len(grads):
+            return norms
+        fused_norms = iter(norms)
+        return [next(fused_norms) if g.layout == torch.strided and strided else _sparse_norm(g) for g in grads]
+
+    def _stacked(self, group: _Group) -> torch.Tensor | None:
+        """The group's per-parameter norms stacked (0 for a missing gradient), or None if none has one."""
+        grads = [p.grad for p in group.params]
+        if group.local:
+            grads = [g._local_tensor if hasattr(g, "_local_tensor") else g for g in grads]
+        key = (group.device, group.dtype)
+        if not group.irregular and key not in self._fused_failed and hasattr(torch, "_foreach_norm"):
+            try:
+                return torch.stack(self._fused(group.dtype, grads))
+            except (RuntimeError, NotImplementedError, TypeError) as exc:
+                if all(g is not None and g.layout == torch.strided for g in grads):
+                    self._fused_failure(key, exc)
+                group.irregular = True  # a missing or sparse gradient: check every read from now on
+        present = [g for g in grads if g is not None]
+        if not present:
+            return None
+        norms = iter(self._group_norms(group.device, group.dtype, present))
+        zero = self._zero(group.device, torch.float32 if group.dtype in _LOW_PRECISION else group.dtype.to_real())
+        return torch.stack([zero if g is None else next(norms) for g in grads])
+
+    def read_parameters(self) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Return the gradient norms before they are combined per layer, and the layer of each.
+
+        The cheapest read: the fused pass alone, no further op, no host sync. Gives ``(norms, layer_of)``:
+        with all parameters on one device and dtype, ``norms`` holds one norm per parameter (float32 or
+        float64, 0 where the gradient is missing) and ``layer_of`` (int64 NumPy array, same length) each
+        one's layer index, or None when every layer has one parameter; otherwise ``read()`` and None.
+        The layer norms are sqrt(bincount(layer_of, norms**2)), squared in float64 (see ``combine``).
+        """
+        if not self._single:
+            return self.read(), None
+        stacked = self._stacked(self._groups[0])
+        if stacked is None:
+            return torch.zeros(self.layer_count, dtype=torch.float64, device=self._device), None
+        return stacked, self._layer_of
 
     def read(self) -> torch.Tensor:
         """Return the layers' gradient norms now: float64, shape ``(layers,)``, no host sync."""
+        if self._per_layer is not None:
+            stacked = self._stacked(self._groups[0])
+            if stacked is None:
+                return torch.zeros(self.layer_count, dtype=torch.float64, device=self._device)
+            if self._per_layer == 1:
+                return stacked.to(torch.float64)
+            # squared in float64: a float32 norm of 1e30 would overflow when squared in float32
+            return torch.linalg.vector_norm(stacked.view(self.layer_count, self._per_layer), dim=1,
+                                            dtype=torch.float64)
         return self.read_squares().sqrt_()
 
     def read_squares(self) -> torch.Tensor:
         """Return the layers' squared gradient norms (local shards, times ``share``): float64, no host sync."""
         squares = torch.zeros(self.layer_count, dtype=torch.float64, device=self._device)
-        for device, dtype, params, index, weight, local in self._groups:
-            grads = [p.grad for p in params]
-            if local:
-                grads = [g._local_tensor if hasattr(g, "_local_tensor") else g for g in grads]
-            present = [g for g in grads if g is not None]
-            if not present:
+        for group in self._groups:
+            stacked = self._stacked(group)
+            if stacked is None:
                 continue
-            norms = iter(self._group_norms(device, dtype, present))
-            zero = self._zero(device, torch.float32 if dtype in _LOW_PRECISION else dtype.to_real())
-            stacked = torch.stack([zero if g is None else next(norms) for g in grads])
             sq = stacked.to(torch.float64).square()
-            if weight is not None:
-                sq.mul_(weight)
-            if device == self._device:
-                squares.index_add_(0, index, sq)
+            if group.weight is not None:
+                sq.mul_(group.weight)
+            if group.device == self._device:
+                squares.index_add_(0, group.index, sq)
             else:
-                part = torch.zeros(self.layer_count, dtype=torch.float64, device=device)
-                squares += part.index_add_(0, index, sq).to(self._device, non_blocking=True)
+                part = torch.zeros(self.layer_count, dtype=torch.float64, device=group.device)
+                squares += part.index_add_(0, group.index, sq).to(self._device, non_blocking=True)
         return squares
+
+
+def combine(norms: np.ndarray, layer_of: np.ndarray | None, layer_count: int) -> np.ndarray:
+    """Layer norms from ``read_parameters()``'s values on the host: float64, NaN and Inf propagate.
+
+    ``norms``: one norm per parameter (any float dtype); ``layer_of``: each one's layer index in
+    ``[0, layer_count)``, or None when ``norms`` already holds one norm per layer.
+    """
+    values = np.asarray(norms, dtype=np.float64)
+    if layer_of is None:
+        return values[:layer_count].copy()
+    return np.sqrt(np.bincount(layer_of, weights=np.square(values), minlength=layer_count))
 
 
 def _scalar_of(value: Any, what: str) -> float | torch.Tensor:
@@ -276,6 +373,9 @@ def _scalar_of(value: Any, what: str) -> float | torch.Tensor:
 class PendingFrame:
     """A captured step whose numbers may still be in flight from the device; ``resolve()`` finishes it.
 
+    ``packed`` holds the norms (per layer, or per parameter with ``layer_of`` giving each one's layer,
+    combined here as in ``combine``), followed by the scalars whose ``slots`` are indices into it.
+
     Call ``resolve()`` off the training thread: it waits for the device copy (if any) and returns the
     ``Frame``. Resolving twice returns the same ``Frame``.
     """
@@ -288,6 +388,7 @@ class PendingFrame:
         packed: torch.Tensor,
         slots: Mapping[str, int | float | torch.Tensor],
         event: Any = None,
+        layer_of: np.ndarray | None = None,
     ) -> None:
         self.step = step
         self.time_s = time_s
@@ -295,6 +396,7 @@ class PendingFrame:
         self._packed = packed
         self._slots = dict(slots)
         self._event = event
+        self._layer_of = layer_of
         self._frame: Frame | None = None
 
     def resolve(self) -> Frame:
@@ -311,12 +413,13 @@ class PendingFrame:
                     scalars[key] = float(slot.to(torch.float64).numpy()[0])
                 else:
                     scalars[key] = float(slot)
-            self._frame = Frame(
-                self.step, self.time_s, values[: self._layer_count], scalars["loss"], scalars["lr"]
-            )
+            count = self._layer_count if self._layer_of is None else len(self._layer_of)
+            norms = combine(values[:count], self._layer_of, self._layer_count)
+            self._frame = Frame(self.step, self.time_s, norms, scalars["loss"], scalars["lr"])
             self._packed = torch.empty(0)
             self._slots = {}
             self._event = None
+            self._layer_of = None
         return self._frame
 
 
@@ -405,43 +508,53 @@ class Capture:
                 )
 
     def _capture(self) -> None:
-        step, time_s = self._next_step, time.time()
-        self._next_step += 1  # a failed capture still uses its step index: steps count optimizer steps
+        step = self._next_step
+        self._next_step = step + 1  # a failed capture still uses its step index: steps count optimizer steps
+        time_s = time.time()
         if self.participation.sharded:
             squares = self._read_reduced()
             if not self.participation.sounds:
                 self._loss = None
                 return
-        else:
-            squares = self._reader.read_squares()
-        norms = squares.sqrt_()
-        device = norms.device
+            norms, layer_of = squares.sqrt_(), None
+        else:  # per-parameter norms when possible: combined per layer by resolve(), off this thread
+            norms, layer_of = self._reader.read_parameters()
         loss, self._loss = self._loss, None
         lr: Any = math.nan
-        if self._optimizer is not None and self._optimizer.param_groups:
-            lr = self._optimizer.param_groups[0].get("lr", math.nan)
+        optimizer = self._optimizer
+        if optimizer is not None and optimizer.param_groups:
+            lr = optimizer.param_groups[0].get("lr", math.nan)
+        if loss is None:
+            loss = math.nan
+        device = norms.device
+        if device.type == "cpu" and type(lr) is float and type(loss) is float:  # the usual case, kept short
+            pending = PendingFrame(step, time_s, self._reader.layer_count, norms, {"loss": loss, "lr": lr}, None,
+                                   layer_of)
+            self._on_frame(pending)
+            return
         parts = [norms]
         slots: dict[str, int | float | torch.Tensor] = {}
-        for key, value in (("loss", math.nan if loss is None else loss), ("lr", lr)):
-            scalar = _scalar_of(value, key)
+        for key, value in (("loss", loss), ("lr", lr)):
+            scalar = value if type(value) is float else _scalar_of(value, key)
             if not isinstance(scalar, torch.Tensor):
                 slots[key] = scalar
-            elif scalar.device.type == "cpu" and device.type != "cpu":
-                slots[key] = scalar.clone()  # already on the host: no transfer needed
+            elif scalar.device.type == "cpu":
+                # already on the host: kept aside (a copy, so that later in-place changes do not show)
+                slots[key] = scalar.clone()
             else:
                 slots[key] = sum(p.numel() for p in parts)
                 parts.append(scalar.to(device=device, dtype=torch.float64, non_blocking=True))
         packed = torch.cat(parts) if len(parts) > 1 else norms
         event = None
         if device.type == "cuda":
-            host = torch.empty(packed.shape, dtype=torch.float64, pin_memory=True)
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
             host.copy_(packed, non_blocking=True)
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(device))
             packed = host
         elif device.type != "cpu":
             packed = packed.to("cpu")
-        self._on_frame(PendingFrame(step, time_s, self._reader.layer_count, packed, slots, event))
+        self._on_frame(PendingFrame(step, time_s, self._reader.layer_count, packed, slots, event, layer_of))
 
     def _read_reduced(self) -> torch.Tensor:
         """Squared norms summed over ranks; a rank that cannot read joins with NaN, so that none hangs."""
