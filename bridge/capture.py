@@ -356,7 +356,9 @@ def combine(norms: np.ndarray, layer_of: np.ndarray | None, layer_count: int) ->
     values = np.asarray(norms, dtype=np.float64)
     if layer_of is None:
         return values[:layer_count].copy()
-    return np.sqrt(np.bincount(layer_of, weights=np.square(values), minlength=layer_count))
+    with np.errstate(over="ignore"):  # a norm above 1.3e154 squares to inf: the layer's norm is inf
+        squares = np.square(values)
+    return np.sqrt(np.bincount(layer_of, weights=squares, minlength=layer_count))
 
 
 def _scalar_of(value: Any, what: str) -> float | torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.capture import Capture, Layer, NormReader, PendingFrame, find_layers
+from bridge.capture import Capture, Layer, NormReader, PendingFrame, combine, find_layers
 from bridge.frames import Frame
 
 
@@ -175,6 +175,76 @@ def test_sparse_gradients_fall_back_to_per_tensor_norms() -> None:
     model[0](torch.tensor([1, 1, 3])).sum().backward()  # rows 1 (twice) and 3: grads 2,2 and 1,1
     assert model[0].weight.grad.is_sparse
     assert read(model) == pytest.approx([math.sqrt(4 + 4 + 1 + 1), 5.0], rel=1e-6)
+
+
+def frame_norms(model: nn.Module) -> list[float]:
+    """The norms of one frame captured by an explicit ``Capture.step()`` on the model's gradients as set."""
+    pending: list[PendingFrame] = []
+    Capture(model, None, None, pending.append, auto=False).step()
+    return pending[0].resolve().norms.tolist()
+
+
+def test_equal_parameter_counts_square_in_float64() -> None:
+    big = float(np.float32(1e30))
+    model = nn.Sequential(linear([[1e30]], [1e30]), linear([[3.0, 4.0]], [12.0]))  # two parameters each
+    expected = [math.sqrt(2.0) * big, 13.0]  # sqrt(big² + big²) and sqrt(9 + 16 + 144)
+    assert read(model) == pytest.approx(expected, rel=1e-15)
+    assert frame_norms(model) == pytest.approx(expected, rel=1e-15)
+
+
+def test_frames_combine_unequal_layers_missing_gradients_nan_and_inf() -> None:
+    model = nn.Sequential(
+        linear([[3.0, 4.0]]),  # one parameter: 5
+        linear([[1.0, 2.0]], [2.0]),  # sqrt(1 + 4 + 4) = 3
+        linear([[math.inf]], [math.nan]),  # inf² + nan² is nan
+        linear([[6.0, 8.0]], [1.0]),  # bias gradient removed below: 10
+        nn.Linear(2, 2),  # no gradient at all: 0
+    )
+    model[3].bias.grad = None
+    norms = frame_norms(model)
+    assert norms[:2] == pytest.approx([5.0, 3.0], rel=1e-7)  # sqrt(5) is a float32 per-parameter norm
+    assert math.isnan(norms[2])
+    assert norms[3:] == [10.0, 0.0]
+
+
+def test_read_parameters_gives_each_parameter_and_its_layer() -> None:
+    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), linear([[0.0, 2.0]], [0.0]))
+    norms, layer_of = NormReader(find_layers(model)).read_parameters()
+    assert norms.tolist() == [5.0, 12.0, 2.0, 0.0]
+    assert layer_of is not None and layer_of.tolist() == [0, 0, 1, 1]
+    single = nn.Sequential(linear([[3.0, 4.0]]), linear([[-7.0]]))
+    norms, layer_of = NormReader(find_layers(single)).read_parameters()
+    assert norms.tolist() == [5.0, 7.0] and layer_of is None
+
+
+def test_combine_sums_squares_per_layer() -> None:
+    values = np.array([3.0, 4.0, 1e200, 1e200, math.inf, 2.0], dtype=np.float64)
+    got = combine(values, np.array([0, 0, 1, 1, 2, 3]), 5)
+    assert got[:2].tolist() == [5.0, math.inf]  # (1e200)² overflows float64: inf, as sqrt(inf) reads
+    assert got[2:].tolist() == [math.inf, 2.0, 0.0]  # layer 4 has no parameter here: 0
+    assert combine(np.array([5.0, 7.0, 9.0], dtype=np.float32), None, 2).tolist() == [5.0, 7.0]
+
+
+def test_gradients_that_go_missing_or_sparse_later_are_still_read(caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Sequential(nn.Embedding(5, 2, sparse=True), linear([[3.0, 4.0]]))
+    model[0].weight.grad = torch.zeros(5, 2)
+    model[0].weight.grad[0] = torch.tensor([6.0, 8.0])
+    reader = NormReader(find_layers(model))
+    with caplog.at_level(logging.WARNING, logger="bridge"):
+        assert reader.read().tolist() == [10.0, 5.0]  # dense: the fused pass
+        model[0].weight.grad = None
+        assert reader.read().tolist() == [0.0, 5.0]
+        model[0](torch.tensor([1, 1, 3])).sum().backward()  # sparse now: rows 1 (twice) and 3
+        assert reader.read().tolist() == pytest.approx([math.sqrt(4 + 4 + 1 + 1), 5.0], rel=1e-6)
+    assert caplog.records == []  # a missing or sparse gradient is no failure of the fused pass
+
+
+def test_frames_of_mixed_dtypes_are_combined_on_the_device() -> None:
+    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), nn.Linear(1, 1).double())
+    model[1].weight.grad = torch.tensor([[-7.0]], dtype=torch.float64)
+    model[1].bias.grad = torch.tensor([24.0], dtype=torch.float64)
+    assert NormReader(find_layers(model)).read_parameters()[1] is None  # two groups: layer norms
+    assert frame_norms(model) == [13.0, 25.0]
 
 
 def test_tied_parameter_counts_once_in_a_group() -> None:
