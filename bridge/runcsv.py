@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import csv
 import math
+import operator
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,6 +191,13 @@ def _cell_locator(path: str, line: int, header: list[str]) -> Callable[[int], st
 def _iter_frames(path: str, layout: _Layout) -> Iterator[Frame]:
     step_col = layout.roles["step"]
     optional = [layout.roles.get(role) for role in ("wall_time", "loss", "lr")]
+    value_cols = [col for col in optional if col is not None] + list(layout.layer_columns)
+    skip = len(value_cols) - len(layout.layer_columns)  # how many of the values are time, loss, lr
+    at = _positions(optional)
+    pick: Callable[[list[str]], Sequence[str]] = operator.itemgetter(*value_cols)
+    if len(value_cols) == 1:  # itemgetter of one index gives the cell itself, not a tuple
+        only = value_cols[0]
+        pick = lambda row: (row[only],)
     previous: tuple[int, int] | None = None  # (step, line)
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = _rows(path, f)
@@ -198,13 +206,30 @@ def _iter_frames(path: str, layout: _Layout) -> Iterator[Frame]:
             if len(row) != layout.width:
                 raise RunLogError(f"{path}, line {line}: {len(row)} cells, but the header has {layout.width} "
                                   f"columns; every row needs one cell per column")
-            where = _cell_locator(path, line, header)
-            step = _parse_step(row[step_col], where(step_col))
+            try:
+                step = int(row[step_col])
+            except ValueError:  # a float such as 12.0, or no number: the careful parse says which
+                step = _parse_step(row[step_col], _cell_locator(path, line, header)(step_col))
             if previous is not None and step < previous[0]:
-                raise RunLogError(f"{where(step_col)}: step {step} comes after step {previous[0]} (line "
-                                  f"{previous[1]}); steps must not decrease, sort the rows by step")
+                raise RunLogError(f"{_cell_locator(path, line, header)(step_col)}: step {step} comes after step "
+                                  f"{previous[0]} (line {previous[1]}); steps must not decrease, sort the rows by step")
             previous = (step, line)
-            time_s, loss, lr = (math.nan if col is None else _parse_float(row[col], where(col))
-                                for col in optional)
-            norms = [_parse_float(row[col], where(col)) for col in layout.layer_columns]
-            yield Frame(step, time_s, np.array(norms, dtype=np.float64), loss, lr)
+            cells = pick(row)
+            if "" in cells:
+                cells = [cell or "nan" for cell in cells]
+            try:  # the whole row at once (NumPy parses as float() does); the careful parse names a bad cell
+                values = np.array(cells, dtype=np.float64)
+            except ValueError:
+                where = _cell_locator(path, line, header)
+                values = np.array([_parse_float(row[col], where(col)) for col in value_cols], dtype=np.float64)
+            time_s, loss, lr = (math.nan if i < 0 else float(values[i]) for i in at)
+            yield Frame(step, time_s, values[skip:], loss, lr)
+
+
+def _positions(optional: list[int | None]) -> list[int]:
+    """Index of each present optional column among the parsed values (-1 for an absent one)."""
+    out, seen = [], 0
+    for col in optional:
+        out.append(-1 if col is None else seen)
+        seen += col is not None
+    return out

@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.capture import Capture, Layer, NormReader, PendingFrame, combine, find_layers
+from bridge.capture import (
+    Capture,
+    Layer,
+    NormReader,
+    PendingFrame,
+    combine,
+    find_layers,
+)
 from bridge.frames import Frame
 
 

@@ -96,6 +96,37 @@ def test_csv_bad_cell_names_file_line_column_and_value(tmp_path: Path) -> None:
     assert str(error.value).startswith(f"{path}, line 3, column 3 ('b'): cannot read 'oops' as a number")
 
 
+def test_csv_cells_read_whatever_the_column_order(tmp_path: Path) -> None:
+    path = tmp_path / "order.csv"
+    path.write_text("lr,a,step,loss,b,wall_time\n0.25,1.5,0,2.5,,7\n0.5,  ,3,,-2e3,\n")
+    info, frames = read_run(path)
+    assert info.layer_names == ("a", "b")
+    assert [f.step for f in frames] == [0, 3]
+    assert_same_floats(np.array([f.norms for f in frames]), [[1.5, math.nan], [math.nan, -2000.0]])
+    assert_same_floats([f.lr for f in frames], [0.25, 0.5])
+    assert_same_floats([f.loss for f in frames], [2.5, math.nan])
+    assert_same_floats([f.time_s for f in frames], [7.0, math.nan])
+
+
+def test_csv_of_one_layer_and_no_other_column(tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text("step,a\n0, 4 \n1,\n2,inf\n")
+    _, frames = read_run(path)
+    assert_same_floats([f.norms[0] for f in frames], [4.0, math.nan, math.inf])
+    path.write_text("step,a\n0,4\n1,x\n")
+    with pytest.raises(RunLogError, match=r"line 3, column 2 \('a'\): cannot read 'x' as a number"):
+        read_run(path)
+
+
+def test_csv_bad_optional_cell_after_an_empty_one_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("step,a,loss\n0,,1\n1,,1O\n")
+    with pytest.raises(RunLogError) as error:
+        read_run(path)
+    assert str(error.value) == (f"{path}, line 3, column 3 ('loss'): cannot read '1O' as a number; expected a "
+                                "decimal number, 'nan', 'inf', '-inf' or an empty cell")
+
+
 def test_csv_bad_step_and_short_row(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("step,a\n0.5,1\n")
