@@ -166,7 +166,7 @@ class _Group:
 
     ``index`` holds each parameter's layer (a tensor on ``device``); ``weight`` the ``share`` factors or
     None when all are 1; ``local``: some are DTensors, measured by their local shard. ``irregular``
-    turns True once a gradient was seen missing or not strided: from then on every read checks for both.
+    is True while gradients are seen missing or not strided: then every read checks for both.
     """
 
     device: torch.device
@@ -296,6 +296,8 @@ class NormReader:
         present = [g for g in grads if g is not None]
         if not present:
             return None
+        if len(present) == len(grads) and all(g.layout == torch.strided for g in present):
+            group.irregular = False  # all back to normal: the next read tries the fused pass straight away
         norms = iter(self._group_norms(group.device, group.dtype, present))
         zero = self._zero(group.device, torch.float32 if group.dtype in _LOW_PRECISION else group.dtype.to_real())
         return torch.stack([zero if g is None else next(norms) for g in grads])

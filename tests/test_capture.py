@@ -243,6 +243,9 @@ def test_gradients_that_go_missing_or_sparse_later_are_still_read(caplog: pytest
         assert reader.read().tolist() == [0.0, 5.0]
         model[0](torch.tensor([1, 1, 3])).sum().backward()  # sparse now: rows 1 (twice) and 3
         assert reader.read().tolist() == pytest.approx([math.sqrt(4 + 4 + 1 + 1), 5.0], rel=1e-6)
+        model[0].weight.grad = torch.full((5, 2), 0.5)  # dense again: sqrt(10 * 0.25)
+        assert reader.read().tolist() == pytest.approx([math.sqrt(2.5), 5.0], rel=1e-7)
+        assert reader.read().tolist() == pytest.approx([math.sqrt(2.5), 5.0], rel=1e-7)
     assert caplog.records == []  # a missing or sparse gradient is no failure of the fused pass
 
 
