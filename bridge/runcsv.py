@@ -27,6 +27,7 @@ import numpy as np
 
 from bridge.errors import RunLogError
 from bridge.frames import Frame, RunInfo
+from bridge.paths import path_text, require_parent
 
 __all__ = ["EXPECTED_INPUT", "LAYER_PREFIX", "open_csv", "write_csv"]
 
@@ -48,7 +49,7 @@ def open_csv(path: str | os.PathLike[str]) -> tuple[RunInfo, Iterator[Frame]]:
     The header is read at once, the rows lazily as the iterator is consumed; see the module docstring for
     the columns. Problems raise ``RunLogError`` naming the file, line and column.
     """
-    path = _fspath(path)
+    path = path_text(path)
     try:
         layout = _read_layout(path)
     except OSError as exc:
@@ -64,11 +65,11 @@ def write_csv(path: str | os.PathLike[str], run_info: RunInfo, frames: Iterable[
     column (``step``, ``_step``, ``wall_time``, ``_timestamp``, ``loss``, ``lr``, any case, spaces for
     underscores) gets the header ``layer:`` + name; duplicate names are kept, in order.
     """
-    path = _fspath(path)
+    path = path_text(path)
     if not isinstance(run_info, RunInfo):
         raise TypeError(f"run_info must be a bridge.frames.RunInfo; got {type(run_info).__name__}")
     layers = len(run_info.layer_names)
-    _check_parent(path)
+    require_parent(path, "CSV")
     rows = 0
     try:
         with open(path, "w", encoding="utf-8", newline="") as f:
@@ -88,18 +89,6 @@ def write_csv(path: str | os.PathLike[str], run_info: RunInfo, frames: Iterable[
     except OSError as exc:
         raise RunLogError(f"could not write CSV {path}: {exc.strerror or exc}") from exc
     return rows
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
-    return os.fspath(path)
-
-
-def _check_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise RunLogError(f"cannot create CSV {path}: directory {parent} does not exist; create it first")
 
 
 def _reserved_role(header: str) -> str | None:

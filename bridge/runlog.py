@@ -45,6 +45,7 @@ import numpy as np
 
 from bridge.errors import RunLogError
 from bridge.frames import Frame, RunInfo
+from bridge.paths import path_text, require_parent
 from bridge.runcsv import EXPECTED_INPUT, LAYER_PREFIX, open_csv, write_csv
 
 __all__ = ["BYTES_PER_LAYER", "FORMAT_VERSION", "LAYER_PREFIX", "MAGIC", "RECORD_FIXED_BYTES", "RunLogReader",
@@ -73,18 +74,6 @@ def record_bytes(layer_count: int) -> int:
     if layer_count < 1:
         raise ValueError(f"layer_count must be >= 1; got {layer_count}")
     return RECORD_FIXED_BYTES + BYTES_PER_LAYER * layer_count
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
-    return os.fspath(path)
-
-
-def _check_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise RunLogError(f"cannot create run log {path}: directory {parent} does not exist; create it first")
 
 
 def _encode_header(run_info: RunInfo) -> bytes:
@@ -148,7 +137,7 @@ class RunLogWriter:
 
     def __init__(self, path: str | os.PathLike[str], run_info: RunInfo, *, flush_every: int = 1,
                  flush_interval_s: float = 1.0, fsync: bool = False) -> None:
-        self.path = _fspath(path)
+        self.path = path_text(path)
         if not isinstance(run_info, RunInfo):
             raise TypeError(f"run_info must be a bridge.frames.RunInfo; got {type(run_info).__name__}")
         if isinstance(flush_every, bool) or not isinstance(flush_every, int):
@@ -174,7 +163,7 @@ class RunLogWriter:
         self._buffer = bytearray()
         self._closed = False
         header = bytearray(_encode_header(run_info))
-        _check_parent(self.path)
+        require_parent(self.path, "run log")
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         except OSError as exc:
@@ -286,7 +275,7 @@ class RunLogReader:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = _fspath(path)
+        self.path = path_text(path)
         try:
             with open(self.path, "rb") as f:
                 preamble = f.read(_PREAMBLE.size)
@@ -353,7 +342,7 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunInfo, Iterator[Frame]]:
     always a layer named ``NAME``. Empty cells and ``nan`` read as NaN, ``inf``/``-inf`` as ±Inf; steps
     may repeat but never decrease. Problems raise ``RunLogError`` naming the file, line and column.
     """
-    path = _fspath(path)
+    path = path_text(path)
     try:
         with open(path, "rb") as f:
             start = f.read(len(MAGIC))
