@@ -44,6 +44,8 @@ def _forget_dead_servers() -> None:
     stopped keeps its slot, and after 8 such deaths no server starts ("Too many servers already active").
     With no jackd alive every slot is stale, so removing the registry is safe; JACK makes a new one.
     """
+    if shutil.which("pgrep") is None:  # cannot tell whether a jackd is alive: leave the registry alone
+        return
     alive = subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode == 0
     if not alive:
         for stale in glob.glob("/dev/shm/jack-shm-registry") + glob.glob("/dev/shm/jack-[0-9]*-[0-9]*"):
