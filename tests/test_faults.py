@@ -115,14 +115,9 @@ def closed_udp_port() -> int:
 
 # -- outputs that are missing or refuse --------------------------------------------------------------------------
 
-def need_midi_port_sink() -> None:
-    if importlib.util.find_spec("bridge.sinks.midi_port") is None:
-        pytest.skip("bridge.sinks.midi_port is not part of this checkout yet")
-
 
 def test_a_missing_midi_system_is_reported_once_and_the_run_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    need_midi_port_sink()
     if os.path.exists("/dev/snd/seq"):
         pytest.skip("this machine has an ALSA sequencer, so MIDI can start; the JACK case below covers a missing port")
     monkeypatch.setenv("JACK_DEFAULT_SERVER", f"gbtest-absent-{os.getpid()}")  # no such JACK server
@@ -141,7 +136,6 @@ def test_a_missing_midi_system_is_reported_once_and_the_run_goes_on(
 
 def test_a_midi_port_that_does_not_exist_is_reported_once_and_the_run_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, jack_server: str) -> None:
-    need_midi_port_sink()
     with caplog.at_level(logging.WARNING, logger="bridge"):
         stats = watched_run(tmp_path, 12, midi="no such port", midi_api="jack")
     name = "MIDI port no such port"
