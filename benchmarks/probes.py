@@ -28,29 +28,36 @@ def drain(watch: Watch, timeout_s: float = 120.0) -> None:
 
 
 class OscReceiver:
-    """A UDP socket on 127.0.0.1 (port chosen by the OS) that reads and discards, on its own thread."""
+    """A UDP socket on 127.0.0.1 (port chosen by the OS) that counts and discards datagrams on its own thread.
 
-    def __init__(self) -> None:
+    ``close()`` keeps reading until the socket has been quiet for 0.1 s, so ``packets`` counts every
+    datagram sent before it.
+    """
+
+    def __init__(self, receive_buffer_bytes: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if receive_buffer_bytes is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
+        self.port: int = self.sock.getsockname()[1]
         self.packets = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="benchmark-udp-receiver", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 self.sock.recv(65536)
                 self.packets += 1
             except socket.timeout:
-                continue
+                if self._stop.is_set():
+                    return
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(5)
         self.sock.close()
 
 

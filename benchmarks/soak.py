@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -44,6 +43,8 @@ from bridge.pipeline import build_outputs, rate_for
 from bridge.runlog import RunLogReader, RunLogWriter
 from bridge.sinks.base import Sink
 from bridge.sinks.osc import OscSink
+
+from probes import OscReceiver  # benchmarks/ is on the path when a script here runs
 
 #: Chord steps of 2 ms at 8 kHz mono: 16 samples a step keeps a long soak's WAV small (10 min at 2000
 #: steps a second is 1.2 M steps, 2400 s of audio, 38 MB).
@@ -84,35 +85,6 @@ def native_threads() -> int:
     """Threads of this process as the OS sees them (Python's and those of C libraries such as libjack)."""
     return len(os.listdir("/proc/self/task"))
 
-
-
-class UdpCounter:
-    """A UDP socket on 127.0.0.1 whose thread counts the datagrams that arrive, until ``stop()``."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * MIB)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port: int = self.sock.getsockname()[1]
-        self.received = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-udp-counter", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sock.recv(65536)
-                self.received += 1
-            except TimeoutError:
-                if self._stop.is_set():
-                    return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 def jack_midi_sink() -> tuple[Sink | None, str]:
@@ -218,7 +190,7 @@ def soak(seconds: float, rate: float, layers: int, folder: Path, max_growth_mib:
     report.threads_before = sorted(t.name for t in threads_before)
     report.native_threads["before"] = native_threads()
 
-    counter = UdpCounter()
+    counter = OscReceiver(receive_buffer_bytes=8 * MIB)
     osc = OscSink("127.0.0.1", counter.port)
     live: list[Sink] = [osc]
     midi, report.live_midi = jack_midi_sink()
@@ -253,7 +225,7 @@ def soak(seconds: float, rate: float, layers: int, folder: Path, max_growth_mib:
                 time.sleep(ahead)
     report.rss_mib["end"] = resident_bytes() / MIB
     stats: DispatchStats = dispatcher.close()
-    counter.stop()
+    counter.close()
     report.rss_mib["after close"] = resident_bytes() / MIB
     time.sleep(0.2)  # let finished threads be reaped before looking
     report.native_threads["after"] = native_threads()
@@ -273,7 +245,7 @@ def soak(seconds: float, rate: float, layers: int, folder: Path, max_growth_mib:
         last_step = frame.step
     report.wav_frames = wav_frame_count(folder / "soak.wav")
     report.wav_frames_expected = (last_step + 1) * STEP_SAMPLES
-    report.osc_sent, report.osc_received = osc.sent, counter.received
+    report.osc_sent, report.osc_received = osc.sent, counter.packets
     counters = getattr(midi, "counters", None)
     if counters is not None:
         report.live_midi_counters = asdict(counters)
