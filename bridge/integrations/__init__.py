@@ -105,10 +105,18 @@ class WatchedRun:
         """Frames in, dropped and done of the open watch, or of the last one closed; ``None`` if none ran."""
         return self._watch.stats if self._watch is not None else self._stats
 
-    def open(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-        """Start a watch on ``model`` (closing one still open); ``optimizer`` only lends its learning rate."""
+    def open(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, *, process_zero: bool) -> None:
+        """Start a watch on ``model`` (closing one still open); ``optimizer`` only lends its learning rate.
+
+        In a ``torch.distributed`` run every rank opens the watch and ``bridge.watch`` decides who sounds:
+        the silent ranks must still join the norm reduction when FSDP shards the gradients. Otherwise only
+        the framework's process zero (``process_zero``) opens one.
+        """
+        from bridge.distributed import is_distributed
         from bridge.watching import watch
 
+        if not process_zero and not is_distributed():
+            return
         self.close()
         self._loss = None
         self._stats = None

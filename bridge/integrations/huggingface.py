@@ -31,8 +31,6 @@ if not hasattr(_transformers.TrainerCallback, "on_pre_optimizer_step"):
 
 import torch
 
-from bridge.distributed import is_distributed
-
 if TYPE_CHECKING:
     from bridge.dispatch import DispatchStats
     from bridge.watching import Watch
@@ -143,10 +141,6 @@ class GradbridgeTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
         self.close()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # in a torch.distributed run every rank opens the watch and bridge.watch decides who sounds: the
-        # silent ranks must still join the norm reduction when FSDP shards the gradients
-        if not state.is_world_process_zero and not is_distributed():
-            return
         trainer_model = kwargs.get("model")
         measured = self._model if self._model is not None else trainer_model
         if not isinstance(measured, torch.nn.Module):
@@ -155,7 +149,9 @@ class GradbridgeTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
                 "pass model= when making the callback"
             )
         self.close()
-        self._run.open(measured, kwargs.get("optimizer"))
+        self._run.open(measured, kwargs.get("optimizer"), process_zero=state.is_world_process_zero)
+        if self._run.watch is None:  # another process sounds
+            return
         # the loss comes out of the Trainer's model, also when a part of it is measured
         self._loss = _StepLoss(trainer_model if isinstance(trainer_model, torch.nn.Module) else measured)
 

@@ -33,8 +33,6 @@ LIGHTNING_MODULE = (
 )
 _pl = import_framework(LIGHTNING_MODULE, "lightning", "Lightning", "lightning")
 
-from bridge.distributed import is_distributed  # noqa: E402 - after the framework, which loads torch
-
 __all__ = ["LIGHTNING_MODULE", "GradbridgeCallback"]
 
 
@@ -89,12 +87,8 @@ class GradbridgeCallback(_pl.Callback):  # type: ignore[misc,name-defined]
         return self._run.close()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        # in a torch.distributed run every rank opens the watch and bridge.watch decides who sounds: the
-        # silent ranks must still join the norm reduction when FSDP shards the gradients
-        if not trainer.is_global_zero and not is_distributed():
-            return
         optimizers = list(trainer.optimizers)
-        self._run.open(pl_module, optimizers[0] if optimizers else None)
+        self._run.open(pl_module, optimizers[0] if optimizers else None, process_zero=trainer.is_global_zero)
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
         self._run.add_loss(loss)
