@@ -528,7 +528,7 @@ def test_capture_feeds_a_dispatcher() -> None:
             self.frames.append(frame)
 
         def close(self) -> None:
-            pass
+            """Nothing to release."""
 
     model, optimizer, x, y = make_run()
     keep = Keep()

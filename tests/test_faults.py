@@ -217,7 +217,7 @@ class FailingSink:
         self.closed = 0
 
     def open(self, arrangement: object) -> None:
-        pass
+        """Nothing to open: this stand-in sink only records what it is sent."""
 
     def send(self, events: object) -> None:
         if self.fail_at is not None and self.sent >= self.fail_at:

@@ -58,7 +58,7 @@ class Recorder:
         self.closed = False
 
     def open(self, arrangement: object) -> None:
-        pass
+        """Nothing to open: this stand-in sink only records what it is sent."""
 
     def send(self, events) -> None:  # type: ignore[no-untyped-def]
         self.steps.append(events.step)

@@ -130,7 +130,7 @@ class BrokenSink:
         self.closed = False
 
     def open(self, arrangement: object) -> None:
-        pass
+        """Nothing to open: this stand-in sink only records what it is sent."""
 
     def send(self, events: object) -> None:
         self.sent += 1
@@ -228,7 +228,7 @@ class StuckSink:
         self.sent = 0
 
     def open(self, arrangement: object) -> None:
-        pass
+        """Nothing to open: this stand-in sink only records what it is sent."""
 
     def send(self, events: object) -> None:
         import threading
@@ -238,7 +238,7 @@ class StuckSink:
         self.sent += 1
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 def test_a_stuck_sink_never_holds_training_back_and_drops_are_counted(tmp_path: Path) -> None:
