@@ -84,6 +84,13 @@ class Outputs:
     arrangement: Arrangement
     failed_to_open: dict[str, str] = field(default_factory=dict)
 
+    def count_open_failures(self, stats: DispatchStats) -> DispatchStats:
+        """``stats`` with each output that could not be opened counted as one error "at start"."""
+        for name, text in self.failed_to_open.items():
+            stats.errors[name] = stats.errors.get(name, 0) + 1
+            stats.first_errors.setdefault(name, f"at start ({text})")
+        return stats
+
 
 def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
                   record: RunLogWriter | None = None, live_sinks: Sequence[Sink] = (),

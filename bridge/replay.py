@@ -42,8 +42,4 @@ def replay(frames: Iterable[Frame], run_info: RunInfo, mapping: Mapping, sinks: 
         detail = "; ".join(f"{name}: {text}" for name, text in outputs.failed_to_open.items())
         raise RuntimeError(f"no output could be opened ({detail})")
     step_s = outputs.arrangement.seconds_per_step
-    stats = Dispatcher(outputs.consumers).run_sync(paced(frames, step_s, speed))
-    for name, text in outputs.failed_to_open.items():
-        stats.errors[name] = stats.errors.get(name, 0) + 1
-        stats.first_errors.setdefault(name, f"at start ({text})")
-    return stats
+    return outputs.count_open_failures(Dispatcher(outputs.consumers).run_sync(paced(frames, step_s, speed)))

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping as MappingType
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 
@@ -31,7 +31,7 @@ from bridge.distributed import participation
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.outputs import file_sinks, live_sinks
-from bridge.pipeline import build_outputs, rate_for
+from bridge.pipeline import Outputs, build_outputs, rate_for
 from bridge.runlog import RunLogWriter
 from bridge.sinks.base import Sink
 
@@ -45,11 +45,11 @@ class Watch:
     ``auto=False`` no hook is registered and ``step(loss)`` captures a frame explicitly.
     """
 
-    def __init__(self, capture: Capture, dispatcher: Dispatcher, failed_to_open: dict[str, str],
+    def __init__(self, capture: Capture, dispatcher: Dispatcher, outputs: Outputs | None,
                  description: str, announce: TextIO | None) -> None:
         self._capture = capture
         self._dispatcher = dispatcher
-        self._failed_to_open = failed_to_open
+        self._outputs = outputs
         self._announce = announce
         self._stats: DispatchStats | None = None
         self.description = description
@@ -77,9 +77,8 @@ class Watch:
         if self._stats is None:
             self._capture.remove()
             stats = self._dispatcher.close()
-            for name, text in self._failed_to_open.items():
-                stats.errors[name] = stats.errors.get(name, 0) + 1
-                stats.first_errors.setdefault(name, f"at start ({text})")
+            if self._outputs is not None:
+                stats = self._outputs.count_open_failures(stats)
             self._stats = stats
             if self._announce is not None:
                 print(f"gradbridge: {stats.summary()}", file=self._announce)
@@ -161,7 +160,7 @@ def watch(
     if not part.sounds:  # no outputs, no thread, no files; joins the norm reduction if gradients are sharded
         silent = Dispatcher([])
         capture = Capture(model, optimizer, found, silent.submit, auto=auto, participation=part)
-        return Watch(capture, silent, {}, f"rank {part.rank} is silent (rank {ranks} sounds)", None)
+        return Watch(capture, silent, None, f"rank {part.rank} is silent (rank {ranks} sounds)", None)
     record, wav, midi_file = part.path_for(record), part.path_for(wav), part.path_for(midi_file)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
     rate = rate_for(chosen, every, max_fps, aggregate)
@@ -178,4 +177,4 @@ def watch(
     description = outputs.arrangement.description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
-    return Watch(capture, dispatcher, outputs.failed_to_open, description, announce)
+    return Watch(capture, dispatcher, outputs, description, announce)
