@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,10 @@ class Mapping:
         )
         return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
                           loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms)
+
+    def map_frames(self, frames: Sequence[Frame]) -> list[StepEvents]:
+        """Frames in step order → their events; the same as ``map_frame`` on each in turn."""
+        return [self.map_frame(frame) for frame in frames]
 
     def _position(self, curved: np.ndarray, update: np.ndarray | None) -> np.ndarray:
         """Each layer's place in its range, 0–1: the fixed range, or the running min/max of what it played.

@@ -2,6 +2,10 @@
 
 Live runs (``bridge.watch``) put these consumers behind a ``Dispatcher`` thread; offline renders drive
 the same consumers with ``Dispatcher.run_sync``, so a rendered run and a live one are the same code.
+
+Live sinks get each frame as it comes. File sinks (WAV, MIDI file) get ``FILE_BLOCK_STEPS`` frames at a
+time, mapped and rendered as one block: a handful of NumPy calls per block instead of per step, which is
+what makes offline rendering fast and keeps the background thread's share of the interpreter small.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from bridge.sinks.base import Sink
 
 log = logging.getLogger("bridge")
 
+#: Frames a file sink takes at once (the last block, shorter, comes at close).
+FILE_BLOCK_STEPS = 64
+
 
 class SharedMapping:
     """A mapping shared by several sinks: each frame is mapped once, whichever sink asks first.
@@ -34,6 +41,8 @@ class SharedMapping:
         self.arrangement: Arrangement = mapping.arrange(tuple(layer_names))
         self._last_frame: Frame | None = None
         self._last_events: StepEvents | None = None
+        self._block: list[Frame] = []
+        self._block_events: list[StepEvents] = []
 
     def events_for(self, frame: Frame) -> StepEvents | None:
         """The events of ``frame`` (computed on the first call for that frame), or ``None`` to stay quiet."""
@@ -42,6 +51,20 @@ class SharedMapping:
             self._last_events = None if sounded is None else self.mapping.map_frame(sounded)
             self._last_frame = frame
         return self._last_events
+
+    def events_for_block(self, frames: list[Frame]) -> list[StepEvents]:
+        """The events of a block of frames (computed on the first call for that block); no rate control.
+
+        Every file sink of a run is handed the same frames in the same blocks, so a block is recognised by
+        its first and last frame.
+        """
+        if self.rate is not None:
+            raise RuntimeError("a rate-controlled mapping sounds frame by frame; use events_for(frame)")
+        if not (self._block and frames and frames[0] is self._block[0] and frames[-1] is self._block[-1]
+                and len(frames) == len(self._block)):
+            self._block_events = self.mapping.map_frames(frames)
+            self._block = list(frames)
+        return self._block_events
 
 
 class SinkConsumer:
@@ -59,6 +82,47 @@ class SinkConsumer:
 
     def close(self) -> None:
         self.sink.close()
+
+
+class BlockSinkConsumer:
+    """Feeds one file sink the mapped events of every frame, ``block_steps`` frames at a time.
+
+    Frames wait here until a block is full; ``close`` hands over the last, shorter block before closing
+    the sink, so Ctrl-C and the end of a run lose nothing. A sink with ``send_many(events)`` takes a block
+    in one call; any other gets ``send`` for each step.
+    """
+
+    def __init__(self, sink: Sink, shared: SharedMapping, block_steps: int = FILE_BLOCK_STEPS) -> None:
+        if isinstance(block_steps, bool) or not isinstance(block_steps, int) or block_steps < 1:
+            raise ValueError(f"block_steps must be an int >= 1 (frames per block); got {block_steps!r}")
+        self.sink = sink
+        self.name = sink.name
+        self._shared = shared
+        self._block_steps = block_steps
+        self._waiting: list[Frame] = []
+
+    def handle(self, frame: Frame) -> None:
+        self._waiting.append(frame)
+        if len(self._waiting) >= self._block_steps:
+            self._send_waiting()
+
+    def close(self) -> None:
+        try:
+            self._send_waiting()
+        finally:
+            self.sink.close()
+
+    def _send_waiting(self) -> None:
+        frames, self._waiting = self._waiting, []
+        if not frames:
+            return
+        events = self._shared.events_for_block(frames)
+        send_many = getattr(self.sink, "send_many", None)
+        if send_many is not None:
+            send_many(events)
+        else:
+            for step in events:
+                self.sink.send(step)
 
 
 class RunLogConsumer:
@@ -97,8 +161,8 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
                   rate: RateControl | None = None) -> Outputs:
     """Arrange the mapping for the run's layers, open every sink, and wrap each as a consumer.
 
-    ``sinks`` (files) take every frame at musical time. ``live_sinks`` (MIDI port, OSC, speakers) take the
-    frames ``rate`` lets through, mapped by their own copy of the mapping, since the running ranges of a
+    ``sinks`` (files) take every frame at musical time, in blocks of ``FILE_BLOCK_STEPS``. ``live_sinks``
+    (MIDI port, OSC, speakers) take, one by one, the frames ``rate`` lets through, mapped by their own copy of the mapping, since the running ranges of a
     rate-limited stream differ from the full one's. A sink that fails to open (port missing, file
     unwritable) is reported once and left out; the others and training go on. The run log comes first,
     so a frame is recorded even if every sink breaks.
@@ -107,10 +171,12 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
     outputs = Outputs(consumers=[], arrangement=shared.arrangement)
     if record is not None:
         outputs.consumers.append(RunLogConsumer(record))
-    groups = [(shared, sinks)]
+    groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer] | type[SinkConsumer]]] = [
+        (shared, sinks, BlockSinkConsumer)]
     if live_sinks:
-        groups.append((SharedMapping(Mapping(mapping.preset), run_info.layer_names, rate), live_sinks))
-    for group, members in groups:
+        live = SharedMapping(Mapping(mapping.preset), run_info.layer_names, rate)
+        groups.append((live, live_sinks, SinkConsumer))
+    for group, members, consumer in groups:
         for sink in members:
             try:
                 sink.open(group.arrangement)
@@ -119,7 +185,7 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
                 outputs.failed_to_open[sink.name] = text
                 log.warning("output %r could not be opened (%s); going on without it", sink.name, text)
                 continue
-            outputs.consumers.append(SinkConsumer(sink, group))
+            outputs.consumers.append(consumer(sink, group))
     return outputs
 
 
