@@ -62,11 +62,17 @@ def make_step(
     )
 
 
-def write(path: Path, arrangement: Arrangement, steps: list[StepEvents], **kwargs: int) -> Path:
+def write(path: Path, arrangement: Arrangement, steps: list[StepEvents], block: int | None = None,
+          **kwargs: int) -> Path:
+    """Write ``steps`` with ``send`` one by one, or with ``send_many`` ``block`` steps at a time."""
     sink = MidiFileSink(path, **kwargs)
     sink.open(arrangement)
-    for events in steps:
-        sink.send(events)
+    if block is None:
+        for events in steps:
+            sink.send(events)
+    else:
+        for first in range(0, len(steps), block):
+            sink.send_many(steps[first:first + block])
     sink.close()
     return path
 
@@ -257,10 +263,12 @@ def test_overlapping_notes_of_different_pitch_all_sound(tmp_path: Path) -> None:
     ]
 
 
-def test_overlapping_repeat_of_a_pitch_is_retriggered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [None, 2, 3])
+def test_overlapping_repeat_of_a_pitch_is_retriggered(tmp_path: Path, block: int | None) -> None:
     # The same pitch struck again while sounding ends at the new strike; the last lasts its full 0.25 s.
+    # Sent one step at a time or in blocks (send_many), the file is the same.
     steps = [make_step(k, 0.1 * k, 0.1, [(0, 0.1 * k, 0.25, 60, 100)]) for k in range(3)]
-    path = write(tmp_path / "s.mid", make_arrangement([("l", 0, 0)]), steps)
+    path = write(tmp_path / "s.mid", make_arrangement([("l", 0, 0)]), steps, block)
     assert note_events(midicsv_rows(path), 2) == [
         (0, "Note_on_c", 0, 60), (192, "Note_off_c", 0, 60), (192, "Note_on_c", 0, 60),
         (384, "Note_off_c", 0, 60), (384, "Note_on_c", 0, 60), (864, "Note_off_c", 0, 60),
@@ -288,6 +296,27 @@ def test_random_overlaps_stay_paired_and_in_order(tmp_path: Path) -> None:
                 on_tick[note] = tick
             else:
                 assert tick >= on_tick[note] + 1
+
+
+def test_blocks_write_the_same_bytes_as_steps_one_by_one(tmp_path: Path) -> None:
+    # Random overlapping notes on two layers, alarms now and then, a note with a NaN start: blocks of 1, 7 and 64
+    # steps give byte for byte the file that sending each step gives.
+    rng = np.random.default_rng(11)
+    steps = []
+    for k in range(200):
+        notes = [(layer, 0.01 * k, float(rng.choice([0.0, 0.005, 0.03, 0.2])), int(rng.integers(60, 64)), 100)
+                 for layer in (0, 1)]
+        if k == 50:
+            notes[0] = (0, float("nan"), 0.01, 60, 100)
+        alarms = (Alarm(1, "nan", 0.01 * k, 0.005, 49, 127),) if k % 37 == 0 else ()
+        steps.append(make_step(k, 0.01 * k, 0.01, notes, alarms))
+    arrangement = make_arrangement([("a", 0, 0), ("b", 1, 0)])
+    with pytest.warns(RuntimeWarning, match="1 notes with a non-finite time"):
+        expected = write(tmp_path / "one.mid", arrangement, steps).read_bytes()
+    for block in (1, 7, 64):
+        with pytest.warns(RuntimeWarning, match="1 notes with a non-finite time"):
+            got = write(tmp_path / f"block{block}.mid", arrangement, steps, block).read_bytes()
+        assert got == expected, block
 
 
 def test_zero_length_note_lasts_one_tick(tmp_path: Path) -> None:
@@ -342,15 +371,17 @@ def test_non_finite_times_are_skipped_with_a_warning(tmp_path: Path) -> None:
     assert note_events(midicsv_rows(path), 2) == [(480, "Note_on_c", 0, 62), (960, "Note_off_c", 0, 62)]
 
 
-def test_unknown_layer_and_late_notes_are_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [None, 2])
+def test_unknown_layer_and_late_notes_are_reported(tmp_path: Path, block: int | None) -> None:
     # Layer 5 is not in the arrangement: skipped. Step 1 sends a note at 0.25 s after one at 0.5 s was written:
     # it cannot go back in time, so it starts at 0.5 s (tick 960) and keeps its end, 0.75 s (tick 1440).
+    # In one block the two steps still arrive in step order, so the late note is late there too.
     steps = [
         make_step(0, 0.5, 0.5, [(0, 0.5, 0.1, 60, 100), (5, 0.5, 0.1, 61, 100)]),
         make_step(1, 1.0, 0.5, [(0, 0.25, 0.5, 64, 100)]),
     ]
     with pytest.warns(RuntimeWarning) as record:
-        path = write(tmp_path / "late.mid", make_arrangement([("l", 0, 0)]), steps)
+        path = write(tmp_path / "late.mid", make_arrangement([("l", 0, 0)]), steps, block)
     message = str(record[0].message)
     assert "1 notes of a layer not in the arrangement" in message
     assert "1 notes that arrived earlier than notes already written (moved later)" in message

@@ -15,12 +15,13 @@ import os
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from typing import IO, Union
 
 import numpy as np
 
 from bridge.errors import SinkError
-from bridge.events import PERCUSSION_CHANNEL, Arrangement, StepEvents
+from bridge.events import PERCUSSION_CHANNEL, Alarm, Arrangement, StepEvents
 
 #: Velocity written in every note-off (0x80) message: the "no particular release" value.
 NOTE_OFF_VELOCITY = 64
@@ -275,57 +276,80 @@ class MidiFileSink:
 
     def send(self, events: StepEvents) -> None:
         """Add one step's notes (and alarms) to the tracks."""
-        if not isinstance(events, StepEvents):
-            raise TypeError(f"events must be StepEvents, got {type(events).__name__}")
+        self.send_many((events,))
+
+    def send_many(self, events: Sequence[StepEvents]) -> None:
+        """Add the notes (and alarms) of several steps, in step order: the same file as ``send`` for each."""
+        steps = list(events)
+        for step in steps:
+            if not isinstance(step, StepEvents):
+                raise TypeError(f"events must be StepEvents, got {type(step).__name__}")
         if self._arrangement is None or self._closed:
             raise SinkError(f"{self.name}: send() needs open() first and no close() before it")
-        tpb, bpm = self.ticks_per_beat, self._file_bpm
-        end_s = float(events.end_s)
-        if np.isfinite(end_s):
-            end_tick = int(seconds_to_ticks(min(max(end_s, 0.0), _MAX_SECONDS), tpb, bpm))
+        if not steps:
+            return
+        ends = np.array([float(step.end_s) for step in steps])
+        ends = ends[np.isfinite(ends)]
+        if ends.size:
+            end_tick = int(seconds_to_ticks(min(max(float(ends.max()), 0.0), _MAX_SECONDS),
+                                            self.ticks_per_beat, self._file_bpm))
             self._end_tick = max(self._end_tick, end_tick)
-        notes = events.notes
-        if len(notes):
-            self._send_notes(notes.layer, notes.start_s, notes.duration_s, notes.midi_note, notes.velocity)
-        for alarm in events.alarms:
-            start, duration = float(alarm.start_s), float(alarm.duration_s)
-            if not (np.isfinite(start) and np.isfinite(duration)):
-                self._skipped["alarms with a non-finite time"] += 1
-                continue
-            if self._alarms is None:
-                header = _meta(0x03, b"alarms")
-                self._alarms = _TrackWriter(PERCUSSION_CHANNEL, header, self._spill, self._cap)
-            on = int(seconds_to_ticks(min(max(start, 0.0), _MAX_SECONDS), tpb, bpm))
-            off = int(seconds_to_ticks(min(max(start + duration, 0.0), _MAX_SECONDS), tpb, bpm))
-            note = int(np.clip(alarm.midi_note, 0, 127))
-            self._alarms.note(on, off, note, int(np.clip(alarm.velocity, 1, 127)))
+        blocks = [step.notes for step in steps]
+        if any(len(notes) for notes in blocks):
+            self._send_notes(
+                np.concatenate([np.asarray(n.layer, dtype=np.int64) for n in blocks]),
+                np.concatenate([np.asarray(n.start_s, dtype=np.float64) for n in blocks]),
+                np.concatenate([np.asarray(n.duration_s, dtype=np.float64) for n in blocks]),
+                np.concatenate([np.asarray(n.midi_note, dtype=np.int64) for n in blocks]),
+                np.concatenate([np.asarray(n.velocity, dtype=np.int64) for n in blocks]),
+                np.repeat(np.arange(len(blocks)), [len(n) for n in blocks]),
+            )
+        for step in steps:
+            for alarm in step.alarms:
+                self._send_alarm(alarm)
+
+    def _send_alarm(self, alarm: Alarm) -> None:
+        tpb, bpm = self.ticks_per_beat, self._file_bpm
+        start, duration = float(alarm.start_s), float(alarm.duration_s)
+        if not (np.isfinite(start) and np.isfinite(duration)):
+            self._skipped["alarms with a non-finite time"] += 1
+            return
+        if self._alarms is None:
+            header = _meta(0x03, b"alarms")
+            self._alarms = _TrackWriter(PERCUSSION_CHANNEL, header, self._spill, self._cap)
+        on = int(seconds_to_ticks(min(max(start, 0.0), _MAX_SECONDS), tpb, bpm))
+        off = int(seconds_to_ticks(min(max(start + duration, 0.0), _MAX_SECONDS), tpb, bpm))
+        note = int(np.clip(alarm.midi_note, 0, 127))
+        self._alarms.note(on, off, note, int(np.clip(alarm.velocity, 1, 127)))
 
     def _send_notes(
         self, layer: np.ndarray, start_s: np.ndarray, duration_s: np.ndarray, midi_note: np.ndarray,
-        velocity: np.ndarray,
+        velocity: np.ndarray, step: np.ndarray,
     ) -> None:
-        start_s = np.asarray(start_s, dtype=np.float64)
-        end_s = start_s + np.asarray(duration_s, dtype=np.float64)  # finite end implies finite start
+        """Hand each note to its layer's track: by layer, then step (position in the block), then start tick."""
+        end_s = start_s + duration_s  # finite end implies finite start
         finite = np.isfinite(end_s)
         if not finite.all():
             self._skipped["notes with a non-finite time"] += int((~finite).sum())
-            layer, start_s, end_s = np.asarray(layer)[finite], start_s[finite], end_s[finite]
-            midi_note, velocity = np.asarray(midi_note)[finite], np.asarray(velocity)[finite]
+            layer, start_s, end_s = layer[finite], start_s[finite], end_s[finite]
+            midi_note, velocity, step = midi_note[finite], velocity[finite], step[finite]
         count = start_s.shape[0]
         seconds = np.minimum(np.maximum(np.concatenate((start_s, end_s)), 0.0), _MAX_SECONDS)
-        ticks = seconds_to_ticks(seconds, self.ticks_per_beat, self._file_bpm).tolist()
-        pitch = np.minimum(np.maximum(np.asarray(midi_note, dtype=np.int64), 0), 127).tolist()
-        vel = np.minimum(np.maximum(np.asarray(velocity, dtype=np.int64), 1), 127).tolist()
+        ticks = seconds_to_ticks(seconds, self.ticks_per_beat, self._file_bpm)
+        on, off = ticks[:count], ticks[count:]
+        pitch = np.minimum(np.maximum(midi_note, 0), 127)
+        vel = np.minimum(np.maximum(velocity, 1), 127)
+        order = np.lexsort((vel, pitch, off, on, step, layer))
         writers = self._writer_of_layer
-        # Sorted by layer, then start tick, so each track receives its notes in time order.
-        for index, on, off, note, velo in sorted(
-            zip(np.asarray(layer, dtype=np.int64).tolist(), ticks[:count], ticks[count:], pitch, vel)
+        for index, on_tick, off_tick, note, velo in zip(
+            layer[order].tolist(), on[order].tolist(), off[order].tolist(), pitch[order].tolist(),
+            vel[order].tolist(),
         ):
             writer = writers.get(index)
             if writer is None:
                 self._skipped["notes of a layer not in the arrangement"] += 1
             else:
-                writer.note(on, off, note, velo)
+                writer.note(on_tick, off_tick, note, velo)
 
     def close(self) -> None:
         """Write the file: every pending note-off, end of track on every track. Idempotent."""
