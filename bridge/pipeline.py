@@ -171,7 +171,7 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
     outputs = Outputs(consumers=[], arrangement=shared.arrangement)
     if record is not None:
         outputs.consumers.append(RunLogConsumer(record))
-    groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer] | type[SinkConsumer]]] = [
+    groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer | SinkConsumer]]] = [
         (shared, sinks, BlockSinkConsumer)]
     if live_sinks:
         live = SharedMapping(Mapping(mapping.preset), run_info.layer_names, rate)

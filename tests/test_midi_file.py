@@ -243,10 +243,12 @@ def test_mido_sees_sink_protocol_and_clipped_bytes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- overlaps, repeats, alarms, drift
 
 
-def test_repeated_pitch_back_to_back_puts_off_before_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [None, 3])
+def test_repeated_pitch_back_to_back_puts_off_before_on(tmp_path: Path, block: int | None) -> None:
     # Note 60 every 0.1 s for 0.1 s: each off (192 ticks apart) falls on the next on's tick and must precede it.
+    # In one block of 3 the first two notes are encoded at once (they do not overlap), the last one by itself.
     steps = [make_step(k, 0.1 * k, 0.1, [(0, 0.1 * k, 0.1, 60, 100)]) for k in range(3)]
-    path = write(tmp_path / "r.mid", make_arrangement([("l", 0, 0)]), steps)
+    path = write(tmp_path / "r.mid", make_arrangement([("l", 0, 0)]), steps, block)
     assert note_events(midicsv_rows(path), 2) == [
         (0, "Note_on_c", 0, 60), (192, "Note_off_c", 0, 60), (192, "Note_on_c", 0, 60),
         (384, "Note_off_c", 0, 60), (384, "Note_on_c", 0, 60), (576, "Note_off_c", 0, 60),
@@ -317,6 +319,37 @@ def test_blocks_write_the_same_bytes_as_steps_one_by_one(tmp_path: Path) -> None
         with pytest.warns(RuntimeWarning, match="1 notes with a non-finite time"):
             got = write(tmp_path / f"block{block}.mid", arrangement, steps, block).read_bytes()
         assert got == expected, block
+
+
+def test_a_block_of_notes_with_long_gaps_keeps_every_tick(tmp_path: Path) -> None:
+    # One layer, one note a step, each 1 tick long (1/1920 s), with gaps that need delta times of 1, 2, 3 and 4
+    # bytes: ons at ticks 100, 300 (gap 199), 20 301 (gap 20 000), 3 020 302 (gap 3 000 000). Sent as one block.
+    ons = [100, 300, 20_301, 3_020_302]
+    steps = [make_step(k, on / 1920, 1 / 1920, [(0, on / 1920, 1 / 1920, 60 + k, 90)]) for k, on in enumerate(ons)]
+    path = write(tmp_path / "gaps.mid", make_arrangement([("l", 0, 0)]), steps, block=4)
+    expected = []
+    for k, on in enumerate(ons):
+        expected += [(on, "Note_on_c", 0, 60 + k), (on + 1, "Note_off_c", 0, 60 + k)]
+    assert note_events(midicsv_rows(path), 2) == expected
+    velocities = [m.velocity for m in mido.MidiFile(path).tracks[1] if m.type == "note_on"]
+    assert velocities == [90, 90, 90, 90]
+
+
+def test_melodies_in_blocks_write_the_same_bytes_as_steps_one_by_one(tmp_path: Path) -> None:
+    # Three layers of notes that follow one another (the usual case, encoded a block at a time), one layer of
+    # notes that overlap (note by note): any block size gives the bytes of step-by-step sending.
+    rng = np.random.default_rng(3)
+    steps = []
+    for k in range(300):
+        notes = [(0, 0.125 * k, 0.125, int(rng.integers(40, 90)), int(rng.integers(1, 128))),
+                 (1, 0.125 * k + 0.01, 0.05, int(rng.integers(40, 90)), 100),
+                 (2, 0.125 * k, 0.125 if k % 5 else 0.3, 60, 100),
+                 (3, 40.0 * k, 0.125, 70, 100)]
+        steps.append(make_step(k, 0.125 * k, 0.125, notes))
+    arrangement = make_arrangement([("a", 0, 0), ("b", 1, 0), ("c", 2, 0), ("d", 3, 0)])
+    expected = write(tmp_path / "one.mid", arrangement, steps).read_bytes()
+    for block in (2, 3, 64, 300):
+        assert write(tmp_path / f"b{block}.mid", arrangement, steps, block).read_bytes() == expected, block
 
 
 def test_zero_length_note_lasts_one_tick(tmp_path: Path) -> None:

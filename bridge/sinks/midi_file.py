@@ -79,6 +79,25 @@ def _meta(kind: int, data: bytes) -> bytes:
     return b"\x00\xff" + bytes((kind,)) + _vlq(len(data)) + data
 
 
+def _encode_events(deltas: np.ndarray, status: np.ndarray, data1: np.ndarray,
+                   data2: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Channel messages with their delta times (each ``0 <= delta <= 2**28 - 1``), encoded at once; also
+    the byte offset where each message ends."""
+    sizes = 1 + (deltas >= 1 << 7).astype(np.int64) + (deltas >= 1 << 14) + (deltas >= 1 << 21)
+    ends = np.cumsum(sizes + 3)
+    starts = ends - (sizes + 3)
+    out = np.empty(int(ends[-1]), dtype=np.uint8)
+    for j in range(4):  # byte j of each delta's variable-length quantity, most significant first
+        has = sizes > j
+        size = sizes[has]
+        value = (deltas[has] >> (7 * (size - 1 - j))) & 0x7F
+        out[starts[has] + j] = value | np.where(j < size - 1, 0x80, 0)
+    out[starts + sizes] = status
+    out[starts + sizes + 1] = data1
+    out[starts + sizes + 2] = data2
+    return out.tobytes(), ends
+
+
 class _Spill:
     """One temporary file shared by every track for the bytes that do not fit in memory."""
 
@@ -194,6 +213,18 @@ class _TrackWriter:
         if len(self.buf) > self._cap:
             self._segments.append(self._spill.append(self.buf))
             self.buf = bytearray()
+
+    def ready_for_melody(self, first_on_tick: int) -> bool:
+        """Whether notes from ``first_on_tick`` on may be appended as encoded bytes: nothing sounds then
+        (pending offs up to that tick are written first) and nothing later was written already."""
+        if self._pending and self._pending[0][0] <= first_on_tick:
+            self.advance_to(first_on_tick)
+        return not self._pending and first_on_tick >= self.last_tick
+
+    def append_encoded(self, data: bytes, last_tick: int) -> None:
+        """Append complete events (from ``_encode_events``) that end at ``last_tick``."""
+        self.buf += data
+        self.last_tick = last_tick
 
     def finish(self, end_tick: int) -> None:
         """Write every pending note-off, then end-of-track at ``end_tick`` (or the last event, if later)."""
@@ -334,22 +365,77 @@ class MidiFileSink:
             layer, start_s, end_s = layer[finite], start_s[finite], end_s[finite]
             midi_note, velocity, step = midi_note[finite], velocity[finite], step[finite]
         count = start_s.shape[0]
+        if count == 0:
+            return
         seconds = np.minimum(np.maximum(np.concatenate((start_s, end_s)), 0.0), _MAX_SECONDS)
         ticks = seconds_to_ticks(seconds, self.ticks_per_beat, self._file_bpm)
         on, off = ticks[:count], ticks[count:]
         pitch = np.minimum(np.maximum(midi_note, 0), 127)
         vel = np.minimum(np.maximum(velocity, 1), 127)
         order = np.lexsort((vel, pitch, off, on, step, layer))
-        writers = self._writer_of_layer
-        for index, on_tick, off_tick, note, velo in zip(
-            layer[order].tolist(), on[order].tolist(), off[order].tolist(), pitch[order].tolist(),
-            vel[order].tolist(),
-        ):
-            writer = writers.get(index)
+        layer, on, off, pitch, vel = layer[order], on[order], off[order], pitch[order], vel[order]
+        firsts = np.flatnonzero(np.diff(layer, prepend=-1))
+        lasts = np.append(firsts[1:], count) - 1
+        writers = [self._writer_of_layer.get(index) for index in layer[firsts].tolist()]
+        encoded = self._encode_melodies(writers, on, off, pitch, vel, firsts, lasts)
+        for writer, first, last, done in zip(writers, firsts.tolist(), lasts.tolist(), encoded.tolist()):
             if writer is None:
-                self._skipped["notes of a layer not in the arrangement"] += 1
-            else:
+                self._skipped["notes of a layer not in the arrangement"] += last + 1 - first
+                continue
+            start = last if done else first
+            for on_tick, off_tick, note, velo in zip(on[start:last + 1].tolist(), off[start:last + 1].tolist(),
+                                                     pitch[start:last + 1].tolist(), vel[start:last + 1].tolist()):
                 writer.note(on_tick, off_tick, note, velo)
+
+    @staticmethod
+    def _encode_melodies(writers: list[_TrackWriter | None], on: np.ndarray, off: np.ndarray, pitch: np.ndarray,
+                         vel: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+        """Encode at once, for every track whose notes follow one another without overlapping, all its notes
+        but the last (which stays pending: a later note may start before it ends). Returns, per track, whether
+        that was done; the others get their notes one by one, as do the last notes.
+
+        ``on``/``off``/``pitch``/``vel`` hold the notes grouped by track (``firsts[i]..lasts[i]``), in order.
+        """
+        encoded = np.zeros(len(writers), dtype=bool)
+        candidates = np.flatnonzero(lasts - firsts >= 2)  # three notes or more: worth encoding at once
+        if candidates.size == 0:
+            return encoded
+        overlap = np.append(off[:-1] > on[1:], False)  # a note ending after the next one starts
+        overlap[lasts] = False  # the next note there belongs to the next track
+        bad = np.cumsum(overlap | (off <= on))
+        clean = bad[lasts] - np.append(0, bad)[firsts] == 0
+        for i in candidates.tolist():
+            writer = writers[i]
+            encoded[i] = bool(clean[i]) and writer is not None and writer.ready_for_melody(int(on[firsts[i]]))
+        chosen = np.flatnonzero(encoded)
+        if chosen.size == 0:
+            return encoded
+        chosen_writers = [writers[i] for i in chosen.tolist()]
+        start_ticks = np.array([w.last_tick for w in chosen_writers], dtype=np.int64)  # type: ignore[union-attr]
+        counts = lasts[chosen] - firsts[chosen]  # notes encoded per track (all but the last)
+        # indices of those notes: firsts[i] .. lasts[i] - 1 for each chosen track i, one after another
+        notes = np.repeat(firsts[chosen] - np.append(0, np.cumsum(counts)[:-1]), counts) + np.arange(counts.sum())
+        times = np.empty(2 * notes.size, dtype=np.int64)
+        times[0::2], times[1::2] = on[notes], off[notes]
+        previous = np.empty_like(times)
+        previous[1:] = times[:-1]
+        event_firsts = 2 * np.append(0, np.cumsum(counts)[:-1])
+        previous[event_firsts] = start_ticks  # a track's first event follows what the track holds already
+        deltas = times - previous
+        if deltas.max() > _MAX_DELTA:  # a gap too long for one delta time: leave it to the note-by-note path
+            encoded[chosen] = False
+            return encoded
+        channels = np.repeat([w.channel for w in chosen_writers], 2 * counts)  # type: ignore[union-attr]
+        status = channels | np.tile(np.array([0x90, 0x80]), notes.size)  # note-on, then its note-off
+        data2 = np.empty_like(times)
+        data2[0::2], data2[1::2] = vel[notes], NOTE_OFF_VELOCITY
+        data, ends = _encode_events(deltas, status, np.repeat(pitch[notes], 2), data2)
+        byte_ends = ends[event_firsts + 2 * counts - 1].tolist()
+        byte_starts = [0, *byte_ends[:-1]]
+        last_offs = off[lasts[chosen] - 1].tolist()
+        for writer, begin, end, last_off in zip(chosen_writers, byte_starts, byte_ends, last_offs):
+            writer.append_encoded(data[begin:end], last_off)  # type: ignore[union-attr]
+        return encoded
 
     def close(self) -> None:
         """Write the file: every pending note-off, end of track on every track. Idempotent."""
