@@ -36,8 +36,12 @@ def note_to_frequency(note: np.ndarray | float) -> np.ndarray:
 
 def frequency_to_note(frequency_hz: np.ndarray | float) -> np.ndarray:
     """Frequency in Hz → nearest MIDI note number, int64, clipped to 0–127."""
-    f = np.maximum(np.asarray(frequency_hz, dtype=np.float64), 1e-3)
-    return np.minimum(np.maximum(np.rint(69.0 + 12.0 * np.log2(f / 440.0)), 0), 127).astype(np.int64)
+    return _nearest_note(np.maximum(np.asarray(frequency_hz, dtype=np.float64), 1e-3))
+
+
+def _nearest_note(frequency_hz: np.ndarray) -> np.ndarray:
+    """``frequency_to_note`` of a float64 array already at or above 1 mHz."""
+    return np.minimum(np.maximum(np.rint(69.0 + 12.0 * np.log2(frequency_hz / 440.0)), 0), 127).astype(np.int64)
 
 
 def scale_notes(scale: str, root: str, low_note: int, high_note: int) -> np.ndarray:
@@ -241,7 +245,7 @@ class Mapping:
         if p.mode == "linear_hz":
             frequency = np.minimum(np.maximum(p.base_hz + p.hz_per_unit * clean, MIN_FREQUENCY_HZ),
                                    p.max_frequency_hz)
-            return frequency, frequency_to_note(frequency)
+            return frequency, _nearest_note(frequency)  # at or above MIN_FREQUENCY_HZ
         index = np.rint(value * (len(self._notes) - 1)).astype(np.int64)
         return self._note_frequencies[index], self._notes[index]
 
@@ -249,7 +253,9 @@ class Mapping:
         """MIDI velocity (int64, 1–127) of each value (0–1): fixed by the preset, or 40–127 rising with it."""
         if self.preset.velocity == "value":  # value in 0–1 keeps 40 + 87 × value inside 40–127
             return np.rint(40.0 + 87.0 * value).astype(np.int64)
-        return np.full(value.shape, int(self.preset.velocity), dtype=np.int64)
+        velocity = np.empty(value.shape, dtype=np.int64)
+        velocity.fill(self.preset.velocity)
+        return velocity
 
     def _position(self, curved: np.ndarray, update: np.ndarray | None) -> np.ndarray:
         """Each layer's place in its range, 0–1: the fixed range, or the running min/max of what it played.
@@ -261,9 +267,11 @@ class Mapping:
         if update is None:
             np.minimum(self._low, curved, out=self._low)
             np.maximum(self._high, curved, out=self._high)
-        else:
-            self._low = np.where(update, np.minimum(self._low, curved), self._low)
-            self._high = np.where(update, np.maximum(self._high, curved), self._high)
+            # every value now lies in its range, low <= curved <= high, so (rounding being monotonic) the
+            # quotient lies in 0–1 and needs no clipping
+            return self._quotient(curved, self._low, self._high, self._halves.copy())
+        self._low = np.where(update, np.minimum(self._low, curved), self._low)
+        self._high = np.where(update, np.maximum(self._high, curved), self._high)
         return self._place(curved, self._low, self._high, self._halves.copy())
 
     def _positions(self, curved: np.ndarray, update: np.ndarray) -> np.ndarray:
@@ -286,15 +294,21 @@ class Mapping:
             np.nan_to_num(position, copy=False, nan=0.5)
         return position
 
-    @staticmethod
-    def _place(curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float,
+    @classmethod
+    def _place(cls, curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float,
                position: np.ndarray) -> np.ndarray:
-        """``(curved - low) / (high - low)`` clipped to 0–1, written into ``position`` (filled with 0.5, which
-        stays where the range is empty). Running ranges hold finite values (or the +Inf/-Inf of "nothing yet",
-        whose span is -Inf), so for them nothing here can overflow or divide by zero."""
-        span = high - low
-        np.divide(curved - low, span, out=position, where=span > 0)
+        """``_quotient`` clipped to 0–1."""
+        cls._quotient(curved, low, high, position)
         return np.minimum(np.maximum(position, 0.0, out=position), 1.0, out=position)
+
+    @staticmethod
+    def _quotient(curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float,
+                  position: np.ndarray) -> np.ndarray:
+        """``(curved - low) / (high - low)`` written into ``position`` (filled with 0.5, which stays where the
+        range is empty). Running ranges hold finite values (or the +Inf/-Inf of "nothing yet", whose span is
+        -Inf), so for them nothing here can overflow or divide by zero."""
+        span = high - low
+        return np.divide(curved - low, span, out=position, where=span > 0)
 
 
 def describe(preset: Preset, layer_count: int | None = None) -> str:
