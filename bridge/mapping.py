@@ -159,12 +159,13 @@ class Mapping:
         # or ±Inf when a norm is, or when a norm is so huge that the linear pitch would overflow; those
         # frames take the general path below, which gives the same values for finite norms.
         listed = norms.tolist()
-        lowest = min(listed)
-        if math.isfinite(sum(listed) * self._overflow_scale) and lowest > (LOG_FLOOR if p.curve == "log" else 0.0):
-            # the usual case: every norm finite, positive, and (under a log curve) above the floor, so the
-            # clamps below are no-ops and every layer joins its running range
-            value = self._position(apply_curve(p.curve, norms), None)
-            frequency, midi_note = self._pitch(norms, value)
+        lowest = min(listed)  # meaningful only when the sum is finite (no NaN)
+        if math.isfinite(sum(listed) * self._overflow_scale) and (p.curve != "log" or lowest > LOG_FLOOR):
+            # the usual case: every norm finite (and, under a log curve, above the floor), so every layer
+            # sounds a note and joins its running range
+            clean = norms if lowest > 0.0 else np.maximum(norms, 0.0)  # a negative "norm" (bad CSV) sounds as zero
+            value = self._position(apply_curve(p.curve, clean), None)
+            frequency, midi_note = self._pitch(clean, value)
             return self._step_events(frame, norms, start_s, start_s + self._offsets, frequency, midi_note,
                                      self._velocity(value), value, None)
         finite = np.isfinite(norms)
