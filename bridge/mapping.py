@@ -36,8 +36,12 @@ def note_to_frequency(note: np.ndarray | float) -> np.ndarray:
 
 def frequency_to_note(frequency_hz: np.ndarray | float) -> np.ndarray:
     """Frequency in Hz → nearest MIDI note number, int64, clipped to 0–127."""
-    f = np.maximum(np.asarray(frequency_hz, dtype=np.float64), 1e-3)
-    return np.minimum(np.maximum(np.rint(69.0 + 12.0 * np.log2(f / 440.0)), 0), 127).astype(np.int64)
+    return _nearest_note(np.maximum(np.asarray(frequency_hz, dtype=np.float64), 1e-3))
+
+
+def _nearest_note(frequency_hz: np.ndarray) -> np.ndarray:
+    """``frequency_to_note`` of a float64 array already at or above 1 mHz."""
+    return np.minimum(np.maximum(np.rint(69.0 + 12.0 * np.log2(frequency_hz / 440.0)), 0), 127).astype(np.int64)
 
 
 def scale_notes(scale: str, root: str, low_note: int, high_note: int) -> np.ndarray:
@@ -62,7 +66,8 @@ class Mapping:
     """Turns frames into events following a preset.
 
     Build it with ``Mapping(preset)`` or ``Mapping.load("pentatonic")``; call ``arrange`` once with the
-    layer names, then ``map_frame`` for each frame in step order.
+    layer names, then ``map_frame`` for each frame in step order (live outputs), or ``map_frames`` for a
+    block of frames at once (offline outputs): both give the same events.
     """
 
     def __init__(self, preset: Preset) -> None:
@@ -71,14 +76,15 @@ class Mapping:
         self.preset = preset
         self._arrangement: Arrangement | None = None
         self._first_step: int | None = None
-        self._low: np.ndarray | None = None
-        self._high: np.ndarray | None = None
-        self._layers = np.zeros(0, dtype=np.int64)
-        self._offsets = np.zeros(0)
+        self._set_layers(0)
         if preset.mode == "scale":
             self._notes = scale_notes(preset.scale, preset.root, preset.low_note, preset.high_note)
+            self._note_frequencies = np.minimum(np.maximum(note_to_frequency(self._notes), MIN_FREQUENCY_HZ),
+                                                preset.max_frequency_hz)
         if preset.range is not None:
             self._fixed = apply_curve(preset.curve, np.asarray(preset.range, dtype=np.float64))
+        # norms whose sum times this is finite give a finite linear pitch (base_hz + hz_per_unit × norm)
+        self._overflow_scale = max(preset.hz_per_unit, 1.0) if preset.mode == "linear_hz" else 1.0
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "Mapping":
@@ -122,11 +128,19 @@ class Mapping:
             osc_latency_s=p.osc_latency_s,
         )
         self._first_step = None
+        self._set_layers(count)
+        return self._arrangement
+
+    def _set_layers(self, count: int) -> None:
+        """Empty running ranges and the per-layer constants for ``count`` layers (copied into each step's notes)."""
+        p = self.preset
         self._layers = np.arange(count)
         self._offsets = self._layers * p.note_s if p.layout == "sequential" else np.zeros(count)
         self._low = np.full(count, np.inf)
         self._high = np.full(count, -np.inf)
-        return self._arrangement
+        self._durations = np.full(count, p.note_s)
+        self._amplitudes = np.full(count, p.amplitude)
+        self._halves = np.full(count, 0.5)
 
     def map_frame(self, frame: Frame) -> StepEvents:
         """One frame → its events. NaN, ±Inf, zero, negative and huge norms all give valid events."""
@@ -139,50 +153,84 @@ class Mapping:
                              f"for {count} layers; give frames of the same run, or call arrange() again")
         if self._first_step is None:
             self._first_step = frame.step
-        step_s = arrangement.seconds_per_step
-        start_s = (frame.step - self._first_step) * step_s
+        start_s = (frame.step - self._first_step) * arrangement.seconds_per_step
 
+        # Two Python reductions instead of NumPy ones (a few µs each on a small array). The scaled sum is NaN
+        # or ±Inf when a norm is, or when a norm is so huge that the linear pitch would overflow; those
+        # frames take the general path below, which gives the same values for finite norms.
+        listed = norms.tolist()
+        lowest = min(listed)  # meaningful only when the sum is finite (no NaN)
+        if math.isfinite(sum(listed) * self._overflow_scale) and (p.curve != "log" or lowest > LOG_FLOOR):
+            # the usual case: every norm finite (and, under a log curve, above the floor), so every layer
+            # sounds a note and joins its running range
+            clean = norms if lowest > 0.0 else np.maximum(norms, 0.0)  # a negative "norm" (bad CSV) sounds as zero
+            value = self._position(apply_curve(p.curve, clean), None)
+            frequency, midi_note = self._pitch(clean, value)
+            return self._step_events(frame, norms, start_s, start_s + self._offsets, frequency, midi_note,
+                                     self._velocity(value), value, None)
         finite = np.isfinite(norms)
-        all_finite = bool(finite.all())
-        if all_finite:  # the usual case: fewer passes, same values
-            clean = np.maximum(norms, 0.0)  # a negative "norm" (bad CSV) sounds as zero
-        else:
-            clean = np.where(finite, np.maximum(norms, 0.0), 0.0)
+        clean = np.where(finite, np.maximum(norms, 0.0), 0.0)  # a negative "norm" (bad CSV) sounds as zero
         # a zero norm under a log curve sounds lowest but does not stretch the running range down to 1e-12
         informative = finite & (clean > LOG_FLOOR) if p.curve == "log" else finite
-        every_informative = all_finite and (p.curve != "log" or bool(informative.all()))
-        value = self._position(apply_curve(p.curve, clean), None if every_informative else informative)
-        if not every_informative:
-            value = np.where(finite & ~informative, 0.0, value)
-        if p.mode == "linear_hz":
-            frequency = np.minimum(np.maximum(p.base_hz + p.hz_per_unit * clean, MIN_FREQUENCY_HZ),
-                                   p.max_frequency_hz)
-            midi_note = frequency_to_note(frequency)
-        else:
-            index = np.rint(value * (len(self._notes) - 1)).astype(np.int64)
-            midi_note = self._notes[index]
-            frequency = np.minimum(np.maximum(note_to_frequency(midi_note), MIN_FREQUENCY_HZ), p.max_frequency_hz)
+        value = np.where(finite & ~informative, 0.0, self._position(apply_curve(p.curve, clean), informative))
+        with np.errstate(over="ignore"):  # a huge norm's linear pitch overflows to +Inf, then the top frequency
+            frequency, midi_note = self._pitch(clean, value)
+        return self._step_events(frame, norms, start_s, start_s + self._offsets, frequency, midi_note,
+                                 self._velocity(value), value, None if bool(finite.all()) else finite)
 
-        layers, offsets = self._layers, self._offsets
-        starts = start_s + offsets
-        if p.velocity == "value":
-            velocity = np.minimum(np.maximum(np.rint(40.0 + 87.0 * value), 1), 127).astype(np.int64)
-        else:
-            velocity = np.full(count, int(p.velocity), dtype=np.int64)
+    def map_frames(self, frames: Sequence[Frame]) -> list[StepEvents]:
+        """Frames in step order → their events, at once: what ``[self.map_frame(f) for f in frames]`` gives.
 
-        if all_finite:
-            notes = Notes(
-                layer=layers.copy(), start_s=starts, duration_s=np.full(count, p.note_s), frequency_hz=frequency,
-                midi_note=midi_note, velocity=velocity, amplitude=np.full(count, p.amplitude), value=value)
+        The same events value for value, and the same state afterwards (running ranges, time zero), so blocks
+        of any size may follow each other and single frames. Computed over a (steps, layers) array, running
+        ranges included; for offline outputs, which take blocks of tens of frames. A frame with the wrong
+        number of norms raises ``map_frame``'s error after the frames before it were mapped.
+        """
+        frames = list(frames)
+        if not frames:
+            return []
+        count = len(self.arrangement.voices)
+        rows = [np.asarray(frame.norms, dtype=np.float64) for frame in frames]
+        bad = next((i for i, row in enumerate(rows) if row.shape != (count,)), None)
+        if bad is not None:
+            self.map_frames(frames[:bad])
+            self.map_frame(frames[bad])  # raises its error for this frame
+        p = self.preset
+        if self._first_step is None:
+            self._first_step = frames[0].step
+        first, step_s = self._first_step, self.arrangement.seconds_per_step
+        start_list = [(frame.step - first) * step_s for frame in frames]
+        starts = np.array(start_list)[:, np.newaxis] + self._offsets
+
+        norms = np.stack(rows)
+        finite = np.isfinite(norms)
+        clean = np.where(finite, np.maximum(norms, 0.0), 0.0)
+        informative = finite & (clean > LOG_FLOOR) if p.curve == "log" else finite
+        value = np.where(finite & ~informative, 0.0, self._positions(apply_curve(p.curve, clean), informative))
+        with np.errstate(over="ignore"):  # as in map_frame
+            frequency, midi_note = self._pitch(clean, value)
+        velocity = self._velocity(value)
+        all_finite = finite.all(axis=1).tolist()
+        return [self._step_events(frame, row, start_s, *per_layer, None if every else finite_layers)
+                for frame, row, start_s, every, finite_layers, *per_layer
+                in zip(frames, rows, start_list, all_finite, finite, starts, frequency, midi_note, velocity, value)]
+
+    def _step_events(self, frame: Frame, norms: np.ndarray, start_s: float, starts: np.ndarray,
+                     frequency: np.ndarray, midi_note: np.ndarray, velocity: np.ndarray, value: np.ndarray,
+                     finite: np.ndarray | None) -> StepEvents:
+        """One step's ``StepEvents`` from its per-layer arrays; ``finite`` marks the layers that sound as notes
+        (``None``: all), the others sound alarms."""
+        p = self.preset
+        step_s = self.arrangement.seconds_per_step
+        if finite is None:
+            notes = Notes(layer=self._layers.copy(), start_s=starts, duration_s=self._durations.copy(),
+                          frequency_hz=frequency, midi_note=midi_note, velocity=velocity,
+                          amplitude=self._amplitudes.copy(), value=value)
             return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
                               loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=())
-        keep = finite
-        kept = int(keep.sum())
-        notes = Notes(
-            layer=layers[keep], start_s=starts[keep], duration_s=np.full(kept, p.note_s),
-            frequency_hz=frequency[keep], midi_note=midi_note[keep], velocity=velocity[keep],
-            amplitude=np.full(kept, p.amplitude), value=value[keep],
-        )
+        notes = Notes(layer=self._layers[finite], start_s=starts[finite], duration_s=self._durations[finite],
+                      frequency_hz=frequency[finite], midi_note=midi_note[finite], velocity=velocity[finite],
+                      amplitude=self._amplitudes[finite], value=value[finite])
         alarms = tuple(
             Alarm(layer=int(i), kind="nan" if math.isnan(norms[i]) else ("+inf" if norms[i] > 0 else "-inf"),
                   start_s=float(starts[i]), duration_s=p.note_s,
@@ -192,9 +240,23 @@ class Mapping:
         return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
                           loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms)
 
-    def map_frames(self, frames: Sequence[Frame]) -> list[StepEvents]:
-        """Frames in step order → their events; the same as ``map_frame`` on each in turn."""
-        return [self.map_frame(frame) for frame in frames]
+    def _pitch(self, clean: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frequency in Hz (float64) and MIDI note (int64) of each clean norm (finite, >= 0) at ``value`` (0–1)."""
+        p = self.preset
+        if p.mode == "linear_hz":
+            frequency = np.minimum(np.maximum(p.base_hz + p.hz_per_unit * clean, MIN_FREQUENCY_HZ),
+                                   p.max_frequency_hz)
+            return frequency, _nearest_note(frequency)  # at or above MIN_FREQUENCY_HZ
+        index = np.rint(value * (len(self._notes) - 1)).astype(np.int64)
+        return self._note_frequencies[index], self._notes[index]
+
+    def _velocity(self, value: np.ndarray) -> np.ndarray:
+        """MIDI velocity (int64, 1–127) of each value (0–1): fixed by the preset, or 40–127 rising with it."""
+        if self.preset.velocity == "value":  # value in 0–1 keeps 40 + 87 × value inside 40–127
+            return np.rint(40.0 + 87.0 * value).astype(np.int64)
+        velocity = np.empty(value.shape, dtype=np.int64)
+        velocity.fill(self.preset.velocity)
+        return velocity
 
     def _position(self, curved: np.ndarray, update: np.ndarray | None) -> np.ndarray:
         """Each layer's place in its range, 0–1: the fixed range, or the running min/max of what it played.
@@ -202,32 +264,52 @@ class Mapping:
         ``update`` marks the layers whose value joins the running range; ``None`` means all of them.
         """
         if self.preset.range is not None:
-            low, high = self._fixed
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                return self._place(curved, low, high)
-        if self._low is None or self._high is None:
-            raise RuntimeError("call Mapping.arrange(layer_names) before map_frame")
+            return self._place_fixed(curved)
         if update is None:
             np.minimum(self._low, curved, out=self._low)
             np.maximum(self._high, curved, out=self._high)
-        else:
-            self._low = np.where(update, np.minimum(self._low, curved), self._low)
-            self._high = np.where(update, np.maximum(self._high, curved), self._high)
-        # running ranges hold finite values (or the +Inf/-Inf of "nothing yet", whose span is -Inf):
-        # no operation below can overflow or divide by zero
-        return self._place(curved, self._low, self._high)
+            # every value now lies in its range, low <= curved <= high, so (rounding being monotonic) the
+            # quotient lies in 0–1 and needs no clipping
+            return self._quotient(curved, self._low, self._high, self._halves.copy())
+        self._low = np.where(update, np.minimum(self._low, curved), self._low)
+        self._high = np.where(update, np.maximum(self._high, curved), self._high)
+        return self._place(curved, self._low, self._high, self._halves.copy())
 
-    @staticmethod
-    def _place(curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
-        """``(curved - low) / (high - low)`` clipped to 0–1; 0.5 where the range is empty or the result NaN."""
-        span = high - low
-        wide = span > 0
-        position = np.full(curved.shape, 0.5)
-        np.divide(curved - low, span, out=position, where=wide)
-        np.minimum(np.maximum(position, 0.0), 1.0, out=position)
-        if math.isnan(float(position.sum())):  # only an overflowing fixed range can get here
+    def _positions(self, curved: np.ndarray, update: np.ndarray) -> np.ndarray:
+        """``_position`` over (steps, layers): each step placed in the running range up to and including it."""
+        if self.preset.range is not None:
+            return self._place_fixed(curved)
+        # minimum.accumulate runs minimum(range so far, next value) down the steps, as map_frame does step by step
+        low = np.minimum.accumulate(np.vstack((self._low, np.where(update, curved, np.inf))), axis=0)[1:]
+        high = np.maximum.accumulate(np.vstack((self._high, np.where(update, curved, -np.inf))), axis=0)[1:]
+        self._low, self._high = low[-1].copy(), high[-1].copy()
+        return self._place(curved, low, high, np.full(curved.shape, 0.5))
+
+    def _place_fixed(self, curved: np.ndarray) -> np.ndarray:
+        """``_place`` in the preset's fixed range, where a tiny range can overflow the division to ±Inf (then
+        clipped) and a hand-built preset's huge one can make NaN (then 0.5)."""
+        low, high = self._fixed
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            position = self._place(curved, low, high, np.full(curved.shape, 0.5))
+        if math.isnan(float(position.sum())):
             np.nan_to_num(position, copy=False, nan=0.5)
         return position
+
+    @classmethod
+    def _place(cls, curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float,
+               position: np.ndarray) -> np.ndarray:
+        """``_quotient`` clipped to 0–1."""
+        cls._quotient(curved, low, high, position)
+        return np.minimum(np.maximum(position, 0.0, out=position), 1.0, out=position)
+
+    @staticmethod
+    def _quotient(curved: np.ndarray, low: np.ndarray | float, high: np.ndarray | float,
+                  position: np.ndarray) -> np.ndarray:
+        """``(curved - low) / (high - low)`` written into ``position`` (filled with 0.5, which stays where the
+        range is empty). Running ranges hold finite values (or the +Inf/-Inf of "nothing yet", whose span is
+        -Inf), so for them nothing here can overflow or divide by zero."""
+        span = high - low
+        return np.divide(curved - low, span, out=position, where=span > 0)
 
 
 def describe(preset: Preset, layer_count: int | None = None) -> str:

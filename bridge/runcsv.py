@@ -182,7 +182,8 @@ def _iter_frames(path: str, layout: _Layout) -> Iterator[Frame]:
     optional = [layout.roles.get(role) for role in ("wall_time", "loss", "lr")]
     value_cols = [col for col in optional if col is not None] + list(layout.layer_columns)
     skip = len(value_cols) - len(layout.layer_columns)  # how many of the values are time, loss, lr
-    at = _positions(optional)
+    # time, loss and lr from the parsed values with NaN appended: index -1 (an absent column) gives the NaN
+    pick_optional = operator.itemgetter(*_positions(optional))
     pick: Callable[[list[str]], Sequence[str]] = operator.itemgetter(*value_cols)
     if len(value_cols) == 1:  # itemgetter of one index gives the cell itself, not a tuple
         only = value_cols[0]
@@ -211,7 +212,7 @@ def _iter_frames(path: str, layout: _Layout) -> Iterator[Frame]:
             except ValueError:
                 where = _cell_locator(path, line, header)
                 values = np.array([_parse_float(row[col], where(col)) for col in value_cols], dtype=np.float64)
-            time_s, loss, lr = (math.nan if i < 0 else float(values[i]) for i in at)
+            time_s, loss, lr = pick_optional([*values[:skip].tolist(), math.nan])
             yield Frame(step, time_s, values[skip:], loss, lr)
 
 

@@ -1,16 +1,20 @@
-"""The mapping: Frame -> StepEvents, checked against values worked out by hand."""
+"""The mapping: Frame -> StepEvents, checked against values worked out by hand; map_frames against map_frame."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.events import PERCUSSION_CHANNEL
+from bridge.events import PERCUSSION_CHANNEL, StepEvents
 from bridge.frames import Frame
 from bridge.mapping import Mapping, frequency_to_note, note_to_frequency, scale_notes
-from bridge.presets import load_preset, parse_preset
+from bridge.presets import Preset, load_preset, parse_preset
 
 NAMES = ["conv1", "conv2", "fc1", "fc2"]
 
@@ -141,3 +145,163 @@ def test_description_in_plain_words() -> None:
     assert "every layer in turn, a 10 ms sine tone per layer, then 20 ms of silence" in text
     assert "200 Hz + 100 Hz per unit of gradient norm" in text
     assert "channel 10" in text
+
+
+# --- map_frames: a block of frames at once, the same as map_frame one by one -------------------------------------
+
+#: Norms a run can hand over: NaN, ±Inf, zero of both signs, negatives (a bad CSV), below the log floor, huge.
+HOSTILE = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, 1e-13, 1e-12, 1e-300, 1e30, 3.4e38, 1e308]
+
+
+def chord_preset(curve: str, pitch_range: object, velocity: object = "value") -> Preset:
+    return parse_preset({
+        "timing": {"layout": "chord", "step_s": 0.25, "note_s": 0.2},
+        "pitch": {"mode": "scale", "curve": curve, "range": pitch_range, "scale": "dorian", "root": "D",
+                  "low_note": 30, "high_note": 90},
+        "midi": {"velocity": velocity},
+    }, "test")
+
+
+def linear_hz_preset(curve: str) -> Preset:
+    return parse_preset({
+        "timing": {"layout": "sequential", "note_s": 0.02, "gap_s": 0.01},
+        "pitch": {"mode": "linear_hz", "curve": curve, "range": "auto", "base_hz": 50.0, "hz_per_unit": 300.0},
+        "sound": {"attack_s": 0.0, "release_s": 0.0},
+    }, "test")
+
+
+#: The bundled presets, then every curve under an automatic, a fixed and a vanishingly narrow fixed range (whose
+#: division overflows), both velocity kinds, and the linear pitch mode under each curve.
+PRESETS = {name: load_preset(name) for name in ("perone2019", "pentatonic", "daw")}
+PRESETS.update({f"{curve}-{kind}": chord_preset(curve, pitch_range, velocity)
+                for curve in ("linear", "log", "sqrt")
+                for kind, pitch_range, velocity in (("auto", "auto", "value"), ("fixed", [0.01, 10.0], 64),
+                                                    ("narrow", [1e-300, 2e-300], "value"))})
+PRESETS.update({f"hz-{curve}": linear_hz_preset(curve) for curve in ("linear", "log", "sqrt")})
+
+
+def assert_same_events(actual: list[StepEvents], expected: list[StepEvents]) -> None:
+    """Field by field: equal steps and times, arrays of the same dtype and bytes (NaN and the sign of zero too)."""
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert (got.step, got.start_s, got.duration_s, got.alarms) == (want.step, want.start_s, want.duration_s,
+                                                                       want.alarms)
+        for name in ("wall_time_s", "loss", "lr"):
+            assert np.float64(getattr(got, name)).tobytes() == np.float64(getattr(want, name)).tobytes()
+        assert got.norms.tobytes() == want.norms.tobytes()
+        for name in ("layer", "start_s", "duration_s", "frequency_hz", "midi_note", "velocity", "amplitude", "value"):
+            got_array, want_array = getattr(got.notes, name), getattr(want.notes, name)
+            assert (got_array.dtype, got_array.shape) == (want_array.dtype, want_array.shape), name
+            assert got_array.tobytes() == want_array.tobytes(), name
+
+
+def hostile_frames(steps: int, layers: int, bad_share: float, seed: int) -> list[Frame]:
+    """Log-normal norms with a share of hostile ones; steps that skip and repeat, a loss and time per step."""
+    rng = np.random.default_rng(seed)
+    norms = np.exp(rng.normal(0.0, 3.0, (steps, layers)))
+    bad = rng.random((steps, layers)) < bad_share
+    norms[bad] = rng.choice(HOSTILE, int(bad.sum()))
+    return [Frame(7 + s + s // 3 - (s % 5 == 0), 1000.0 + s, norms[s], loss=0.5 * s, lr=1e-3) for s in range(steps)]
+
+
+def arranged(preset: Preset, layers: int) -> Mapping:
+    mapping = Mapping(preset)
+    mapping.arrange([f"layer{i}" for i in range(layers)])
+    return mapping
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("layers", [1, 4, 17])
+def test_map_frames_in_chunks_equals_map_frame_one_by_one(name: str, layers: int) -> None:
+    preset = PRESETS[name]
+    for seed, bad_share in enumerate([0.0, 0.05, 0.5]):
+        frames = hostile_frames(60, layers, bad_share, seed)
+        one_by_one = arranged(preset, layers)
+        expected = [one_by_one.map_frame(frame) for frame in frames]
+        mixed = arranged(preset, layers)
+        got = [mixed.map_frame(frames[0])]
+        for start, stop in [(1, 1), (1, 17), (17, 18), (18, 50)]:
+            got += mixed.map_frames(frames[start:stop])
+        got += [mixed.map_frame(frames[50])] + mixed.map_frames(frames[51:])
+        assert_same_events(got, expected)
+        # the state afterwards is the same: the next frames map alike
+        after = hostile_frames(5, layers, bad_share, seed + 10)
+        assert_same_events(mixed.map_frames(after), [one_by_one.map_frame(frame) for frame in after])
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(rows=st.lists(st.lists(st.sampled_from(HOSTILE) | st.floats(1e-6, 1e6), min_size=3, max_size=3),
+                     min_size=1, max_size=30),
+       cuts=st.lists(st.integers(0, 30), max_size=4), name=st.sampled_from(["perone2019", "pentatonic", "log-fixed"]))
+def test_map_frames_split_anywhere_equals_map_frame(rows: list[list[float]], cuts: list[int], name: str) -> None:
+    frames = [Frame(step, 0.0, norms) for step, norms in enumerate(rows)]
+    one_by_one = arranged(PRESETS[name], 3)
+    blocks = arranged(PRESETS[name], 3)
+    bounds = [0, *sorted(min(cut, len(frames)) for cut in cuts), len(frames)]
+    got = [events for start, stop in itertools.pairwise(bounds) for events in blocks.map_frames(frames[start:stop])]
+    assert_same_events(got, [one_by_one.map_frame(frame) for frame in frames])
+
+
+def test_map_frames_worked_example_running_range_and_times() -> None:
+    # one layer, log curve, chromatic 60..72 (13 notes), chord steps of 0.5 s; the steps skip 12 -> 15
+    preset = parse_preset({
+        "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.5},
+        "pitch": {"mode": "scale", "curve": "log", "range": "auto", "scale": "chromatic", "root": "C",
+                  "low_note": 60, "high_note": 72},
+        "midi": {"velocity": "value"},
+        "sound": {"attack_s": 0.0, "release_s": 0.0},
+    }, "test")
+    mapping = Mapping(preset)
+    mapping.arrange(["a"])
+    norms = [1.0, 100.0, 10.0, 0.0, math.nan, 1000.0]
+    events = mapping.map_frames([Frame(10 + s + 2 * (s > 2), 0.0, [n]) for s, n in enumerate(norms)])
+    # log10: 0 (range 0..0: middle, note 66), 2 (new top: 72), 1 (halfway: 66), zero (lowest, range kept: 60),
+    # NaN (an alarm, no note), 3 (new top: 72)
+    assert [list(e.notes.midi_note) for e in events] == [[66], [72], [66], [60], [], [72]]
+    assert [e.start_s for e in events] == [0.0, 0.5, 1.0, 2.5, 3.0, 3.5]
+    assert [list(e.notes.value) for e in events] == [[0.5], [1.0], [0.5], [0.0], [], [1.0]]
+    assert [list(e.notes.velocity) for e in events] == [[84], [127], [84], [40], [], [127]]  # rint(40 + 87 v)
+    assert [(a.layer, a.kind, a.midi_note, a.start_s) for a in events[4].alarms] == [(0, "nan", 49, 3.0)]
+    # the range is now log10 1..1000 = 0..3: 10 is a third of the way, index round(12 / 3) = 4, note 64
+    assert list(mapping.map_frame(Frame(16, 0.0, [10.0])).notes.midi_note) == [64]
+
+
+def test_map_frames_wrong_layer_count_maps_the_frames_before_then_fails() -> None:
+    preset = parse_preset({
+        "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.5},
+        "pitch": {"mode": "scale", "curve": "log", "range": "auto", "scale": "chromatic", "root": "C",
+                  "low_note": 60, "high_note": 72},
+        "sound": {"attack_s": 0.0, "release_s": 0.0},
+    }, "test")
+    mapping = Mapping(preset)
+    mapping.arrange(["a"])
+    with pytest.raises(ValueError, match="frame at step 7 has 2 norms but the mapping was arranged for 1 layers"):
+        mapping.map_frames([Frame(5, 0.0, [1.0]), Frame(6, 0.0, [100.0]), Frame(7, 0.0, [1.0, 2.0])])
+    # steps 5 and 6 were mapped: time zero is step 5, and 100 is the top of the range (a first frame sounds 66)
+    after = mapping.map_frame(Frame(8, 0.0, [100.0]))
+    assert (after.start_s, list(after.notes.midi_note)) == (1.5, [72])
+
+
+def test_map_frames_of_nothing_and_before_arrange() -> None:
+    mapping = Mapping.load("perone2019")
+    assert mapping.map_frames([]) == []
+    with pytest.raises(RuntimeError, match=r"call Mapping.arrange\(layer_names\)"):
+        mapping.map_frames([Frame(0, 0.0, [1.0])])
+    mapping.arrange(NAMES)
+    assert mapping.map_frames(()) == []
+    # an empty block does not set time zero: the first real frame starts at 0 s
+    assert mapping.map_frames([Frame(40, 0.0, [1.0] * 4)])[0].start_s == 0.0
+
+
+def test_huge_linear_norms_reach_the_top_frequency_without_warnings() -> None:
+    mapping = Mapping.load("perone2019")
+    mapping.arrange(NAMES)
+    frame = Frame(0, 0.0, [1e308, 1.0, 3e303, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        single = mapping.map_frame(frame)
+        block = mapping.map_frames([Frame(1, 0.0, frame.norms)])[0]
+    # 200 + 100 x norm, capped at 20 kHz; 20 kHz is 69 + 12 log2(20000 / 440) = 135.1, above MIDI's 127
+    for events in (single, block):
+        assert list(events.notes.frequency_hz) == [20000.0, 300.0, 20000.0, 250.0]
+        assert list(events.notes.midi_note) == [127, 62, 127, 59]

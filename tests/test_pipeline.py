@@ -43,13 +43,15 @@ class StepRecorder:
 
 
 class CountingMapping(Mapping):
-    """A mapping that counts the frames it maps."""
+    """A mapping that counts the blocks and frames it maps."""
 
+    blocks_mapped = 0
     frames_mapped = 0
 
-    def map_frame(self, frame: Frame) -> StepEvents:
-        self.frames_mapped += 1
-        return super().map_frame(frame)
+    def map_frames(self, frames: Sequence[Frame]) -> list[StepEvents]:
+        self.blocks_mapped += 1
+        self.frames_mapped += len(frames)
+        return super().map_frames(frames)
 
 
 def frames(count: int, first: int = 0) -> list[Frame]:
@@ -99,7 +101,8 @@ def test_file_sinks_share_one_mapping_of_each_block() -> None:
     mapping = CountingMapping(Mapping.load("pentatonic").preset)
     sinks = [StepRecorder("a", batched=True), StepRecorder("b", batched=False)]
     Dispatcher(build_outputs(mapping, RunInfo(LAYERS, {}), sinks).consumers).run_sync(frames(FILE_BLOCK_STEPS * 2 + 1))
-    assert mapping.frames_mapped == FILE_BLOCK_STEPS * 2 + 1  # not twice that
+    assert mapping.blocks_mapped == 3  # two full blocks and the one frame left at close, not twice that
+    assert mapping.frames_mapped == FILE_BLOCK_STEPS * 2 + 1
     assert sinks[0].steps == sinks[1].steps == list(range(FILE_BLOCK_STEPS * 2 + 1))
 
 

@@ -209,3 +209,40 @@ def test_write_csv_checks_its_arguments_and_directory(tmp_path: Path) -> None:
         write_csv(tmp_path / "x.csv", RunInfo(("a",)), [Frame(2, 0.0, [1.0, 2.0])])
     assert write_csv(tmp_path / "empty.csv", RunInfo(("a", "step")), []) == 0
     assert (tmp_path / "empty.csv").read_text() == "step,wall_time,loss,lr,a,layer:step\n"
+
+
+def test_row_parsed_at_once_reads_every_spelling_float_reads(tmp_path: Path) -> None:
+    # row 1 parses in one call; row 2 has a cell of spaces, which only the careful per-cell parse reads (as NaN)
+    path = tmp_path / "spellings.csv"
+    path.write_text("step,a,b,c,d,e,f,loss\n"
+                    "0,+1.5,\t2.5 ,1e500,-Infinity,1e-400,,4.9e-324\n"
+                    "1,   ,-nan,1_000,NaN,-0.0,.25,iNf\n")
+    _, frames = open_csv(path)
+    first, second = list(frames)
+    assert_same_floats(first.norms, [1.5, 2.5, math.inf, -math.inf, 0.0, math.nan])
+    assert first.loss == 5e-324  # the smallest subnormal, 2 ** -1074
+    assert_same_floats(second.norms, [math.nan, math.nan, 1000.0, math.nan, -0.0, 0.25])
+    assert np.signbit(second.norms[4]) and second.loss == math.inf
+    assert math.isnan(first.time_s) and math.isnan(second.lr)
+
+
+def test_optional_columns_between_layers_land_in_their_fields(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,Wall time,b,step,lr,c\n0.5,12.5,,3,1e-4,7\n-1,,2,4,,8\n")
+    _, frames = open_csv(path)
+    first, second = list(frames)
+    assert (first.step, first.time_s, first.lr) == (3, 12.5, 1e-4)
+    assert_same_floats(first.norms, [0.5, math.nan, 7.0])
+    assert second.step == 4 and math.isnan(second.time_s) and math.isnan(second.lr) and math.isnan(second.loss)
+    assert_same_floats(second.norms, [-1.0, 2.0, 8.0])
+
+
+def test_bad_cell_after_a_cell_of_spaces_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("step,lr,a,b,c\n0,0.1,1,2,3\n1,0.1,  ,2,3x\n")
+    _, frames = open_csv(path)
+    assert next(frames).norms.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(RunLogError) as error:
+        next(frames)
+    assert str(error.value) == (f"{path}, line 3, column 5 ('c'): cannot read '3x' as a number; expected a "
+                                "decimal number, 'nan', 'inf', '-inf' or an empty cell")
