@@ -1,8 +1,9 @@
 """Stand-ins for a fast training run, shared by ``soak.py`` and ``throughput.py``.
 
 A cheap preset (2 ms chords at 8 kHz) so that a WAV of a long, fast run stays small; the norms of a
-stand-in run (a random walk per layer, with a NaN and an Inf now and then); a live MIDI output on JACK;
-and a JACK server of the benchmark's own on the dummy driver.
+stand-in run (a random walk per layer, with a NaN and an Inf now and then); a stand-in training loop that
+writes those norms as gradients and steps a real optimizer, paced on a deadline schedule; a live MIDI
+output on JACK; and a JACK server of the benchmark's own on the dummy driver.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import math
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
+import bridge
 from bridge.errors import SinkError
 from bridge.sinks.base import Sink
+from bridge.watching import Watch
 
 #: Chord steps of 2 ms at 8 kHz mono: 16 samples a step keeps a long run's WAV small (10 min at 2000
 #: steps a second is 1.2 M steps, 2400 s of audio, 38 MB).
@@ -48,6 +55,7 @@ STEP_SAMPLES = 16  # 0.002 s at 8000 Hz
 #: A NaN in layer 0 at every step ``NAN_EVERY - 1`` (mod ``NAN_EVERY``), an Inf in layer 1 likewise.
 NAN_EVERY, INF_EVERY = 5000, 7000
 JACK_WAIT_S = 10
+LAYER_SIZE = 16  #: floats in each stand-in layer's one parameter
 
 
 class Norms:
@@ -78,6 +86,101 @@ class Norms:
         if step % INF_EVERY == INF_EVERY - 1 and self.layers > 1:
             row[1] = math.inf
         return row
+
+
+class OneParameter(nn.Module):
+    """A layer that owns one parameter of ``size`` floats."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(size))
+
+
+@dataclass
+class Steps:
+    """What the loop measured: nanoseconds per step (whole body, and the hook's part), late steps, wall time."""
+
+    step_ns: list[np.ndarray] = field(default_factory=list)
+    hook_ns: list[np.ndarray] = field(default_factory=list)
+    late: int = 0
+    seconds: float = 0.0
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.step_ns), np.concatenate(self.hook_ns)
+
+
+class StandInLoop:
+    """The stand-in training loop: ``layers`` one-parameter layers and SGD; a watch opened by ``attach``
+    sits between two timing pre-hooks, so ``run`` also times the hook's part of each step."""
+
+    def __init__(self, layers: int, seed: int = 0) -> None:
+        self.model = nn.ModuleList(OneParameter(LAYER_SIZE) for _ in range(layers))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, foreach=True)
+        self.grads = torch.zeros(layers, LAYER_SIZE)
+        for row, parameter in zip(self.grads, self.model.parameters()):
+            parameter.grad = row  # a view: one write per step fills every layer's gradient
+        units = np.random.default_rng(seed).standard_normal((layers, LAYER_SIZE))
+        self.units = torch.from_numpy(units / np.linalg.norm(units, axis=1, keepdims=True)).float()
+        self.norms = Norms(layers, seed)
+        self.step = 0
+        self._entered = 0
+        self.hook_ns = 0
+        self._handles = [self.optimizer.register_step_pre_hook(self._enter)]
+        self.watch: Watch | None = None
+
+    def attach(self, **watch_args: object) -> Watch:
+        """Open ``bridge.watch`` on this loop (between the timing pre-hooks) and return it."""
+        self.watch = bridge.watch(self.model, self.optimizer, announce=None, **watch_args)  # type: ignore[arg-type]
+        return self.watch
+
+    def _enter(self, *args: object) -> None:
+        self._entered = time.perf_counter_ns()
+
+    def _leave(self, *args: object) -> None:
+        self.hook_ns = time.perf_counter_ns() - self._entered
+
+    def ready(self) -> None:
+        """Register the closing timing pre-hook (after ``attach``, if any)."""
+        self._handles.append(self.optimizer.register_step_pre_hook(self._leave))
+
+    def one_step(self) -> None:
+        """One unpaced, untimed step."""
+        scale = torch.from_numpy(self.norms.at(self.step).astype(np.float32))
+        torch.mul(self.units, scale.unsqueeze(1), out=self.grads)
+        self.optimizer.step()
+        self.step += 1
+
+    def run(self, seconds: float, rate: float, into: Steps) -> None:
+        """Run steps on the deadline schedule for ``seconds``; add their timings to ``into``."""
+        period_ns, clock = 1e9 / rate, time.perf_counter_ns
+        capacity = int(seconds * rate) + 2
+        step_ns, hook_ns = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        start = clock()
+        end, index, late = start + int(seconds * 1e9), 0, 0
+        while index < capacity:
+            due, now = start + int(index * period_ns), clock()
+            if now >= end:
+                break
+            if now < due:
+                time.sleep((due - now) / 1e9)
+            elif now - due > period_ns:
+                late += 1
+            scale = torch.from_numpy(self.norms.at(self.step).astype(np.float32))
+            began = clock()
+            torch.mul(self.units, scale.unsqueeze(1), out=self.grads)
+            self.optimizer.step()
+            step_ns[index] = clock() - began
+            hook_ns[index] = self.hook_ns
+            index += 1
+            self.step += 1
+        into.seconds += (clock() - start) / 1e9
+        into.step_ns.append(step_ns[:index].copy())
+        into.hook_ns.append(hook_ns[:index].copy())
+        into.late += late
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def jack_midi_sink(name: str = "gradbridge-soak") -> tuple[Sink | None, str]:
