@@ -75,14 +75,16 @@ def percentiles_row(name: str, steps: Steps, stall_ns: float) -> dict[str, objec
 
 def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None) -> None:
     quick, layers, rate = args.quick, args.layers, args.rate
-    block_s = args.seconds / len(ORDER) / 2
+    block_s = args.seconds / len(ORDER)  # each variant runs in half of the 2 x len(ORDER) blocks
     warmup_s = 0.25 if quick else 2.0
     preset = folder / "soak.toml"
     preset.write_text(PRESET, encoding="utf-8")
     threads_before, os_threads_before = set(threading.enumerate()), native_threads()
     osc = OscReceiver(receive_buffer_bytes=8 * MIB)
     paths = {"record": folder / "run.gbrun", "wav": folder / "run.wav", "midi_file": folder / "run.mid"}
-    live = {"midi": "gradbridge-throughput", "midi_api": "jack", "midi_virtual": True} if jack else {}
+    live: dict[str, object] = {"midi": "gradbridge-throughput", "midi_api": "jack", "midi_virtual": True} if jack else {}
+    if args.max_fps is not None:
+        live["max_fps"] = args.max_fps
     loops = {"without": StandInLoop(layers), "with": StandInLoop(layers)}
     watch = loops["with"].attach(mapping=preset, osc=f"127.0.0.1:{osc.port}", **live,
                                  **{k: str(v) for k, v in paths.items()})
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None
     report.table("CPU time per thread during the timed blocks (schedstat; waiting for the GIL does not count)",
                  cpu_rows)
     judge(report, rows, stats, paths, layers, rate, growth, left, os_threads_after - os_threads_before)
-    frames = 100 if quick else 1000
+    frames = 100 if quick else 500
     report.table(f"each output's work per frame, alone (its own watch, {frames} frames handed in unpaced; CPU time "
                  f"of the dispatcher thread and of the threads the output adds; medians; a step at {rate:g} steps/s "
                  f"is {1e6 / rate:.0f} µs)", output_costs(folder, layers, preset, jack, frames, 1 if quick else 3))
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=LAYERS, help=f"layers (default {LAYERS})")
     parser.add_argument("--switch-interval", type=float,
                         help="sys.setswitchinterval, seconds (default: Python's, 0.005), to see GIL hand-over stalls")
+    parser.add_argument("--max-fps", type=float, help="live outputs (MIDI port, OSC) sound at most this many steps "
+                        "a second (watch's max_fps; default: every step, as the preset says)")
     parser.add_argument("--blas-threads", type=int, help="limit NumPy's BLAS to this many threads (threadpoolctl)")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (3.0 if args.quick else 60.0)
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.quiet_shared_channels()
     report = Report("throughput", args.quick, settings={
         "rate": args.rate, "layers": args.layers, "layer_size": LAYER_SIZE, "seconds_per_variant": args.seconds,
-        "switch_interval_s": sys.getswitchinterval(), "blas_threads": args.blas_threads or "default",
+        "switch_interval_s": sys.getswitchinterval(), "live_max_fps": args.max_fps, "blas_threads": args.blas_threads or "default",
         "torch_threads": 1, "preset": "soak (standins.PRESET)"})
     report.note(f"no play=: there is no sound card here; GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
     with tempfile.TemporaryDirectory(prefix="gradbridge-throughput-") as tmp:
