@@ -1,15 +1,19 @@
-"""Probes for the overhead benchmark: a spy on host reads, a local OSC receiver, waiting for the dispatcher.
+"""Probes for the benchmarks: a spy on host reads, a local OSC receiver, waiting for the dispatcher, and
+looks at this process (resident memory, threads, each thread's CPU time) and at its output files.
 
-Imported by ``overhead.py``; importing it does not change anything until a probe is used.
+Importing it does not change anything until a probe is used. The process probes read ``/proc`` (Linux).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import threading
 import time
+import wave
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -106,3 +110,75 @@ class HostReadSpy:
                 delattr(torch.Tensor, name)
             else:
                 setattr(torch.Tensor, name, saved)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (VmRSS), bytes."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS line in /proc/self/status (the benchmark needs Linux)")
+
+
+def native_threads() -> int:
+    """Threads of this process as the OS sees them (Python's and those of C libraries such as libjack)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def thread_cpu_ns() -> dict[int, int]:
+    """{OS thread id: nanoseconds it has run on a CPU} for every thread of this process (``schedstat``).
+
+    Waiting for the interpreter lock or for I/O is not running, so it does not count. A thread that ends
+    between listing and reading is left out.
+    """
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as stat:
+                out[int(tid)] = int(stat.read().split()[0])
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def thread_names() -> dict[int, str]:
+    """{OS thread id: name}: Python threads by their ``threading`` name, the others by their OS name."""
+    names = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as comm:
+                names[int(tid)] = f"native: {comm.read().strip()}"
+        except FileNotFoundError:
+            continue
+    for thread in threading.enumerate():
+        if thread.native_id is not None:
+            names[thread.native_id] = thread.name
+    return names
+
+
+def wav_frame_count(path: Path) -> int:
+    """Sample frames in a WAV, from its header (the file may be far too big to read)."""
+    with wave.open(str(path)) as f:
+        return f.getnframes()
+
+
+def midi_track_count(path: Path) -> int:
+    """Tracks in a Standard MIDI File, after checking that its chunks fill the file exactly; -1 if they do not.
+
+    Only the chunk headers are read: a long run's file holds millions of notes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(14)
+        if len(head) != 14 or head[:8] != b"MThd\x00\x00\x00\x06":
+            return -1
+        declared, offset, tracks = int.from_bytes(head[10:12], "big"), 14, 0
+        while offset < size:
+            f.seek(offset)
+            chunk = f.read(8)
+            if len(chunk) != 8 or chunk[:4] != b"MTrk":
+                return -1
+            offset += 8 + int.from_bytes(chunk[4:], "big")
+            tracks += 1
+    return tracks if offset == size and tracks == declared else -1

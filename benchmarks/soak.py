@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import tempfile
 import threading
 import time
-import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bridge.dispatch import Dispatcher, DispatchStats
-from bridge.errors import SinkError
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
 from bridge.outputs import file_sinks
@@ -44,85 +40,11 @@ from bridge.runlog import RunLogReader, RunLogWriter
 from bridge.sinks.base import Sink
 from bridge.sinks.osc import OscSink
 
-from probes import OscReceiver  # benchmarks/ is on the path when a script here runs
+# benchmarks/ is on the path when a script here runs
+from probes import OscReceiver, midi_track_count, native_threads, resident_bytes, wav_frame_count
+from standins import PRESET, STEP_SAMPLES, Norms, jack_midi_sink
 
-#: Chord steps of 2 ms at 8 kHz mono: 16 samples a step keeps a long soak's WAV small (10 min at 2000
-#: steps a second is 1.2 M steps, 2400 s of audio, 38 MB).
-PRESET = """
-[preset]
-name = "soak"
-description = "2 ms chords at 8 kHz for soak tests"
-[timing]
-layout = "chord"
-step_s = 0.002
-note_s = 0.002
-[pitch]
-mode = "scale"
-curve = "log"
-range = "auto"
-[sound]
-sample_rate = 8000
-channels = 1
-waveforms = ["sine", "saw"]
-attack_s = 0.0
-release_s = 0.0
-max_frequency_hz = 3900.0
-"""
-STEP_SAMPLES = 16  # 0.002 s at 8000 Hz
 MIB = 1024 * 1024
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (VmRSS), bytes."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS line in /proc/self/status (the soak needs Linux)")
-
-
-def native_threads() -> int:
-    """Threads of this process as the OS sees them (Python's and those of C libraries such as libjack)."""
-    return len(os.listdir("/proc/self/task"))
-
-
-
-def jack_midi_sink() -> tuple[Sink | None, str]:
-    """A virtual MIDI output on JACK, or ``None`` and why not."""
-    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # asking must not start a server
-    try:
-        from bridge.sinks.midi_port import MidiPortSink, list_output_ports
-    except ImportError as exc:
-        return None, f"live MIDI skipped: bridge.sinks.midi_port cannot be imported ({exc})"
-    try:
-        list_output_ports("jack")
-    except SinkError as exc:
-        return None, f"live MIDI skipped: no JACK server answers ({str(exc).split(' Fix:')[0]})"
-    return MidiPortSink("gradbridge-soak", api="jack", virtual=True), "live MIDI: a virtual JACK output"
-
-
-class Norms:
-    """Norms of a stand-in run: per layer a random walk in log space, made 4096 steps at a time; every
-    5000th step layer 0 is NaN and every 7000th layer 1 (if any) is +Inf, so alarms sound too."""
-
-    def __init__(self, layers: int, seed: int = 0) -> None:
-        self.layers = layers
-        self._rng = np.random.default_rng(seed)
-        self._level = np.zeros(layers)
-        self._block = np.empty((0, layers))
-        self._start = 0
-
-    def at(self, step: int) -> np.ndarray:
-        if step - self._start >= self._block.shape[0]:
-            walk = self._level + np.cumsum(self._rng.normal(0.0, 0.02, (4096, self.layers)), axis=0)
-            self._level = walk[-1]
-            self._block, self._start = np.exp(walk), step
-        row = self._block[step - self._start].copy()
-        if step % 5000 == 4999:
-            row[0] = math.nan
-        if step % 7000 == 6999 and self.layers > 1:
-            row[1] = math.inf
-        return row
 
 
 @dataclass
@@ -151,33 +73,6 @@ class Report:
     threads_after: list[str] = field(default_factory=list)
     native_threads: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-
-
-def wav_frame_count(path: Path) -> int:
-    """Sample frames in a WAV, from its header (the file may be far too big to read)."""
-    with wave.open(str(path)) as f:
-        return f.getnframes()
-
-
-def midi_track_count(path: Path) -> int:
-    """Tracks in a Standard MIDI File, after checking that its chunks fill the file exactly; -1 if they do not.
-
-    Only the chunk headers are read: a long soak's file holds millions of notes.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(14)
-        if len(head) != 14 or head[:8] != b"MThd\x00\x00\x00\x06":
-            return -1
-        declared, offset, tracks = int.from_bytes(head[10:12], "big"), 14, 0
-        while offset < size:
-            f.seek(offset)
-            chunk = f.read(8)
-            if len(chunk) != 8 or chunk[:4] != b"MTrk":
-                return -1
-            offset += 8 + int.from_bytes(chunk[4:], "big")
-            tracks += 1
-    return tracks if offset == size and tracks == declared else -1
 
 
 def soak(seconds: float, rate: float, layers: int, folder: Path, max_growth_mib: float,

@@ -1,0 +1,249 @@
+"""Stand-ins for a fast training run, shared by ``soak.py`` and ``throughput.py``.
+
+A cheap preset (2 ms chords at 8 kHz) so that a WAV of a long, fast run stays small; the norms of a
+stand-in run (a random walk per layer, with a NaN and an Inf now and then); a stand-in training loop that
+writes those norms as gradients and steps a real optimizer, paced on a deadline schedule; a live MIDI
+output on JACK; and a JACK server of the benchmark's own on the dummy driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import bridge
+from bridge.errors import SinkError
+from bridge.sinks.base import Sink
+from bridge.watching import Watch
+
+#: Chord steps of 2 ms at 8 kHz mono: 16 samples a step keeps a long run's WAV small (10 min at 2000
+#: steps a second is 1.2 M steps, 2400 s of audio, 38 MB).
+PRESET = """
+[preset]
+name = "soak"
+description = "2 ms chords at 8 kHz for soak tests"
+[timing]
+layout = "chord"
+step_s = 0.002
+note_s = 0.002
+[pitch]
+mode = "scale"
+curve = "log"
+range = "auto"
+[sound]
+sample_rate = 8000
+channels = 1
+waveforms = ["sine", "saw"]
+attack_s = 0.0
+release_s = 0.0
+max_frequency_hz = 3900.0
+"""
+STEP_SAMPLES = 16  # 0.002 s at 8000 Hz
+#: A NaN in layer 0 at every step ``NAN_EVERY - 1`` (mod ``NAN_EVERY``), an Inf in layer 1 likewise.
+NAN_EVERY, INF_EVERY = 5000, 7000
+JACK_WAIT_S = 10
+LAYER_SIZE = 16  #: floats in each stand-in layer's one parameter
+
+
+class Norms:
+    """Norms of a stand-in run: per layer a random walk in log space, made 4096 steps at a time; every
+    5000th step layer 0 is NaN and every 7000th layer 1 (if any) is +Inf, so alarms sound too.
+
+    ``at(step)`` must be asked for steps in increasing order (it walks forward a block at a time); the
+    same ``seed`` gives the same norms, so a second ``Norms`` can check what a run recorded.
+    """
+
+    def __init__(self, layers: int, seed: int = 0) -> None:
+        self.layers = layers
+        self._rng = np.random.default_rng(seed)
+        self._level = np.zeros(layers)
+        self._block = np.empty((0, layers))
+        self._start = 0
+
+    def at(self, step: int) -> np.ndarray:
+        """The norms of ``step`` (float64, one per layer; positive, or NaN/Inf at the alarm steps)."""
+        while step - self._start >= self._block.shape[0]:
+            walk = self._level + np.cumsum(self._rng.normal(0.0, 0.02, (4096, self.layers)), axis=0)
+            self._level = walk[-1]
+            self._start += self._block.shape[0]
+            self._block = np.exp(walk)
+        row = self._block[step - self._start].copy()
+        if step % NAN_EVERY == NAN_EVERY - 1:
+            row[0] = math.nan
+        if step % INF_EVERY == INF_EVERY - 1 and self.layers > 1:
+            row[1] = math.inf
+        return row
+
+
+class OneParameter(nn.Module):
+    """A layer that owns one parameter of ``size`` floats."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(size))
+
+
+@dataclass
+class Steps:
+    """What the loop measured: nanoseconds per step (whole body, and the hook's part), late steps, wall time."""
+
+    step_ns: list[np.ndarray] = field(default_factory=list)
+    hook_ns: list[np.ndarray] = field(default_factory=list)
+    late: int = 0
+    seconds: float = 0.0
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.step_ns), np.concatenate(self.hook_ns)
+
+
+class StandInLoop:
+    """The stand-in training loop: ``layers`` one-parameter layers and SGD; a watch opened by ``attach``
+    sits between two timing pre-hooks, so ``run`` also times the hook's part of each step."""
+
+    def __init__(self, layers: int, seed: int = 0) -> None:
+        self.model = nn.ModuleList(OneParameter(LAYER_SIZE) for _ in range(layers))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, foreach=True)
+        self.grads = torch.zeros(layers, LAYER_SIZE)
+        for row, parameter in zip(self.grads, self.model.parameters()):
+            parameter.grad = row  # a view: one write per step fills every layer's gradient
+        units = np.random.default_rng(seed).standard_normal((layers, LAYER_SIZE))
+        self.units = torch.from_numpy(units / np.linalg.norm(units, axis=1, keepdims=True)).float()
+        self.norms = Norms(layers, seed)
+        self.step = 0
+        self._entered = 0
+        self.hook_ns = 0
+        self._handles = [self.optimizer.register_step_pre_hook(self._enter)]
+        self.watch: Watch | None = None
+
+    def attach(self, **watch_args: object) -> Watch:
+        """Open ``bridge.watch`` on this loop (between the timing pre-hooks) and return it."""
+        self.watch = bridge.watch(self.model, self.optimizer, announce=None, **watch_args)  # type: ignore[arg-type]
+        return self.watch
+
+    def _enter(self, *args: object) -> None:
+        self._entered = time.perf_counter_ns()
+
+    def _leave(self, *args: object) -> None:
+        self.hook_ns = time.perf_counter_ns() - self._entered
+
+    def ready(self) -> None:
+        """Register the closing timing pre-hook (after ``attach``, if any)."""
+        self._handles.append(self.optimizer.register_step_pre_hook(self._leave))
+
+    def one_step(self) -> None:
+        """One unpaced, untimed step."""
+        scale = torch.from_numpy(self.norms.at(self.step).astype(np.float32))
+        torch.mul(self.units, scale.unsqueeze(1), out=self.grads)
+        self.optimizer.step()
+        self.step += 1
+
+    def run(self, seconds: float, rate: float, into: Steps) -> None:
+        """Run steps on the deadline schedule for ``seconds``; add their timings to ``into``."""
+        period_ns, clock = 1e9 / rate, time.perf_counter_ns
+        capacity = int(seconds * rate) + 2
+        step_ns, hook_ns = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        start = clock()
+        end, index, late = start + int(seconds * 1e9), 0, 0
+        while index < capacity:
+            due, now = start + int(index * period_ns), clock()
+            if now >= end:
+                break
+            if now < due:
+                time.sleep((due - now) / 1e9)
+            elif now - due > period_ns:
+                late += 1
+            scale = torch.from_numpy(self.norms.at(self.step).astype(np.float32))
+            began = clock()
+            torch.mul(self.units, scale.unsqueeze(1), out=self.grads)
+            self.optimizer.step()
+            step_ns[index] = clock() - began
+            hook_ns[index] = self.hook_ns
+            index += 1
+            self.step += 1
+        into.seconds += (clock() - start) / 1e9
+        into.step_ns.append(step_ns[:index].copy())
+        into.hook_ns.append(hook_ns[:index].copy())
+        into.late += late
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def jack_midi_sink(name: str = "gradbridge-soak") -> tuple[Sink | None, str]:
+    """A virtual MIDI output on JACK, or ``None`` and why not."""
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # asking must not start a server
+    try:
+        from bridge.sinks.midi_port import MidiPortSink, list_output_ports
+    except ImportError as exc:
+        return None, f"live MIDI skipped: bridge.sinks.midi_port cannot be imported ({exc})"
+    try:
+        list_output_ports("jack")
+    except SinkError as exc:
+        return None, f"live MIDI skipped: no JACK server answers ({str(exc).split(' Fix:')[0]})"
+    return MidiPortSink(name, api="jack", virtual=True), "live MIDI: a virtual JACK output"
+
+
+def _forget_dead_servers() -> None:
+    """Drop JACK's server registry when no ``jackd`` runs at all (killed servers keep their slot, and
+    after 8 of them none starts). With a ``jackd`` alive, or no ``pgrep`` to tell, it is left alone."""
+    if shutil.which("pgrep") is None:
+        return
+    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True, check=False).returncode != 0:
+        for stale in glob.glob("/dev/shm/jack-shm-registry") + glob.glob("/dev/shm/jack-[0-9]*-[0-9]*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
+
+
+@contextlib.contextmanager
+def jack_server(log_dir: Path, prefix: str = "gbbench") -> Iterator[str | None]:
+    """Run a JACK server of our own (dummy driver, 44.1 kHz, 256-frame periods, a unique name) for the block.
+
+    Yields its name, with ``JACK_DEFAULT_SERVER`` naming it meanwhile, or ``None`` when ``jackd`` or
+    ``jack_wait`` is not installed or the server did not answer within 10 s. The server is stopped and its
+    files in ``/dev/shm`` removed afterwards.
+    """
+    if shutil.which("jackd") is None or shutil.which("jack_wait") is None:
+        yield None
+        return
+    _forget_dead_servers()
+    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_DEFAULT_SERVER=name)
+    with open(log_dir / f"{name}.log", "wb") as log:
+        process = subprocess.Popen(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "44100", "-p", "256"],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    before = os.environ.get("JACK_DEFAULT_SERVER")
+    try:
+        waited = subprocess.run(["jack_wait", "-w", "-t", str(JACK_WAIT_S)], env=env, capture_output=True, check=False,
+                                timeout=JACK_WAIT_S + 5)
+        answered = waited.returncode == 0 and process.poll() is None
+        os.environ["JACK_DEFAULT_SERVER"] = name
+        yield name if answered else None
+    finally:
+        if before is None:
+            os.environ.pop("JACK_DEFAULT_SERVER", None)
+        else:
+            os.environ["JACK_DEFAULT_SERVER"] = before
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        for leftover in glob.glob(f"/dev/shm/jack_sem.*_{name}_*") + glob.glob(f"/dev/shm/jack_{name}_*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)

@@ -1,0 +1,294 @@
+"""Throughput: a stand-in training loop paced at 2000 steps/s, 128 layers, every output at once, for a minute.
+
+The loop really goes through the product's hook: a ``ModuleList`` of 128 modules, each owning one small
+parameter (16 floats), and SGD (lr 1e-4, no momentum, ``foreach=True``: the loop alone must fit in 500 µs).
+Each step writes fresh gradients in place (every ``.grad`` is a row of one buffer, filled by one
+``torch.mul`` of unit vectors by the stand-in norms of ``standins.Norms``: a random walk, NaN and Inf now
+and then), then calls ``optimizer.step()``, where the watch's pre-hook reads every norm in its fused pass
+and hands a frame to the dispatcher thread. Steps follow a deadline schedule (step i is due at
+start + i / rate); a step that starts more than one period after its due time counts as late.
+
+Variants, each with its own model and optimizer, in blocks of a quarter of ``--seconds``, ordered
+without, with, with, without, twice (after a warm-up of each):
+
+- ``without``: the loop alone (the watch's threads exist but are idle: the queue is drained before).
+- ``with``: the loop with one ``bridge.watch`` for the whole run: run log, WAV (the soak preset, 2 ms
+  chords at 8 kHz: a minute at 2000 steps/s is 240 s of audio, 3.8 MB), MIDI file, OSC to a UDP reader
+  on 127.0.0.1, and live MIDI to a virtual port on a dummy JACK server started for the run (skipped,
+  with a note, when jackd is absent). No ``play``: there is no sound card here.
+
+Reported: the loop body's time (gradient writes + ``optimizer.step()``, ``perf_counter_ns``) per variant
+(median, p90, p99, p99.9, max, steps over 5 x the ``without`` median), the hook's share of it (two
+timing pre-hooks around the watch's), steps/s and late steps; frames in, done and dropped; each
+thread's CPU time; each output's work per frame (its own watch, frames handed in unpaced, the
+dispatcher thread's CPU time); resident memory after the warm-up, in the middle and at the end; threads.
+
+Checks (exit status 1 if one fails): frames in = done + dropped; the run log holds exactly the frames
+done, with the norms the loop wrote; the WAV (``wave``) spans every step up to the last frame done; the
+MIDI file's chunks are whole and it has a track per layer (read with ``mido`` when it is small); OSC
+arrived; no output error; no thread left after close. Timing and memory goals are reported, never enforced.
+
+    python benchmarks/throughput.py              # 60 s per variant, about 3 minutes in all
+    python benchmarks/throughput.py --quick      # about 3 s per variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import harness
+from harness import Report, median
+from probes import (OscReceiver, drain, midi_track_count, native_threads, resident_bytes, thread_cpu_ns,
+                    thread_names, wav_frame_count)
+from standins import LAYER_SIZE, PRESET, STEP_SAMPLES, Norms, StandInLoop, Steps, jack_server
+
+from bridge.dispatch import DispatchStats
+from bridge.runlog import RunLogReader
+
+RATE, LAYERS = 2000.0, 128
+MIB = 1024 * 1024
+STALL_FACTOR = 5.0  # a step longer than this many times the ``without`` median is a stall
+MAX_STEP_MS, P99_RATIO, MAX_GROWTH_MIB = 10.0, 1.5, 16.0
+MIDO_MAX_BYTES = 8 * MIB  # read the MIDI file with mido only up to this size (mido reads ~1 MB a second)
+ORDER = ("without", "with", "with", "without")
+
+
+def percentiles_row(name: str, steps: Steps, stall_ns: float) -> dict[str, object]:
+    body, hook = steps.all()
+    stalls = body > stall_ns
+    q = np.percentile(body, [50, 90, 99, 99.9]) / 1e3
+    return {"variant": name, "steps": len(body), "steps/s": len(body) / steps.seconds,
+            "late %": 100 * steps.late / len(body), "median µs": q[0], "p90 µs": q[1], "p99 µs": q[2],
+            "p99.9 µs": q[3], "max µs": body.max() / 1e3, f"stalls (> {STALL_FACTOR:g} x without median)":
+            int(stalls.sum()), f"over {MAX_STEP_MS:g} ms": int((body > MAX_STEP_MS * 1e6).sum()),
+            "hook median µs": float(np.median(hook)) / 1e3, "hook p99 µs": float(np.percentile(hook, 99)) / 1e3,
+            "stall time in the hook %": 100 * float(hook[stalls].sum()) / max(float(body[stalls].sum()), 1.0)}
+
+
+def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None) -> None:
+    quick, layers, rate = args.quick, args.layers, args.rate
+    block_s = args.seconds / len(ORDER)  # each variant runs in half of the 2 x len(ORDER) blocks
+    warmup_s = 0.25 if quick else 2.0
+    preset = folder / "soak.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+    threads_before, os_threads_before = set(threading.enumerate()), native_threads()
+    osc = OscReceiver(receive_buffer_bytes=8 * MIB)
+    paths = {"record": folder / "run.gbrun", "wav": folder / "run.wav", "midi_file": folder / "run.mid"}
+    live: dict[str, object] = {"midi": "gradbridge-throughput", "midi_api": "jack", "midi_virtual": True} if jack else {}
+    if args.max_fps is not None:
+        live["max_fps"] = args.max_fps
+    loops = {"without": StandInLoop(layers), "with": StandInLoop(layers)}
+    watch = loops["with"].attach(mapping=preset, osc=f"127.0.0.1:{osc.port}", **live,
+                                 **{k: str(v) for k, v in paths.items()})
+    for loop in loops.values():
+        loop.ready()
+    os_threads_running = native_threads()
+    steps = {name: Steps() for name in loops}
+    cpu: dict[str, dict[int, int]] = {name: {} for name in loops}
+    for name in ("without", "with"):
+        loops[name].run(warmup_s, rate, Steps())
+    drain(watch)
+    rss = {"start": resident_bytes() / MIB}
+    blocks = []
+    for index, name in enumerate(ORDER + ORDER[::-1]):
+        if name == "without":
+            drain(watch)  # untimed: the with blocks' background work stays out of the without blocks
+        before, ran_before = thread_cpu_ns(), len(steps[name].step_ns)
+        loops[name].run(block_s, rate, steps[name])
+        for tid, ns in thread_cpu_ns().items():
+            cpu[name][tid] = cpu[name].get(tid, 0) + ns - before.get(tid, ns)
+        body = steps[name].step_ns[ran_before]
+        blocks.append({"block": index + 1, "variant": name, "steps": len(body), "steps/s": len(body) / block_s,
+                       "median µs": float(np.median(body)) / 1e3,
+                       "p99 µs": float(np.percentile(body, 99)) / 1e3, "max µs": body.max() / 1e3})
+        if name == "with" and sum(b["variant"] == "with" for b in blocks) in (2, 4):
+            rss["middle" if "middle" not in rss else "end"] = resident_bytes() / MIB
+    names = thread_names()
+    in_flight = watch.stats
+    stats = watch.remove()
+    osc.close()
+    rss["after close"] = resident_bytes() / MIB
+    for loop in loops.values():
+        loop.close()
+    time.sleep(0.2)  # let finished threads be reaped before looking
+    left = sorted(t.name for t in set(threading.enumerate()) - threads_before)
+    os_threads_after = native_threads()
+
+    stall_ns = STALL_FACTOR * float(np.median(steps["without"].all()[0]))
+    rows = [percentiles_row(name, steps[name], stall_ns) for name in ("without", "with")]
+    report.table(f"the training thread's step time (gradient writes + optimizer.step()), {layers} layers, "
+                 f"paced at {rate:g} steps/s, {len(ORDER)} blocks of {block_s:g} s per variant", rows)
+    report.table("per block (interleaved: without, with, with, without, then the reverse)", blocks)
+    with_s = steps["with"].seconds
+    report.table("frames (Watch.stats after close)", [{
+        "frames in": stats.frames_in, "done": stats.frames_done, "dropped": stats.frames_dropped,
+        "dropped %": 100 * stats.frames_dropped / max(stats.frames_in, 1), "unreadable": stats.frames_unreadable,
+        "done per s (at the end of the with blocks)": in_flight.frames_done / (with_s + warmup_s),
+        "output errors": stats.first_errors or "none"}])
+    growth = rss["end"] - rss["start"]
+    report.table("resident memory (VmRSS, MiB)", [{**rss, "growth start to end": growth}])
+    report.table("threads", [{"Python before": len(threads_before), "Python left after close": left or "none",
+                              "OS before": os_threads_before, "OS while watching": os_threads_running,
+                              "OS after close": os_threads_after}])
+    cpu_rows = []
+    for tid in sorted(set(cpu["with"]) | set(cpu["without"]), key=lambda t: -cpu["with"].get(t, 0)):
+        row: dict[str, object] = {"thread": names.get(tid, f"ended ({tid})")}
+        for name in ("without", "with"):
+            row[f"{name}: % of a core"] = 100 * cpu[name].get(tid, 0) / 1e9 / steps[name].seconds
+        row["with: µs per frame done"] = cpu["with"].get(tid, 0) / 1e3 / max(in_flight.frames_done, 1)
+        if row["without: % of a core"] >= 0.5 or row["with: % of a core"] >= 0.5:
+            cpu_rows.append(row)
+    report.table("CPU time per thread during the timed blocks (schedstat; waiting for the GIL does not count)",
+                 cpu_rows)
+    judge(report, rows, stats, paths, layers, rate, growth, left, os_threads_after - os_threads_before)
+    frames = 100 if quick else 500
+    report.table(f"each output's work per frame, alone (its own watch, {frames} frames handed in unpaced; CPU time "
+                 f"of the dispatcher thread and of the threads the output adds; medians; a step at {rate:g} steps/s "
+                 f"is {1e6 / rate:.0f} µs)", output_costs(folder, layers, preset, jack, frames, 1 if quick else 3))
+
+
+def output_costs(folder: Path, layers: int, preset: Path, jack: str | None, frames: int,
+                 rounds: int) -> list[dict[str, object]]:
+    """Each output's work per frame, alone: its own watch on a fresh loop, ``frames`` steps unpaced into a
+    queue that holds them all, then the CPU time the dispatcher thread (and any thread the output adds, such
+    as the MIDI port's scheduler) spent until the queue was drained, per frame; medians over ``rounds``."""
+    osc = OscReceiver(receive_buffer_bytes=8 * MIB)
+    live = {"midi": "gradbridge-throughput-alone", "midi_api": "jack", "midi_virtual": True}
+    sets: dict[str, dict[str, object]] = {"run log": {"record": "alone.gbrun"}, "WAV (synth)": {"wav": "alone.wav"},
+                                          "MIDI file": {"midi_file": "alone.mid"},
+                                          "OSC (127.0.0.1)": {"osc": f"127.0.0.1:{osc.port}"}}
+    if jack:
+        sets["live MIDI (JACK)"] = live
+    sets["all of them"] = {k: v for outputs in sets.values() for k, v in outputs.items()}
+    samples: dict[str, dict[str, list[float]]] = {name: {"dispatcher": [], "others": []} for name in sets}
+    for index in range(rounds):
+        for name in list(sets) if index % 2 == 0 else list(sets)[::-1]:
+            outputs = {k: str(folder / v) if k in ("record", "wav", "midi_file") else v for k, v in sets[name].items()}
+            loop, threads_before, tids_before = StandInLoop(layers), set(threading.enumerate()), set(thread_cpu_ns())
+            watch = loop.attach(mapping=preset, queue_size=frames + 1, **outputs)
+            loop.ready()
+            dispatcher = next(t.native_id for t in set(threading.enumerate()) - threads_before
+                              if t.name == "gradbridge-dispatch")
+            before = thread_cpu_ns()
+            for _ in range(frames):
+                loop.one_step()
+            drain(watch)
+            after = thread_cpu_ns()
+            others = set(after) - tids_before - {dispatcher}
+            samples[name]["dispatcher"].append((after[dispatcher] - before[dispatcher]) / frames / 1e3)
+            samples[name]["others"].append(sum(after[t] - before.get(t, after[t]) for t in others) / frames / 1e3)
+            stats = watch.remove()
+            loop.close()
+            if stats.errors or stats.frames_dropped:
+                raise RuntimeError(f"output cost run {name!r} failed: {stats.summary()}")
+    osc.close()
+    rows = []
+    for name, got in samples.items():
+        work = median(got["dispatcher"])
+        rows.append({"output": name, "dispatcher µs per frame": work, "other threads µs per frame":
+                     median(got["others"]), "frames/s the dispatcher can take": 1e6 / work})
+    return rows
+
+
+def judge(report: Report, rows: list[dict[str, object]], stats: DispatchStats, paths: dict[str, Path], layers: int,
+          rate: float, growth: float, left: list[str], os_left: int) -> None:
+    """Goals (reported only) and correctness checks."""
+    without, with_ = rows
+    ratio = float(with_["p99 µs"]) / float(without["p99 µs"])  # type: ignore[arg-type]
+    report.goal(f"training thread p99 with the bridge <= {P99_RATIO:g} x without", f"<= {P99_RATIO:g} x",
+                f"{ratio:.2f} x ({with_['p99 µs']:.0f} vs {without['p99 µs']:.0f} µs)", ratio <= P99_RATIO)
+    worst = float(with_["max µs"]) / 1e3  # type: ignore[arg-type]
+    report.goal(f"no step over {MAX_STEP_MS:g} ms with the bridge", f"<= {MAX_STEP_MS:g} ms", f"{worst:.1f} ms",
+                worst <= MAX_STEP_MS)
+    achieved = float(with_["steps/s"])  # type: ignore[arg-type]
+    report.goal(f"steps/s with the bridge >= 95 % of {rate:g}", f">= {0.95 * rate:.0f}",
+                f"{achieved:.0f} (without: {without['steps/s']:.0f})", achieved >= 0.95 * rate)
+    report.goal(f"resident memory growth <= {MAX_GROWTH_MIB:g} MiB", f"<= {MAX_GROWTH_MIB:g} MiB",
+                f"{growth:+.1f} MiB", growth <= MAX_GROWTH_MIB)
+
+    s = stats
+    report.check("frames in = done + dropped", s.frames_in == s.frames_done + s.frames_dropped
+                 and s.frames_unreadable == 0, f"{s.frames_in} = {s.frames_done} + {s.frames_dropped}")
+    report.check("no output error", not s.errors, str(s.first_errors or "none"))
+    expected, count, last, worst_rel, wrong = Norms(layers), 0, -1, 0.0, 0
+    for frame in RunLogReader(paths["record"]):  # every record's CRC is checked on the way
+        want = expected.at(frame.step)
+        got = np.asarray(frame.norms, dtype=np.float64)
+        finite = np.isfinite(want)
+        wrong += frame.step <= last or not np.array_equal(np.isnan(got), np.isnan(want)) \
+            or not np.array_equal(np.isinf(got), np.isinf(want))
+        worst_rel = max(worst_rel, float(np.max(np.abs(got[finite] - want[finite]) / want[finite])))
+        count, last = count + 1, frame.step
+    report.check("the run log holds exactly the frames done, with the norms written", count == s.frames_done
+                 and wrong == 0 and worst_rel <= 1e-5, f"{count} frames, last step {last}, "
+                 f"{wrong} out of order or with misplaced NaN/Inf, max relative difference {worst_rel:.1e}")
+    wav_frames = wav_frame_count(paths["wav"])
+    report.check("the WAV spans every step to the last frame done", wav_frames == (last + 1) * STEP_SAMPLES,
+                 f"{wav_frames} sample frames, {(last + 1) * STEP_SAMPLES} expected ({STEP_SAMPLES} a step)")
+    tracks, size = midi_track_count(paths["midi_file"]), paths["midi_file"].stat().st_size
+    detail = f"{tracks} tracks, {size / MIB:.1f} MiB"
+    readable = tracks in (1 + layers, 2 + layers)  # tempo, a track per layer, alarms if any sounded
+    if readable and size <= MIDO_MAX_BYTES:
+        import mido
+
+        midi = mido.MidiFile(paths["midi_file"])
+        readable = len(midi.tracks) == tracks
+        detail += f"; mido reads it: {midi.length:.1f} s of music"
+    elif readable:
+        detail += "; too big to read with mido in a benchmark, chunks checked only"
+    report.check("the MIDI file is whole, a track per layer", readable, detail)
+    report.check("no thread left after close", not left and os_left <= 0,
+                 f"Python {left or 'none'}; OS threads {os_left:+d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about 3 s per variant; only the checks matter")
+    parser.add_argument("--seconds", type=float, help="seconds per variant (default 60; --quick: 3)")
+    parser.add_argument("--rate", type=float, default=RATE, help=f"steps a second (default {RATE:g})")
+    parser.add_argument("--layers", type=int, default=LAYERS, help=f"layers (default {LAYERS})")
+    parser.add_argument("--switch-interval", type=float,
+                        help="sys.setswitchinterval, seconds (default: Python's, 0.005), to see GIL hand-over stalls")
+    parser.add_argument("--max-fps", type=float, help="live outputs (MIDI port, OSC) sound at most this many steps "
+                        "a second (watch's max_fps; default: every step, as the preset says)")
+    parser.add_argument("--blas-threads", type=int, help="limit NumPy's BLAS to this many threads (threadpoolctl)")
+    args = parser.parse_args(argv)
+    args.seconds = args.seconds or (3.0 if args.quick else 60.0)
+    if args.layers < 2 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--layers must be >= 2, --rate and --seconds > 0")
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
+    limits = None
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(args.blas_threads, "blas")
+    torch.set_num_threads(1)
+    harness.banner("gradbridge throughput", args.quick)
+    harness.quiet_shared_channels()
+    report = Report("throughput", args.quick, settings={
+        "rate": args.rate, "layers": args.layers, "layer_size": LAYER_SIZE, "seconds_per_variant": args.seconds,
+        "switch_interval_s": sys.getswitchinterval(), "live_max_fps": args.max_fps, "blas_threads": args.blas_threads or "default",
+        "torch_threads": 1, "preset": "soak (standins.PRESET)"})
+    report.note(f"no play=: there is no sound card here; GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
+    with tempfile.TemporaryDirectory(prefix="gradbridge-throughput-") as tmp:
+        folder = Path(tmp)
+        with jack_server(folder) as jack:
+            report.note(f"live MIDI: a virtual port on JACK server {jack!r} (dummy driver, no receiver connected)"
+                        if jack else "live MIDI skipped: jackd (Debian package jackd2) is absent or did not start")
+            run(args, report, folder, jack)
+    if limits is not None:
+        limits.restore_original_limits()
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
