@@ -1,6 +1,7 @@
-"""The far end of the latency benchmark: a receiver process that stamps what arrives, and a JACK server.
+"""The far end of the latency benchmark: receivers that stamp what arrives, a JACK server, and matching
+the stamps to steps.
 
-The receiver runs in its own process, as SuperCollider or a DAW would, so it does not wait for the
+Each receiver runs in its own process, as SuperCollider or a DAW would, so it does not wait for the
 training process's interpreter lock. It stamps each UDP datagram as ``recv`` returns and each MIDI
 message in python-rtmidi's JACK input callback, with ``time.monotonic_ns()``: CLOCK_MONOTONIC, one clock
 for every process on the machine, so its stamps compare with the training process's.
@@ -26,6 +27,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_message import OscMessage
+from pythonosc.parsing.osc_types import IMMEDIATELY
+
 #: JACK client name of the receiver; its MIDI input port is ``gblatency:in``.
 CLIENT = "gblatency"
 #: Sample rate (Hz) and period (frames) of the JACK server: MIDI moves once a period, 128 / 48000 s.
@@ -49,7 +54,7 @@ def receive_osc(out_path: Path) -> int:
         while not stop.is_set():
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             datagrams.append((time.monotonic_ns(), data))
 
@@ -81,6 +86,44 @@ def receive_midi(out_path: Path) -> int:
     midi_in.delete()
     out_path.write_text(json.dumps(messages), encoding="utf-8")
     return 0
+
+
+def osc_arrivals(datagrams: list[tuple[int, bytes]], modulus: int) -> tuple[dict[int, int], list[str]]:
+    """{step: arrival ns} from each bundle's ``/gradbridge/step``, and what was wrong: a timetag not
+    "immediately", no step, a step twice, or the norm of the layer named ``marker`` not ``step % modulus``."""
+    arrivals: dict[int, int] = {}
+    problems: list[str] = []
+    for stamp, datagram in datagrams:
+        bundle = OscBundle(datagram)
+        step = marker = None
+        for item in bundle:
+            if isinstance(item, OscMessage) and item.address == "/gradbridge/step":
+                step = item.params[0]
+            elif isinstance(item, OscMessage) and item.address == "/gradbridge/layer" and item.params[1] == "marker":
+                marker = item.params[2]
+        if bundle.timestamp != IMMEDIATELY:
+            problems.append(f"step {step}: timetag {bundle.timestamp}, not immediately")
+        if step is None or step in arrivals:
+            problems.append(f"a datagram without /step or with a step seen before ({step})")
+            continue
+        if marker != step % modulus:
+            problems.append(f"step {step}: the marker's norm is {marker}")
+        arrivals[step] = stamp
+    return arrivals, problems
+
+
+def midi_arrivals(messages: list[Stamped], channel: int) -> tuple[dict[int, int], list[str]]:
+    """{step: arrival ns} from the pitch bend on ``channel``, whose 14-bit value is the step (the run stays
+    below 16384 steps), and what was wrong (a step out of order or twice)."""
+    arrivals: dict[int, int] = {}
+    problems: list[str] = []
+    for stamp, message in messages:
+        if len(message) == 3 and message[0] == 0xE0 | channel:
+            step = message[1] | message[2] << 7
+            if arrivals and step <= max(arrivals):
+                problems.append(f"step {step} arrived after step {max(arrivals)}")
+            arrivals.setdefault(step, stamp)
+    return arrivals, problems
 
 
 class Receiver:
@@ -117,7 +160,7 @@ def _forget_dead_servers() -> None:
     server keeps its slot, and after 8 such deaths no server starts."""
     if shutil.which("pgrep") is None:  # cannot tell whether a jackd is alive: leave the registry alone
         return
-    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode != 0:
+    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True, check=False).returncode != 0:
         for stale in glob.glob("/dev/shm/jack-shm-registry") + glob.glob("/dev/shm/jack-[0-9]*-[0-9]*"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
@@ -127,7 +170,7 @@ def realtime_allowed() -> bool:
     """Whether a process here may take SCHED_FIFO, as jackd and its clients do in realtime mode."""
     probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
     return hasattr(os, "sched_setscheduler") and subprocess.run([sys.executable, "-c", probe],
-                                                                capture_output=True).returncode == 0
+                                                                capture_output=True, check=False).returncode == 0
 
 
 @contextlib.contextmanager
@@ -150,7 +193,7 @@ def jack_server(log_dir: Path, realtime: bool) -> Iterator[str | None]:
     try:
         try:
             waited = subprocess.run(["jack_wait", "-w", "-t", str(int(_START_S))], env=env, capture_output=True,
-                                    timeout=_START_S + 5).returncode == 0
+                                    timeout=_START_S + 5, check=False).returncode == 0
         except subprocess.TimeoutExpired:
             waited = False
         os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")  # libjack reads them per client
@@ -177,7 +220,7 @@ def jack_xruns(log_path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     for line in text.splitlines():
-        head, found, rest = line.partition("JackEngine::XRun: client = ")
+        _, found, rest = line.partition("JackEngine::XRun: client = ")
         if found:
             client = rest.split(" was not finished")[0]
             counts[client] = counts.get(client, 0) + 1

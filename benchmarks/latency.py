@@ -47,13 +47,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pythonosc.osc_bundle import OscBundle
-from pythonosc.osc_message import OscMessage
-from pythonosc.parsing.osc_types import IMMEDIATELY
 from torch import nn
 
 import harness
-from arrivals import JACK_PERIOD, JACK_RATE, Receiver, Stamped, jack_server, jack_xruns, realtime_allowed
+from arrivals import (JACK_PERIOD, JACK_RATE, Receiver, jack_server, jack_xruns, midi_arrivals, osc_arrivals,
+                      realtime_allowed)
 from harness import Report, interleave
 from probes import drain
 
@@ -178,7 +176,8 @@ class Stages:
             elif isinstance(sink, MidiPortSink):
                 self._target(sink, "send", lambda events: events.step, "MIDI queued")
                 bend = 0xE0 | sink._channels[marker_layer]
-                self._target(sink, "_write", lambda m: m[1] | m[2] << 7 if m[0] == bend else None, "MIDI written")
+                self._target(sink, "_write", lambda m, bend=bend: m[1] | m[2] << 7 if m[0] == bend else None,
+                             "MIDI written")
 
     def _target(self, owner: object, attribute: str, step_of: Callable[[object], int | None], stage: str, *,
                 before: bool = False, first_only: bool = False) -> None:
@@ -231,45 +230,7 @@ def run_blocks(trainer: Trainer, stages: Stages, plan: Plan) -> dict[str, list[i
     return interleave(variants, plan.rounds, warmup_rounds=0)  # type: ignore[arg-type]
 
 
-# -- matching arrivals to steps --------------------------------------------------------------------------
-
-def osc_arrivals(datagrams: list[tuple[int, bytes]]) -> tuple[dict[int, int], list[str]]:
-    """{step: arrival ns} from each bundle's ``/gradbridge/step``, and what was wrong (timetag not
-    "immediately", no step, the marker's norm not the step, a step twice)."""
-    arrivals: dict[int, int] = {}
-    problems: list[str] = []
-    for stamp, datagram in datagrams:
-        bundle = OscBundle(datagram)
-        step = marker = None
-        for item in bundle:
-            if isinstance(item, OscMessage) and item.address == "/gradbridge/step":
-                step = item.params[0]
-            elif isinstance(item, OscMessage) and item.address == "/gradbridge/layer" and item.params[1] == "marker":
-                marker = item.params[2]
-        if bundle.timestamp != IMMEDIATELY:
-            problems.append(f"step {step}: timetag {bundle.timestamp}, not immediately")
-        if step is None or step in arrivals:
-            problems.append(f"a datagram without /step or with a step seen before ({step})")
-            continue
-        if marker != step % (MARKER_SPAN + 1):
-            problems.append(f"step {step}: the marker's norm is {marker}")
-        arrivals[step] = stamp
-    return arrivals, problems
-
-
-def midi_arrivals(messages: list[Stamped], channel: int) -> tuple[dict[int, int], list[str]]:
-    """{step: arrival ns} from the marker's pitch bend on ``channel`` (value = step mod 16384; the run
-    stays below 16384 steps), and what was wrong (a step out of order or twice)."""
-    arrivals: dict[int, int] = {}
-    problems: list[str] = []
-    for stamp, message in messages:
-        if len(message) == 3 and message[0] == 0xE0 | channel:
-            step = message[1] | message[2] << 7
-            if arrivals and step <= max(arrivals):
-                problems.append(f"step {step} arrived after step {max(arrivals)}")
-            arrivals.setdefault(step, stamp)
-    return arrivals, problems
-
+# -- tables ----------------------------------------------------------------------------------------------
 
 def spread_ms(values_ns: list[int]) -> dict[str, float]:
     """Median, p90, p99 (linear interpolation) and max, in ms."""
@@ -351,9 +312,10 @@ def run(plan: Plan, report: Report, folder: Path, realtime: bool) -> None:
     xruns = jack_xruns(folder / "jackd.log")
     outputs = trainer.watch._outputs
     arrangement = outputs.arrangement if outputs is not None else None
-    paths = {"OSC": osc_arrivals(datagrams)}  # type: ignore[arg-type]
+    paths = {"OSC": osc_arrivals(datagrams, MARKER_SPAN + 1)}  # type: ignore[arg-type]
     if server is not None and arrangement is not None:
-        paths["MIDI"] = midi_arrivals(messages, arrangement.voices[trainer.marker_layer].channel)  # type: ignore[arg-type]
+        channel = arrangement.voices[trainer.marker_layer].channel
+        paths["MIDI"] = midi_arrivals(messages, channel)  # type: ignore[arg-type]
     arrivals = {path: got for path, (got, _) in paths.items()}
     report.table(f"latency: the watch's pre-hook done (the frame handed on) to arrival in the receiver "
                  f"process, and from optimizer.step() (before the watch's hook: the norm pass included); "
