@@ -13,18 +13,12 @@ for every process on the machine, so its stamps compare with the training proces
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 from pythonosc.osc_bundle import OscBundle
@@ -153,65 +147,6 @@ class Receiver:
             raise RuntimeError(f"the receiver exited with status {self.process.returncode}")
         stamps = json.loads(self.path.read_text(encoding="utf-8"))
         return [(t, bytes.fromhex(data) if isinstance(data, str) else data) for t, data in stamps]
-
-
-def _forget_dead_servers() -> None:
-    """Drop JACK's server registry when no ``jackd`` runs at all (as tests/conftest.py does): a killed
-    server keeps its slot, and after 8 such deaths no server starts."""
-    if shutil.which("pgrep") is None:  # cannot tell whether a jackd is alive: leave the registry alone
-        return
-    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True, check=False).returncode != 0:
-        for stale in glob.glob("/dev/shm/jack-shm-registry") + glob.glob("/dev/shm/jack-[0-9]*-[0-9]*"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
-
-
-def realtime_allowed() -> bool:
-    """Whether a process here may take SCHED_FIFO, as jackd and its clients do in realtime mode."""
-    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
-    return hasattr(os, "sched_setscheduler") and subprocess.run([sys.executable, "-c", probe],
-                                                                capture_output=True, check=False).returncode == 0
-
-
-@contextlib.contextmanager
-def jack_server(log_dir: Path, realtime: bool) -> Iterator[str | None]:
-    """A ``jackd`` (dummy driver, ``JACK_RATE``, ``JACK_PERIOD``; ``realtime``: its and its clients' process
-    threads on SCHED_FIFO) under a unique name, which ``JACK_DEFAULT_SERVER`` names meanwhile; yields its
-    name, or ``None`` when jackd is missing or does not start (see ``log_dir/jackd.log``). Stopped, and its
-    files in /dev/shm removed, afterwards."""
-    if shutil.which("jackd") is None or shutil.which("jack_wait") is None:
-        yield None
-        return
-    _forget_dead_servers()
-    name = f"gblatency-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_DEFAULT_SERVER=name)
-    with open(log_dir / "jackd.log", "wb") as log:
-        process = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name, "-d", "dummy",
-                                    "-r", str(JACK_RATE), "-p", str(JACK_PERIOD)], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    before = {key: os.environ.get(key) for key in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    try:
-        try:
-            waited = subprocess.run(["jack_wait", "-w", "-t", str(int(_START_S))], env=env, capture_output=True,
-                                    timeout=_START_S + 5, check=False).returncode == 0
-        except subprocess.TimeoutExpired:
-            waited = False
-        os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")  # libjack reads them per client
-        yield name if waited and process.poll() is None else None
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        for leftover in glob.glob(f"/dev/shm/jack_sem.*_{name}_*") + glob.glob(f"/dev/shm/jack_{name}_*"):
-            os.remove(leftover)
 
 
 def jack_xruns(log_path: Path) -> dict[str, int]:

@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 import harness
-from arrivals import (JACK_PERIOD, JACK_RATE, Receiver, jack_server, jack_xruns, midi_arrivals, osc_arrivals,
-                      realtime_allowed)
+from arrivals import JACK_PERIOD, JACK_RATE, Receiver, jack_xruns, midi_arrivals, osc_arrivals
+from jackserver import jack_server, realtime_allowed
 from harness import Report, interleave
 from probes import drain
 
@@ -288,7 +288,7 @@ def run(plan: Plan, report: Report, folder: Path, realtime: bool) -> None:
     preset = folder / "latency.toml"
     preset.write_text(PRESET, encoding="utf-8")
     period_ms = JACK_PERIOD / JACK_RATE * 1e3
-    with jack_server(folder, realtime) as server:
+    with jack_server(folder, prefix="gblatency", rate=JACK_RATE, period=JACK_PERIOD, realtime=realtime) as server:
         if server is None:
             report.note("MIDI skipped: jackd or jack_wait is missing (Debian package jackd2) or the server did "
                         "not start; OSC is still measured")
@@ -309,7 +309,7 @@ def run(plan: Plan, report: Report, folder: Path, realtime: bool) -> None:
         finally:
             datagrams = osc_in.stop()
             messages = midi_in.stop() if midi_in is not None else []
-    xruns = jack_xruns(folder / "jackd.log")
+    xruns = jack_xruns(folder / f"{server}.log")
     outputs = trainer.watch._outputs
     arrangement = outputs.arrangement if outputs is not None else None
     paths = {"OSC": osc_arrivals(datagrams, MARKER_SPAN + 1)}  # type: ignore[arg-type]

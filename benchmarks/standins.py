@@ -3,22 +3,15 @@
 A cheap preset (2 ms chords at 8 kHz) so that a WAV of a long, fast run stays small; the norms of a
 stand-in run (a random walk per layer, with a NaN and an Inf now and then); a stand-in training loop that
 writes those norms as gradients and steps a real optimizer, paced on a deadline schedule; a live MIDI
-output on JACK; and a JACK server of the benchmark's own on the dummy driver.
+output on JACK (its server: `jackserver.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import math
 import os
-import shutil
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,7 +47,6 @@ max_frequency_hz = 3900.0
 STEP_SAMPLES = 16  # 0.002 s at 8000 Hz
 #: A NaN in layer 0 at every step ``NAN_EVERY - 1`` (mod ``NAN_EVERY``), an Inf in layer 1 likewise.
 NAN_EVERY, INF_EVERY = 5000, 7000
-JACK_WAIT_S = 10
 LAYER_SIZE = 16  #: floats in each stand-in layer's one parameter
 
 
@@ -195,55 +187,3 @@ def jack_midi_sink(name: str = "gradbridge-soak") -> tuple[Sink | None, str]:
     except SinkError as exc:
         return None, f"live MIDI skipped: no JACK server answers ({str(exc).split(' Fix:')[0]})"
     return MidiPortSink(name, api="jack", virtual=True), "live MIDI: a virtual JACK output"
-
-
-def _forget_dead_servers() -> None:
-    """Drop JACK's server registry when no ``jackd`` runs at all (killed servers keep their slot, and
-    after 8 of them none starts). With a ``jackd`` alive, or no ``pgrep`` to tell, it is left alone."""
-    if shutil.which("pgrep") is None:
-        return
-    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True, check=False).returncode != 0:
-        for stale in glob.glob("/dev/shm/jack-shm-registry") + glob.glob("/dev/shm/jack-[0-9]*-[0-9]*"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
-
-
-@contextlib.contextmanager
-def jack_server(log_dir: Path, prefix: str = "gbbench") -> Iterator[str | None]:
-    """Run a JACK server of our own (dummy driver, 44.1 kHz, 256-frame periods, a unique name) for the block.
-
-    Yields its name, with ``JACK_DEFAULT_SERVER`` naming it meanwhile, or ``None`` when ``jackd`` or
-    ``jack_wait`` is not installed or the server did not answer within 10 s. The server is stopped and its
-    files in ``/dev/shm`` removed afterwards.
-    """
-    if shutil.which("jackd") is None or shutil.which("jack_wait") is None:
-        yield None
-        return
-    _forget_dead_servers()
-    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_DEFAULT_SERVER=name)
-    with open(log_dir / f"{name}.log", "wb") as log:
-        process = subprocess.Popen(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "44100", "-p", "256"],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    before = os.environ.get("JACK_DEFAULT_SERVER")
-    try:
-        waited = subprocess.run(["jack_wait", "-w", "-t", str(JACK_WAIT_S)], env=env, capture_output=True, check=False,
-                                timeout=JACK_WAIT_S + 5)
-        answered = waited.returncode == 0 and process.poll() is None
-        os.environ["JACK_DEFAULT_SERVER"] = name
-        yield name if answered else None
-    finally:
-        if before is None:
-            os.environ.pop("JACK_DEFAULT_SERVER", None)
-        else:
-            os.environ["JACK_DEFAULT_SERVER"] = before
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        for leftover in glob.glob(f"/dev/shm/jack_sem.*_{name}_*") + glob.glob(f"/dev/shm/jack_{name}_*"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(leftover)

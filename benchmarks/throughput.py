@@ -48,7 +48,8 @@ import harness
 from harness import Report, median
 from probes import (OscReceiver, drain, midi_track_count, native_threads, resident_bytes, thread_cpu_ns,
                     thread_names, wav_frame_count)
-from standins import LAYER_SIZE, PRESET, STEP_SAMPLES, Norms, StandInLoop, Steps, jack_server
+from jackserver import jack_server
+from standins import LAYER_SIZE, PRESET, STEP_SAMPLES, Norms, StandInLoop, Steps
 
 from bridge.dispatch import DispatchStats
 from bridge.runlog import RunLogReader
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     report.note(f"no play=: there is no sound card here; GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
     with tempfile.TemporaryDirectory(prefix="gradbridge-throughput-") as tmp:
         folder = Path(tmp)
-        with jack_server(folder) as jack:
+        with jack_server(folder, prefix="gbbench") as jack:
             report.note(f"live MIDI: a virtual port on JACK server {jack!r} (dummy driver, no receiver connected)"
                         if jack else "live MIDI skipped: jackd (Debian package jackd2) is absent or did not start")
             run(args, report, folder, jack)
