@@ -2,43 +2,43 @@
 
 ``Synth.render`` mixes one step's notes and alarms into an accumulation buffer at their musical times
 (sample index ``round(start_s × sample_rate)``, length ``round(duration_s × sample_rate)`` samples);
-``Synth.pop_ready`` hands out the samples no later step can change; ``Synth.finish`` hands out the rest.
-Samples are float32, shape ``(frames, audio_channels)``, always finite and within [-1, 1].
+``Synth.render_many`` does the same for many steps at once, with the same samples, in a few NumPy calls
+per chunk instead of per step (the offline path); ``Synth.pop_ready`` hands out the samples no later
+step can change; ``Synth.finish`` hands out the rest. Samples are float32, shape
+``(frames, audio_channels)``, always finite and within [-1, 1].
 
 Each layer has one oscillator (sine, triangle, square or saw) whose phase either restarts at 0 on every
 note (``phase = "reset"``) or carries on from the end of the layer's previous note (``"continuous"``).
-A step's notes of one length are computed at once (``bridge.sinks.voices``): as a (notes, samples) array
-when they follow one another, and summed straight into (channels, samples) when they start together.
+Notes of one length are computed at once (``bridge.sinks.voices``): as a (notes, samples) array when
+they follow one another, and summed straight into (channels, samples) when a step's notes start
+together (a chord).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from bridge.events import WAVEFORMS, Alarm, Arrangement, StepEvents
-from bridge.sinks.voices import BLOCK, WAVE_CODES, Workspace, apply_envelope, chord_sum, oscillator_rows, pan_gains
+from bridge.events import WAVEFORMS, Arrangement, StepEvents
+from bridge.sinks.playable import (ALARM_AMPLITUDE, ALARM_FREQUENCIES_HZ, MAX_NOTE_S, MAX_TIME_S,
+                                   MIN_FREQUENCY_HZ, BadStep, NoteBatch, Voicing)
+from bridge.sinks.voices import BLOCK, Workspace, apply_envelope, chord_sum, one_blas_thread, oscillator_rows
+
+__all__ = ["ALARM_AMPLITUDE", "ALARM_EDGE_S", "ALARM_FREQUENCIES_HZ", "CHUNK_STEPS", "MAX_NOTE_S",
+           "MIN_FREQUENCY_HZ", "PHASES", "Synth", "render_events"]
 
 #: Phase handling of the oscillators.
 PHASES = ("reset", "continuous")
-
-#: Lowest frequency the synth plays, in Hz; the highest is ``min(max_frequency_hz, sample_rate / 2)``.
-MIN_FREQUENCY_HZ = 1.0
-
-#: Longest note the synth renders, in seconds; longer notes are cut (keeps memory bounded).
-MAX_NOTE_S = 60.0
-
-#: The alarm: a square two-tone beep, first half ``ALARM_FREQUENCIES_HZ[0]``, second half ``[1]``.
-ALARM_FREQUENCIES_HZ = (1760.0, 1320.0)
-#: Alarm amplitude, 0–1, the same whatever the preset's amplitude.
-ALARM_AMPLITUDE = 0.25
 #: Attack and release of each half of the alarm, in seconds.
 ALARM_EDGE_S = 0.002
+#: Steps per ``render_many`` call in ``render_events``: enough to spread the per-call cost thin.
+CHUNK_STEPS = 64
 
 _TILE_ELEMENTS = 1 << 19  # notes × samples computed at once (keeps scratch arrays in cache, memory bounded)
-_MAX_TIME_S = 1e9  # a note starting further than this from time zero is ignored (cannot be placed)
+_ROW_TILE = 1 << 14  # samples of a note computed at once when notes follow one another (a multiple of BLOCK)
 
 
 class Synth:
@@ -54,12 +54,8 @@ class Synth:
         self.audio_channels = int(a.audio_channels)
         self.continuous = a.phase == "continuous"
         self.attack_n, self.release_n = int(round(a.attack_s * sr)), int(round(a.release_s * sr))
-        self.max_frequency_hz = min(float(a.max_frequency_hz), sr / 2.0)
-        self._slot_of_layer = np.full(max(v.index for v in a.voices) + 1, -1, dtype=np.int64)
-        self._slot_of_layer[[v.index for v in a.voices]] = np.arange(len(a.voices))
-        self._wave_of_slot = np.array([WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
-        self._gain_of_slot = np.stack([pan_gains(v.pan, self.audio_channels) for v in a.voices], axis=1)
-        self._phase = np.zeros(len(a.voices), dtype=np.float64)  # each layer's phase in cycles, [0, 1)
+        self.alarm_edge_n = int(round(ALARM_EDGE_S * sr))
+        self._voicing = Voicing(a)
         self._buf = np.zeros((self.audio_channels, 4096), dtype=np.float32)
         self._origin = 0  # absolute sample index up to which samples were popped
         self._base = 0  # absolute sample index of self._buf[:, 0], >= self._origin; zeros in between
@@ -68,9 +64,7 @@ class Synth:
         self._end = 0  # absolute sample index where everything rendered so far ends
         self._last_start = 0  # absolute sample index of the last rendered step's start
         self._work = Workspace()
-        self._layers_key: tuple[str, bytes] | None = None  # the last step's Notes.layer, and its slots
-        self._layers_slot = np.zeros(0, dtype=np.int64)
-        self._layers_single = True
+        self._blas: contextlib.ExitStack | None = None  # holds BLAS to one thread while a chunk renders
         #: Samples that arrived for a time already popped (or left behind), and were dropped.
         self.late_samples = 0
 
@@ -93,20 +87,81 @@ class Synth:
         """Mix one step's notes and alarms into the buffer; steps come in order of start time."""
         if not isinstance(events, StepEvents):
             raise TypeError(f"Synth.render needs StepEvents, got {type(events).__name__}")
-        sr = self.sample_rate
-        start, duration = _finite(events.start_s, 0.0), max(_finite(events.duration_s, 0.0), 0.0)
-        step_start = int(round(start * sr)) if abs(start) < _MAX_TIME_S else self._last_start
-        self._last_start = max(self._last_start, step_start)
-        self._end = max(self._end, step_start + int(round(min(duration, MAX_NOTE_S) * sr)))
-        notes = self._note_batch(events)
-        alarms = self._alarm_batch(events.alarms)
-        firsts = [step_start] + [int(batch[1].min()) for batch in (notes, alarms) if batch is not None]
-        self._skip_silence(min(firsts))
-        if notes is not None:
-            self._mix(*notes, self.attack_n, self.release_n)
-        if alarms is not None:
-            edge = int(round(ALARM_EDGE_S * sr))
-            self._mix(*alarms, edge, edge)
+        self._render_steps([events])
+
+    def render_many(self, events: Sequence[StepEvents]) -> None:
+        """Mix many steps into the buffer: the same samples as ``render`` of each in turn, faster.
+
+        Steps come in order of start time. A step that ``render`` would refuse raises the same error
+        here, after the steps before it were rendered.
+        """
+        steps = list(events)
+        for index, step in enumerate(steps):
+            if not isinstance(step, StepEvents):
+                self._render_steps(steps[:index])
+                raise TypeError(f"Synth.render_many needs a sequence of StepEvents; item {index} is a "
+                                f"{type(step).__name__}")
+        self._render_steps(steps)
+
+    # -- rendering ----------------------------------------------------------------------------------------
+
+    def _render_steps(self, steps: list[StepEvents]) -> None:
+        """Render checked steps; on a step with bad notes, render the ones before it and raise its error."""
+        if not steps:
+            return
+        try:
+            with contextlib.ExitStack() as blas:
+                self._blas = blas
+                self._render_chunk(steps)
+        except BadStep as bad:
+            if bad.index:
+                self._render_steps(steps[:bad.index])
+            raise bad.error from None
+        finally:
+            self._blas = None
+
+    def _render_chunk(self, steps: list[StepEvents]) -> None:
+        """Place the steps' notes against the buffer's base, as ``render`` of each step in turn would.
+
+        Rendering one step may first leave a long silence out of the buffer (``_skip_silence``), which
+        moves the buffer's base; the chunk is mixed in runs of steps between such moves, the buffer grown
+        step by step as one step at a time would grow it.
+        """
+        notes = self._voicing.notes(steps)  # raises BadStep before anything changes
+        alarms = self._voicing.alarms(steps)
+        sr, count = self.sample_rate, len(steps)
+        firsts = []
+        for step in steps:
+            start, duration = _finite(step.start_s, 0.0), max(_finite(step.duration_s, 0.0), 0.0)
+            step_start = int(round(start * sr)) if abs(start) < MAX_TIME_S else self._last_start
+            self._last_start = max(self._last_start, step_start)
+            self._end = max(self._end, step_start + int(round(min(duration, MAX_NOTE_S) * sr)))
+            firsts.append(step_start)
+        spans = [batch.step_spans(count) if batch is not None else ([None] * count, [None] * count)
+                 for batch in (notes, alarms)]
+        base, filled, pending = self._base, self._filled, 0
+        for index in range(count):
+            first = min([firsts[index]] + [low[index] for low, _ in spans if low[index] is not None])
+            held_end = base + filled
+            if first > held_end and (not filled or first - held_end > self._buf.shape[1]):
+                self._mix_steps(notes, alarms, pending, index)
+                self._skip_silence(first)
+                base, filled, pending = self._base, self._filled, index
+            for _, high in spans:  # notes, then alarms, as one step's render reserves room
+                if high[index] is not None:
+                    self._reserve(high[index] - base)
+                    filled = max(filled, high[index] - base)
+        self._mix_steps(notes, alarms, pending, count)
+
+    def _mix_steps(self, notes: NoteBatch | None, alarms: NoteBatch | None, low: int, high: int) -> None:
+        """Mix the notes, then the alarms, of steps ``low`` to ``high - 1`` of the chunk."""
+        if low == high:
+            return
+        for batch, attack_n, release_n in ((notes, self.attack_n, self.release_n),
+                                           (alarms, self.alarm_edge_n, self.alarm_edge_n)):
+            part = batch.of_steps(low, high) if batch is not None else None
+            if part is not None:
+                self._mix(part, attack_n, release_n)
 
     @property
     def ready_s(self) -> float:
@@ -181,155 +236,96 @@ class Synth:
         if not self._filled:
             self._base = first
 
-    def _note_batch(self, events: StepEvents) -> tuple[np.ndarray, ...] | None:
-        """The step's playable notes as arrays for ``_mix``; non-finite values made harmless first."""
-        notes, sr = events.notes, self.sample_rate
-        layer = np.asarray(notes.layer).reshape(-1)
-        start_s, duration_s, freq, amp = (np.asarray(getattr(notes, name), dtype=np.float64).reshape(-1)
-                                          for name in ("start_s", "duration_s", "frequency_hz", "amplitude"))
-        count = layer.shape[0]
-        if not start_s.shape[0] == duration_s.shape[0] == freq.shape[0] == amp.shape[0] == count:
-            raise ValueError(f"Notes arrays must have one entry per note; at step {events.step} got layer "
-                             f"{count}, start_s {start_s.shape[0]}, duration_s {duration_s.shape[0]}, "
-                             f"frequency_hz {freq.shape[0]}, amplitude {amp.shape[0]}")
-        if count == 0:
-            return None
-        slot = self._slots(layer, events.step)
-        ok = (np.abs(start_s) < _MAX_TIME_S) & (duration_s > 0) & (freq == freq)  # NaN compares unequal
-        if not ok.all():  # placeholders for what will not sound, so that no arithmetic meets NaN or Inf
-            start_s, duration_s = np.where(ok, start_s, 0.0), np.where(ok, duration_s, 0.0)
-        starts = np.rint(start_s * sr).astype(np.int64)
-        lengths = np.rint(np.minimum(duration_s, MAX_NOTE_S) * sr).astype(np.int64)
-        ok &= lengths > 0
-        inc = np.minimum(np.maximum(freq, MIN_FREQUENCY_HZ), self.max_frequency_hz) / sr  # cycles per sample
-        phase0 = self._start_phases(slot, starts, lengths, inc, ok)
-        ok &= amp > 0  # NaN amplitude is silence
-        if not ok.all():
-            if not ok.any():
-                return None
-            keep = np.flatnonzero(ok)
-            slot, starts, lengths, inc, phase0, amp = (a[keep] for a in (slot, starts, lengths, inc, phase0, amp))
-        gains = (self._gain_of_slot[:, slot] * np.minimum(amp, 1.0)).astype(np.float32)
-        return self._wave_of_slot[slot], starts, lengths, inc, phase0, gains
+    def _mix(self, batch: NoteBatch, attack_n: int, release_n: int) -> None:
+        """Add notes into the buffer, in the order one step at a time would add them.
 
-    def _slots(self, layer: np.ndarray, step: int) -> np.ndarray:
-        """Each note's voice slot, from its layer index; a step's layers are usually the last step's."""
-        key = (layer.dtype.str, layer.tobytes())
-        if key == self._layers_key:
-            return self._layers_slot
-        table = self._slot_of_layer
-        slot = table[np.minimum(np.maximum(layer.astype(np.int64, copy=False), 0), table.shape[0] - 1)]
-        if slot.min() < 0 or layer.min() < 0 or layer.max() >= table.shape[0]:
-            raise ValueError(f"Notes.layer at step {step} names layers {sorted(set(layer.tolist()))} but "
-                             f"the arrangement has voices for {sorted(v.index for v in self.arrangement.voices)}; "
-                             "render events made with the same arrangement")
-        slot.setflags(write=False)
-        self._layers_key, self._layers_slot = key, slot
-        self._layers_single = bool(np.bincount(slot).max() == 1)
-        return slot
-
-    def _start_phases(self, slot: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
-                      ok: np.ndarray) -> np.ndarray:
-        """Each note's starting phase in cycles; with continuous phase, also advance each layer's phase."""
-        if not self.continuous:
-            return np.zeros(slot.shape[0], dtype=np.float64)
-        advance = np.where(ok, inc * lengths, 0.0)
-        single = self._layers_single if slot is self._layers_slot else bool(np.bincount(slot).max() == 1)
-        if single:  # the usual case: one note per layer
-            phase0 = self._phase[slot]
-            self._phase[slot] = (phase0 + advance) % 1.0
-            return phase0
-        order = np.lexsort((starts, slot))  # by layer, then by time
-        s_slot, s_adv = slot[order], advance[order]
-        before = np.cumsum(s_adv) - s_adv
-        first = np.ones(order.shape[0], dtype=bool)
-        first[1:] = s_slot[1:] != s_slot[:-1]
-        sorted_phase = self._phase[s_slot] + before - before[first][np.cumsum(first) - 1]
-        phase0 = np.empty_like(sorted_phase)
-        phase0[order] = sorted_phase % 1.0
-        last = np.append(first[1:], True)
-        self._phase[s_slot[last]] = (sorted_phase[last] + s_adv[last]) % 1.0
-        return phase0
-
-    def _alarm_batch(self, alarms: tuple[Alarm, ...]) -> tuple[np.ndarray, ...] | None:
-        """Each alarm as two square notes (high, then low); alarms at the same moment sound once."""
-        if not alarms:
-            return None
-        sr, spans = self.sample_rate, set()
-        for alarm in alarms:
-            start, duration = _finite(alarm.start_s, math.nan), _finite(alarm.duration_s, math.nan)
-            if abs(start) < _MAX_TIME_S and duration > 0:  # NaN fails both tests
-                spans.add((int(round(start * sr)), int(round(min(duration, MAX_NOTE_S) * sr))))
-        span = np.array(sorted(s for s in spans if s[1] >= 2), dtype=np.int64).reshape(-1, 2)
-        if span.shape[0] == 0:
-            return None
-        half = span[:, 1] // 2
-        starts = np.concatenate([span[:, 0], span[:, 0] + half])
-        lengths = np.concatenate([half, span[:, 1] - half])
-        inc = np.repeat(np.minimum(ALARM_FREQUENCIES_HZ, self.max_frequency_hz) / sr, span.shape[0])
-        centre = pan_gains(0.0, self.audio_channels) * ALARM_AMPLITUDE
-        gains = np.repeat(centre[:, None], starts.shape[0], axis=1).astype(np.float32)
-        codes = np.full(starts.shape[0], WAVE_CODES["square"])
-        return codes, starts, lengths, inc, np.zeros_like(inc), gains
-
-    def _mix(self, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
-             phase0: np.ndarray, gains: np.ndarray, attack_n: int, release_n: int) -> None:
-        """Add notes into the buffer; ``codes`` index ``WAVEFORMS``, ``gains`` is (channels, notes).
-
-        Notes of one length are computed together and share one envelope. When they also start together
-        (a chord) they are summed by matrix products; otherwise (notes one after another) each is a row of
-        one array, added at its own place.
+        A step's notes are taken by length, then waveform, then time. Notes of one step and one length
+        that start together (a chord) are summed by matrix products, chord by chord; all other notes of
+        one length, whatever their step, are computed as rows of one array and added where they belong.
         """
-        self._end = max(self._end, int((starts + lengths).max()))
-        rel = starts - self._base
-        self._reserve(int((rel + lengths).max()))
-        if codes.shape[0] > 1 and (lengths[0] != lengths).any() or (codes[1:] < codes[:-1]).any() or \
-                ((codes[1:] == codes[:-1]) & (rel[1:] < rel[:-1])).any():
-            order = np.lexsort((rel, codes, lengths))  # by length, then waveform: each waveform a run of rows
-            by_length = lengths[order]
-            edges = (np.flatnonzero(by_length[1:] != by_length[:-1]) + 1).tolist()
-            groups = [order[low:high] for low, high in zip([0] + edges, edges + [order.shape[0]])]
-        else:  # one length, already by waveform and time (the usual case)
-            groups = [np.arange(codes.shape[0])]
-        for group in groups:
-            length, at, group_codes, group_inc = int(lengths[group[0]]), rel[group], codes[group], inc[group]
-            if at.min() < 0:  # samples before the buffer were popped already: too late to change
-                self.late_samples += int(np.minimum(-at[at < 0], length).sum())
-            chord = bool((at == at[0]).all())
-            tile = max(BLOCK, _TILE_ELEMENTS // group.shape[0])
-            for begin in range(max(0, -int(at.max())), length, tile):
-                count = min(tile, length - begin)
-                phase = phase0[group] if begin == 0 else (phase0[group] + group_inc * begin) % 1.0
-                if chord:
-                    block = chord_sum(group_codes, group_inc, phase, gains[:, group], count, self._work)
-                    apply_envelope(block, begin, length, attack_n, release_n)
-                    self._buf[:, at[0] + begin:at[0] + begin + count] += block
-                    continue
-                rows = oscillator_rows(group_codes, group_inc, phase, count, self._work)
+        codes, lengths, inc, phase0, gains, step = (batch.codes, batch.lengths, batch.inc, batch.phase0,
+                                                    batch.gains, batch.step)
+        rel = batch.starts - self._base
+        ends = rel + lengths
+        self._end = max(self._end, int(ends.max()) + self._base)
+        self._reserve(int(ends.max()))
+        if rel.min() < 0:  # samples before the buffer were popped already: too late to change
+            late = rel < 0
+            self.late_samples += int(np.minimum(-rel[late], lengths[late]).sum())
+        if codes.shape[0] > 1 and not _in_order(step, lengths, codes, rel):
+            order = np.lexsort((rel, codes, lengths, step))
+            codes, rel, lengths, inc, phase0, step = (a[order] for a in (codes, rel, lengths, inc, phase0, step))
+            gains = gains[:, order]
+        chords, rows = _chords(step, lengths, rel)
+        for low, high in chords:
+            self._mix_chord(codes[low:high], inc[low:high], phase0[low:high], gains[:, low:high], int(rel[low]),
+                            int(lengths[low]), attack_n, release_n)
+        if rows is not None:
+            if rows.shape[0] != codes.shape[0]:
+                codes, rel, lengths, inc, phase0 = (a[rows] for a in (codes, rel, lengths, inc, phase0))
+                gains = gains[:, rows]
+            for length in np.unique(lengths).tolist():
+                pick = slice(None) if lengths[0] == lengths[-1] == length else np.flatnonzero(lengths == length)
+                self._mix_rows(codes[pick], rel[pick], inc[pick], phase0[pick], gains[:, pick], length,
+                               attack_n, release_n)
+        self._filled = max(self._filled, int(ends.max()))
+
+    def _mix_chord(self, codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, at: int,
+                   length: int, attack_n: int, release_n: int) -> None:
+        """Add notes that start together at buffer offset ``at``, summed; ``codes`` sorted."""
+        if self._blas is not None:  # the products run on one BLAS thread, set once per chunk
+            self._blas.enter_context(one_blas_thread())
+            self._blas = None
+        tile = max(BLOCK, _TILE_ELEMENTS // codes.shape[0])
+        for begin in range(max(0, -at), length, tile):
+            count = min(tile, length - begin)
+            phase = phase0 if begin == 0 else (phase0 + inc * begin) % 1.0
+            block = chord_sum(codes, inc, phase, gains, count, self._work)
+            apply_envelope(block, begin, length, attack_n, release_n)
+            self._buf[:, at + begin:at + begin + count] += block
+
+    def _mix_rows(self, codes: np.ndarray, rel: np.ndarray, inc: np.ndarray, phase0: np.ndarray,
+                  gains: np.ndarray, length: int, attack_n: int, release_n: int) -> None:
+        """Add notes of one ``length`` at buffer offsets ``rel``, each on its own, in the order given.
+
+        A note's samples are computed in tiles of ``_ROW_TILE`` from its start, so they do not depend on
+        which other notes are computed with it.
+        """
+        per_call = max(1, _TILE_ELEMENTS // min(length, _ROW_TILE))
+        for low in range(0, codes.shape[0], per_call):
+            part = slice(low, low + per_call)
+            c, r, i, p, g = codes[part], rel[part], inc[part], phase0[part], gains[:, part]
+            by_wave = back = None
+            if c.shape[0] > 1 and (c[1:] < c[:-1]).any():  # the oscillators want one run per waveform
+                by_wave = np.argsort(c, kind="stable")
+                back = np.empty_like(by_wave)
+                back[by_wave] = np.arange(by_wave.shape[0])
+                c, i, p = c[by_wave], i[by_wave], p[by_wave]
+            for begin in range(max(0, -int(r.max())) // _ROW_TILE * _ROW_TILE, length, _ROW_TILE):
+                count = min(_ROW_TILE, length - begin)
+                phase = p if begin == 0 else (p + i * begin) % 1.0
+                rows = oscillator_rows(c, i, phase, count, self._work)
                 apply_envelope(rows, begin, length, attack_n, release_n)
-                self._add_rows(rows, gains[:, group], at + begin)
-            self._filled = max(self._filled, int(at.max()) + length)
+                self._add_rows(rows if back is None else rows[back], g, r + begin)
 
     def _add_rows(self, rows: np.ndarray, gains: np.ndarray, offsets: np.ndarray) -> None:
         """Add each row (notes, count), times its gains (channels, notes), into the buffer at its offset.
 
-        Notes one after another with no gap (the sequential layout) are one slice; notes that do not
-        overlap, one scatter; only overlapping notes or notes partly before the buffer go one by one.
+        Rows go in the order given; a run of notes one after another with no gap is one slice. Samples
+        before the buffer (already popped) are left out.
         """
         notes, count = rows.shape
-        first = int(offsets[0])
-        if notes == 1 or first >= 0 and bool((np.diff(offsets) == count).all()):  # back to back
-            if first >= 0:
-                self._buf[:, first:first + notes * count] += (gains[:, :, None] * rows).reshape(gains.shape[0], -1)
-                return
-        elif offsets.min() >= 0 and bool((np.diff(np.sort(offsets)) >= count).all()):  # apart: no sample twice
-            where = (offsets[:, None] + np.arange(count)).reshape(-1)
-            self._buf[:, where] += (gains[:, :, None] * rows).reshape(gains.shape[0], -1)
+        product = (gains[:, :, None] * rows).reshape(gains.shape[0], notes * count)
+        at = offsets.tolist()
+        if at[0] >= 0 and min(at) >= 0:
+            breaks = (np.flatnonzero(np.diff(offsets) != count) + 1).tolist() if notes > 1 else []
+            for low, high in zip([0] + breaks, breaks + [notes]):
+                self._buf[:, at[low]:at[low] + (high - low) * count] += product[:, low * count:high * count]
             return
-        for row, offset in enumerate(offsets.tolist()):
+        for row, offset in enumerate(at):
             skip = max(0, -offset)
             if skip < count:
-                self._buf[:, offset + skip:offset + count] += gains[:, row, None] * rows[row, skip:]
+                self._buf[:, offset + skip:offset + count] += product[:, row * count + skip:(row + 1) * count]
 
     def _reserve(self, needed: int) -> None:
         if needed > self._buf.shape[1]:
@@ -341,12 +337,53 @@ class Synth:
 def render_events(arrangement: Arrangement, events: Iterable[StepEvents]) -> np.ndarray:
     """Render a whole run: float32 ``(frames, audio_channels)`` in [-1, 1], to the end of the last step."""
     synth = Synth(arrangement)
-    chunks = []
+    chunks, pending = [], []
     for step_events in events:
-        synth.render(step_events)
-        chunks.append(synth.pop_ready())
+        pending.append(step_events)
+        if len(pending) == CHUNK_STEPS:
+            synth.render_many(pending)
+            chunks.append(synth.pop_ready())
+            pending = []
+    synth.render_many(pending)
     chunks.append(synth.finish())
     return np.concatenate(chunks, axis=0)
+
+
+def _in_order(step: np.ndarray, lengths: np.ndarray, codes: np.ndarray, rel: np.ndarray) -> bool:
+    """Whether the notes already come by step, then length, then waveform, then time."""
+    same_step = step[1:] == step[:-1]
+    d_length, d_code = lengths[1:] - lengths[:-1], codes[1:] - codes[:-1]
+    backwards = (d_length < 0) | (d_length == 0) & ((d_code < 0) | (d_code == 0) & (rel[1:] < rel[:-1]))
+    return not bool((same_step & backwards).any())
+
+
+def _chords(step: np.ndarray, lengths: np.ndarray, rel: np.ndarray) -> tuple[list[tuple[int, int]],
+                                                                             np.ndarray | None]:
+    """Split notes sorted by step and length into chords and the rest.
+
+    Returns the (low, high) index ranges of the chords (two or more notes of one step and one length,
+    all at one start), and the indices of the other notes (None when there are none).
+    """
+    notes = step.shape[0]
+    if notes == 1:
+        return [], np.zeros(1, dtype=np.int64)
+    new_group = np.empty(notes, dtype=bool)
+    new_group[0] = True
+    np.not_equal(step[1:], step[:-1], out=new_group[1:])
+    new_group[1:] |= lengths[1:] != lengths[:-1]
+    apart = ~new_group[1:] & (rel[1:] != rel[:-1])
+    if not new_group[1:].any():  # one group: a chord, or no chord at all
+        return ([(0, notes)], None) if not apart.any() else ([], np.arange(notes))
+    group = np.cumsum(new_group) - 1
+    starts = np.flatnonzero(new_group)
+    size = np.diff(np.append(starts, notes))
+    chord = size >= 2
+    chord[group[1:][apart]] = False
+    if not chord.any():
+        return [], np.arange(notes)
+    ranges = [(low, low + n) for low, n in zip(starts[chord].tolist(), size[chord].tolist())]
+    rest = np.flatnonzero(~chord[group])
+    return ranges, (rest if rest.shape[0] else None)
 
 
 def _finite(value: float, default: float) -> float:

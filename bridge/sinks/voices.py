@@ -18,7 +18,8 @@ import numpy as np
 
 from bridge.events import WAVEFORMS
 
-__all__ = ["BLOCK", "WAVE_CODES", "Workspace", "apply_envelope", "chord_sum", "oscillator_rows", "pan_gains"]
+__all__ = ["BLOCK", "WAVE_CODES", "Workspace", "apply_envelope", "chord_sum", "one_blas_thread", "oscillator_rows",
+           "pan_gains"]
 
 #: Samples per coarse phase step; notes are computed in whole blocks of this many samples.
 BLOCK = 128
@@ -100,14 +101,9 @@ def chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.
     Sines need no per-note array: ``Σ g·sin 2π(a + b) = Σ (g·sin 2πa)·cos 2πb + (g·cos 2πa)·sin 2πb`` is
     one matrix product over (block, note) × (note, offset in block). The other waveforms are made as rows
     (see ``_waves``) and summed by a matrix product with the gains. ``codes`` must come sorted, sines first;
-    ``inc`` and ``phase0`` as for ``oscillator_rows``, ``gains`` is float32 ``(channels, notes)``.
+    ``inc`` and ``phase0`` as for ``oscillator_rows``, ``gains`` is float32 ``(channels, notes)``. Call it
+    inside ``one_blas_thread()``.
     """
-    with _one_blas_thread():
-        return _chord_sum(codes, inc, phase0, gains, count, work)
-
-
-def _chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, count: int,
-               work: Workspace) -> np.ndarray:
     sines = int(np.searchsorted(codes, _SINE, side="right"))
     parts = []
     if sines < codes.shape[0]:
@@ -130,7 +126,7 @@ def _chord_sum(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np
     return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
+def one_blas_thread() -> contextlib.AbstractContextManager[object]:
     """Hold NumPy's BLAS to one thread for a product (with threadpoolctl installed; otherwise a no-op).
 
     The chord products are small: a second BLAS thread gains little on an idle machine and costs several
