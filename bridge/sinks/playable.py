@@ -34,6 +34,7 @@ MAX_TIME_S = 1e9
 
 _CYCLE = 2.0 ** 64  # one cycle in fixed point: phases are uint64 counts of 2^-64 cycle, wrapping at 1
 _NOTE_FIELDS = ("start_s", "duration_s", "frequency_hz", "amplitude")
+_NO_SAMPLE_LOW, _NO_SAMPLE_HIGH = -(1 << 62), 1 << 62  # "no note in this step" for step_spans
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,15 @@ class NoteBatch:
     def step_spans(self, steps: int) -> tuple[list[int | None], list[int | None]]:
         """Per step of the chunk: the first sample any of its notes sounds, and the sample after the last
         one (None for a step without notes)."""
-        low = np.full(steps, np.iinfo(np.int64).max)
-        high = np.full(steps, np.iinfo(np.int64).min)
+        ends = self.starts + self.lengths
+        if steps == 1:
+            return [int(self.starts.min())], [int(ends.max())]
+        low = np.full(steps, _NO_SAMPLE_HIGH)
+        high = np.full(steps, _NO_SAMPLE_LOW)
         np.minimum.at(low, self.step, self.starts)
-        np.maximum.at(high, self.step, self.starts + self.lengths)
-        has = np.zeros(steps, dtype=bool)
-        has[self.step] = True
-        return ([int(v) if h else None for v, h in zip(low.tolist(), has.tolist())],
-                [int(v) if h else None for v, h in zip(high.tolist(), has.tolist())])
+        np.maximum.at(high, self.step, ends)
+        return ([None if v == _NO_SAMPLE_HIGH else v for v in low.tolist()],
+                [None if v == _NO_SAMPLE_LOW else v for v in high.tolist()])
 
 
 class BadStep(Exception):

@@ -25,7 +25,7 @@ import numpy as np
 from bridge.events import WAVEFORMS, Arrangement, StepEvents
 from bridge.sinks.playable import (ALARM_AMPLITUDE, ALARM_FREQUENCIES_HZ, MAX_NOTE_S, MAX_TIME_S,
                                    MIN_FREQUENCY_HZ, BadStep, NoteBatch, Voicing)
-from bridge.sinks.voices import BLOCK, Workspace, apply_envelope, chord_sum, one_blas_thread, oscillator_rows
+from bridge.sinks.voices import BLOCK, Workspace, apply_envelope, chord_sums, one_blas_thread, oscillator_rows
 
 __all__ = ["ALARM_AMPLITUDE", "ALARM_EDGE_S", "ALARM_FREQUENCIES_HZ", "CHUNK_STEPS", "MAX_NOTE_S",
            "MIN_FREQUENCY_HZ", "PHASES", "Synth", "render_events"]
@@ -38,6 +38,7 @@ ALARM_EDGE_S = 0.002
 CHUNK_STEPS = 64
 
 _TILE_ELEMENTS = 1 << 19  # notes × samples computed at once (keeps scratch arrays in cache, memory bounded)
+_CHORD_ELEMENTS = 1 << 19  # chords × notes × samples computed in one call (several chords share its fixed cost)
 _ROW_TILE = 1 << 14  # samples of a note computed at once when notes follow one another (a multiple of BLOCK)
 
 
@@ -257,9 +258,8 @@ class Synth:
             codes, rel, lengths, inc, phase0, step = (a[order] for a in (codes, rel, lengths, inc, phase0, step))
             gains = gains[:, order]
         chords, rows = _chords(step, lengths, rel)
-        for low, high in chords:
-            self._mix_chord(codes[low:high], inc[low:high], phase0[low:high], gains[:, low:high], int(rel[low]),
-                            int(lengths[low]), attack_n, release_n)
+        if chords:
+            self._mix_chords(chords, codes, rel, lengths, inc, phase0, gains, attack_n, release_n)
         if rows is not None:
             if rows.shape[0] != codes.shape[0]:
                 codes, rel, lengths, inc, phase0 = (a[rows] for a in (codes, rel, lengths, inc, phase0))
@@ -270,19 +270,39 @@ class Synth:
                                attack_n, release_n)
         self._filled = max(self._filled, int(ends.max()))
 
-    def _mix_chord(self, codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, at: int,
-                   length: int, attack_n: int, release_n: int) -> None:
-        """Add notes that start together at buffer offset ``at``, summed; ``codes`` sorted."""
+    def _mix_chords(self, chords: list[tuple[int, int]], codes: np.ndarray, rel: np.ndarray, lengths: np.ndarray,
+                    inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray, attack_n: int, release_n: int) -> None:
+        """Add chords (index ranges of notes starting together, ``codes`` sorted in each), each summed.
+
+        Chords of one length and the same waveforms are computed together, in tiles of samples that
+        depend only on the chord's size, so a chord sounds the same whichever chords come with it.
+        """
         if self._blas is not None:  # the products run on one BLAS thread, set once per chunk
             self._blas.enter_context(one_blas_thread())
             self._blas = None
-        tile = max(BLOCK, _TILE_ELEMENTS // codes.shape[0])
-        for begin in range(max(0, -at), length, tile):
-            count = min(tile, length - begin)
-            phase = phase0 if begin == 0 else (phase0 + inc * begin) % 1.0
-            block = chord_sum(codes, inc, phase, gains, count, self._work)
-            apply_envelope(block, begin, length, attack_n, release_n)
-            self._buf[:, at + begin:at + begin + count] += block
+        alike: dict[tuple[int, int, bytes], list[int]] = {}
+        for low, high in chords:
+            alike.setdefault((int(lengths[low]), high - low, codes[low:high].tobytes()), []).append(low)
+        for (length, notes, _), lows in alike.items():
+            pick = np.array(lows)[:, None] + np.arange(notes)
+            chord_codes, chord_inc, chord_phase0 = codes[lows[0]:lows[0] + notes], inc[pick], phase0[pick]
+            chord_gains = gains[:, pick].transpose(1, 0, 2)
+            at = rel[lows].tolist()
+            tile = max(BLOCK, _TILE_ELEMENTS // notes)
+            per_call = max(1, _CHORD_ELEMENTS // (notes * min(tile, length)))
+            for begin in range(0, length, tile):
+                count = min(tile, length - begin)
+                if begin + count + max(at) <= 0:  # every chord's tile was popped already
+                    continue
+                phase = chord_phase0 if begin == 0 else (chord_phase0 + chord_inc * begin) % 1.0
+                for first in range(0, len(at), per_call):
+                    part = slice(first, first + per_call)
+                    block = chord_sums(chord_codes, chord_inc[part], phase[part], chord_gains[part], count, self._work)
+                    apply_envelope(block, begin, length, attack_n, release_n)
+                    for sums, offset in zip(block, at[part]):
+                        skip = max(0, -(offset + begin))
+                        if skip < count:
+                            self._buf[:, offset + begin + skip:offset + begin + count] += sums[:, skip:]
 
     def _mix_rows(self, codes: np.ndarray, rel: np.ndarray, inc: np.ndarray, phase0: np.ndarray,
                   gains: np.ndarray, length: int, attack_n: int, release_n: int) -> None:
