@@ -203,9 +203,8 @@ class Voicing:
         """
         if not self.continuous:
             return np.zeros(slot.shape[0], dtype=np.float64)
-        cycles = inc * lengths
+        cycles = np.where(ok, inc * lengths, 0.0)  # notes that cannot sound advance nothing
         advance = ((cycles - np.floor(cycles)) * _CYCLE).astype(np.uint64)
-        advance[~ok] = 0
         if one_per_layer:  # the usual live case: one step, one note per layer
             fixed = self._phase[slot]
             self._phase[slot] = fixed + advance  # uint64 wraps: modulo one cycle

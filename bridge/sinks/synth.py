@@ -264,8 +264,9 @@ class Synth:
             if rows.shape[0] != codes.shape[0]:
                 codes, rel, lengths, inc, phase0 = (a[rows] for a in (codes, rel, lengths, inc, phase0))
                 gains = gains[:, rows]
-            for length in np.unique(lengths).tolist():
-                pick = slice(None) if lengths[0] == lengths[-1] == length else np.flatnonzero(lengths == length)
+            distinct = np.unique(lengths).tolist()
+            for length in distinct:
+                pick = slice(None) if len(distinct) == 1 else np.flatnonzero(lengths == length)
                 self._mix_rows(codes[pick], rel[pick], inc[pick], phase0[pick], gains[:, pick], length,
                                attack_n, release_n)
         self._filled = max(self._filled, int(ends.max()))

@@ -9,6 +9,7 @@ the ``fact`` chunk that format requires).
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -87,10 +88,23 @@ class WavSink:
 
     def send_many(self, events: Sequence[StepEvents]) -> None:
         """Render many steps at once (``Synth.render_many``: the same samples, faster) and append every
-        sample that is final; the file is byte for byte what ``send`` of each step would write."""
+        sample that is final.
+
+        The file is byte for byte what ``send`` of each step writes, as long as no note starts before its
+        own step (true of every mapping's events): ``send`` makes the samples before each step final, so
+        a step that starts earlier than one before it is rendered only after those are written.
+        """
         synth = self._open_synth("send_many")
+        steps, run_from, latest = list(events), 0, -math.inf
         try:
-            synth.render_many(events)
+            for index, step in enumerate(steps):
+                start = float(step.start_s) if isinstance(step, StepEvents) else latest
+                if start < latest:  # out of order: what send() would have made final first
+                    synth.render_many(steps[run_from:index])
+                    self._append_ready()
+                    run_from = index
+                latest = max(latest, start)
+            synth.render_many(steps[run_from:])
         finally:  # steps before a refused one were rendered: their samples are written all the same
             self._append_ready()
 
