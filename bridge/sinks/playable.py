@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bridge.events import Arrangement, StepEvents
+from bridge.events import WAVEFORMS, Arrangement, StepEvents
 from bridge.sinks.voices import WAVE_CODES, pan_gains
 
+#: Phase handling of the oscillators.
+PHASES = ("reset", "continuous")
 #: Lowest frequency the synth plays, in Hz; the highest is ``min(max_frequency_hz, sample_rate / 2)``.
 MIN_FREQUENCY_HZ = 1.0
 #: Longest note the synth renders, in seconds; longer notes are cut (keeps memory bounded).
@@ -34,7 +36,8 @@ MAX_TIME_S = 1e9
 
 _CYCLE = 2.0 ** 64  # one cycle in fixed point: phases are uint64 counts of 2^-64 cycle, wrapping at 1
 _NOTE_FIELDS = ("start_s", "duration_s", "frequency_hz", "amplitude")
-_NO_SAMPLE_LOW, _NO_SAMPLE_HIGH = -(1 << 62), 1 << 62  # "no note in this step" for step_spans
+#: Sample indices that stand for "no note" in ``NoteBatch.step_spans``: beyond any note's start or end.
+NOTHING_BEFORE, NOTHING_AFTER = -(1 << 62), 1 << 62
 
 
 @dataclass(frozen=True)
@@ -70,18 +73,17 @@ class NoteBatch:
         return NoteBatch(self.codes[part], self.starts[part], self.lengths[part], self.inc[part],
                          self.phase0[part], self.gains[:, part], self.step[part])
 
-    def step_spans(self, steps: int) -> tuple[list[int | None], list[int | None]]:
-        """Per step of the chunk: the first sample any of its notes sounds, and the sample after the last
-        one (None for a step without notes)."""
+    def step_spans(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per step of the chunk, int64: the first sample any of its notes sounds (``NOTHING_AFTER`` for
+        a step without notes) and the sample after the last one (``NOTHING_BEFORE``)."""
         ends = self.starts + self.lengths
         if steps == 1:
-            return [int(self.starts.min())], [int(ends.max())]
-        low = np.full(steps, _NO_SAMPLE_HIGH)
-        high = np.full(steps, _NO_SAMPLE_LOW)
+            return self.starts.min(keepdims=True), ends.max(keepdims=True)
+        low = np.full(steps, NOTHING_AFTER)
+        high = np.full(steps, NOTHING_BEFORE)
         np.minimum.at(low, self.step, self.starts)
         np.maximum.at(high, self.step, ends)
-        return ([None if v == _NO_SAMPLE_HIGH else v for v in low.tolist()],
-                [None if v == _NO_SAMPLE_LOW else v for v in high.tolist()])
+        return low, high
 
 
 class BadStep(Exception):
@@ -229,7 +231,10 @@ def _gather(steps: Sequence[StepEvents]) -> tuple[np.ndarray, ...]:
     counts = []
     for index, events in enumerate(steps):
         notes = events.notes
-        arrays = [_flat(notes.layer, None)] + [_flat(getattr(notes, name), np.float64) for name in _NOTE_FIELDS]
+        arrays = [notes.layer, notes.start_s, notes.duration_s, notes.frequency_hz, notes.amplitude]
+        if not all(type(a) is np.ndarray and a.ndim == 1 for a in arrays) or \
+                not all(a.dtype == np.float64 for a in arrays[1:]):
+            arrays = [_flat(arrays[0], None)] + [_flat(a, np.float64) for a in arrays[1:]]
         sizes = [a.shape[0] for a in arrays]
         if sizes.count(sizes[0]) != len(sizes):
             raise BadStep(index, ValueError(
@@ -255,3 +260,37 @@ def _flat(value: object, dtype: type | None) -> np.ndarray:
 def _finite(value: float, default: float) -> float:
     number = float(value)
     return number if math.isfinite(number) else default
+
+
+def check_arrangement(a: Arrangement) -> Arrangement:
+    """``a``, checked: a TypeError or ValueError names the field, what is allowed and how to fix it."""
+    if not isinstance(a, Arrangement):
+        raise TypeError(f"Synth needs an Arrangement (see bridge.mapping.Mapping.arrange), got {type(a).__name__}")
+
+    def bad(field: str, allowed: str, got: object, fix: str) -> ValueError:
+        return ValueError(f"Arrangement.{field} must be {allowed}; got {got!r}. {fix}")
+
+    if isinstance(a.sample_rate, bool) or not isinstance(a.sample_rate, (int, np.integer)) or a.sample_rate <= 0:
+        raise bad("sample_rate", "a positive integer number of Hz", a.sample_rate, "Use e.g. 44100 or 48000.")
+    if a.audio_channels not in (1, 2):
+        raise bad("audio_channels", "1 (mono) or 2 (stereo)", a.audio_channels, "Set channels to 1 or 2.")
+    for field in ("attack_s", "release_s"):
+        value = getattr(a, field)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= MAX_NOTE_S:
+            raise bad(field, f"seconds from 0 to {MAX_NOTE_S:g}", value, "Use 0 for no envelope.")
+    if a.phase not in PHASES:
+        raise bad("phase", f"one of {PHASES}", a.phase, "Pick 'reset' or 'continuous'.")
+    if not isinstance(a.max_frequency_hz, (int, float)) or not a.max_frequency_hz > 0 or \
+            not math.isfinite(a.max_frequency_hz):
+        raise bad("max_frequency_hz", "a finite number of Hz above 0", a.max_frequency_hz, "Use e.g. 16000.")
+    if not a.voices:
+        raise bad("voices", "at least one LayerVoice", a.voices, "Arrange at least one layer.")
+    indices = [v.index for v in a.voices]
+    if len(set(indices)) != len(indices) or min(indices) < 0:
+        raise bad("voices", "voices with distinct layer indices >= 0", indices, "Give each layer its own index.")
+    for v in a.voices:
+        if v.waveform not in WAVEFORMS:
+            raise bad(f"voices[{v.index}].waveform", f"one of {WAVEFORMS}", v.waveform, "Pick a known waveform.")
+        if not isinstance(v.pan, (int, float)) or not -1.0 <= v.pan <= 1.0:
+            raise bad(f"voices[{v.index}].pan", "a number from -1.0 (left) to 1.0 (right)", v.pan, "0 is centre.")
+    return a

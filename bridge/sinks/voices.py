@@ -67,8 +67,10 @@ def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int, w
     phases = phases.reshape(*shape[:-3], shape[-3], -1)
     rows = work.get("rows", phases.shape, np.float32)
     signed = phases.view(np.int32)
-    scale, bias = np.ones(codes.shape[0]), np.zeros(codes.shape[0])
-    edges = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+    scale = bias = None
+    if not final:
+        scale, bias = np.ones(codes.shape[0]), np.zeros(codes.shape[0])
+    edges = [] if codes[0] == codes[-1] else (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
     for low, high in zip([0] + edges, edges + [codes.shape[0]]):  # one run of rows per waveform
         code, run, v, out = int(codes[low]), slice(low, high), signed[..., low:high, :], rows[..., low:high, :]
         if code == _SINE:
@@ -97,7 +99,7 @@ def _waves(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int, w
             else:
                 np.copyto(out, magnitude, casting="unsafe")
                 scale[run], bias[run] = -4.0 / _FIXED, 1.0
-    return rows, scale, bias
+    return rows, scale, bias  # type: ignore[return-value]
 
 
 def oscillator_rows(codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, count: int,
