@@ -47,7 +47,7 @@ def add_notes(buf: np.ndarray, batch: NoteBatch, rel: np.ndarray, attack_n: int,
         for length in [int(lengths[0])] if one_length else np.unique(lengths).tolist():
             pick = slice(None) if one_length else np.flatnonzero(lengths == length)
             _add_rows_of_length(buf, codes[pick], rel[pick], inc[pick], phase0[pick], gains[:, pick], length,
-                            attack_n, release_n, work)
+                                attack_n, release_n, work)
 
 
 def _add_chords(buf: np.ndarray, chords: list[tuple[int, int]], codes: np.ndarray, rel: np.ndarray,
@@ -82,6 +82,7 @@ def _add_chords(buf: np.ndarray, chords: list[tuple[int, int]], codes: np.ndarra
                     skip = max(0, -(offset + begin))
                     if skip < count:
                         buf[:, offset + begin + skip:offset + begin + count] += sums[:, skip:]
+
 
 def _add_rows_of_length(buf: np.ndarray, codes: np.ndarray, rel: np.ndarray, inc: np.ndarray,
                         phase0: np.ndarray, gains: np.ndarray, length: int, attack_n: int, release_n: int,

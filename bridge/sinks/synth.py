@@ -37,7 +37,6 @@ ALARM_EDGE_S = 0.002
 CHUNK_STEPS = 64
 
 
-
 class Synth:
     """A streaming renderer of step events; not thread-safe (one thread renders and pops).
 
@@ -90,7 +89,9 @@ class Synth:
         """Mix many steps into the buffer: the same samples as ``render`` of each in turn, faster.
 
         Steps come in order of start time. A step that ``render`` would refuse raises the same error
-        here, after the steps before it were rendered.
+        here, after the steps before it were rendered. (Nothing is popped in between: where a caller
+        pops after every step, a step starting before an earlier one finds part of its time final
+        already; ``WavSink.send_many`` renders such a step apart.)
         """
         steps = list(events)
         for index, step in enumerate(steps):
