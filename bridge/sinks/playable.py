@@ -227,14 +227,23 @@ class Voicing:
 def _gather(steps: Sequence[StepEvents]) -> tuple[np.ndarray, ...]:
     """The steps' note arrays, each concatenated over the steps: layer, start_s, duration_s, frequency_hz,
     amplitude, and the position of each note's step in the chunk."""
-    columns: list[list[np.ndarray]] = [[], [], [], [], []]
+    if len(steps) > 1:
+        notes = [events.notes for events in steps]
+        columns = [[getattr(n, name) for n in notes] for name in ("layer", *_NOTE_FIELDS)]
+        try:
+            counts = list(map(len, columns[0]))
+            if all(list(map(len, column)) == counts for column in columns[1:]):
+                merged = [np.concatenate(column) for column in columns]
+                if all(array.ndim == 1 for array in merged):  # the usual case: 1-d arrays, one entry per note
+                    return (merged[0], *(np.asarray(a, dtype=np.float64) for a in merged[1:]),
+                            np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+        except (TypeError, ValueError):  # scalars or ragged shapes: the step-by-step path names the step at fault
+            pass
+    columns = [[], [], [], [], []]
     counts = []
     for index, events in enumerate(steps):
         notes = events.notes
-        arrays = [notes.layer, notes.start_s, notes.duration_s, notes.frequency_hz, notes.amplitude]
-        if not all(type(a) is np.ndarray and a.ndim == 1 for a in arrays) or \
-                not all(a.dtype == np.float64 for a in arrays[1:]):
-            arrays = [_flat(arrays[0], None)] + [_flat(a, np.float64) for a in arrays[1:]]
+        arrays = [_flat(notes.layer, None)] + [_flat(getattr(notes, name), np.float64) for name in _NOTE_FIELDS]
         sizes = [a.shape[0] for a in arrays]
         if sizes.count(sizes[0]) != len(sizes):
             raise BadStep(index, ValueError(
@@ -244,10 +253,9 @@ def _gather(steps: Sequence[StepEvents]) -> tuple[np.ndarray, ...]:
             column.append(array)
         counts.append(sizes[0])
     if len(counts) == 1:
-        merged = [column[0] for column in columns]
-        return (*merged, np.zeros(counts[0], dtype=np.int64))
-    merged = [np.concatenate(column) for column in columns]
-    return (*merged, np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+        return (*(column[0] for column in columns), np.zeros(counts[0], dtype=np.int64))
+    return (*(np.concatenate(column) for column in columns),
+            np.repeat(np.arange(len(counts), dtype=np.int64), counts))
 
 
 def _flat(value: object, dtype: type | None) -> np.ndarray:
