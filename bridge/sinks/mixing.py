@@ -32,6 +32,20 @@ def add_notes(buf: np.ndarray, batch: NoteBatch, rel: np.ndarray, attack_n: int,
     is called before the first matrix product."""
     codes, lengths, inc, phase0, gains, step = (batch.codes, batch.lengths, batch.inc, batch.phase0, batch.gains,
                                                 batch.step)
+    if step[0] == step[-1] and lengths.min() == lengths.max():  # one step, one length: the live case
+        length = int(lengths[0])
+        if codes.shape[0] == 1 or codes[0] == codes[-1] and bool((rel[1:] > rel[:-1]).all()):
+            # one note, or notes of one waveform one after another: rows, already in order
+            _add_rows_of_length(buf, codes, rel, inc, phase0, gains, length, attack_n, release_n, work)
+            return
+        if rel.min() == rel.max():  # a chord: straight to the products, waveforms in order
+            if (codes[1:] < codes[:-1]).any():
+                order = np.argsort(codes, kind="stable")
+                codes, inc, phase0, gains = codes[order], inc[order], phase0[order], gains[:, order]
+            hold_blas()
+            _add_alike_chords(buf, codes, inc[None], phase0[None], gains[None], [int(rel[0])], length, attack_n,
+                              release_n, work)
+            return
     one_length = codes.shape[0] == 1 or lengths.min() == lengths.max()
     if codes.shape[0] > 1 and not _in_order(step, None if one_length else lengths, codes, rel):
         order = np.lexsort((rel, codes, lengths, step))
@@ -64,24 +78,30 @@ def _add_chords(buf: np.ndarray, chords: list[tuple[int, int]], codes: np.ndarra
         alike.setdefault((int(lengths[low]), high - low, codes[low:high].tobytes()), []).append(low)
     for (length, notes, _), lows in alike.items():
         pick = np.array(lows)[:, None] + np.arange(notes)
-        chord_codes, chord_inc, chord_phase0 = codes[lows[0]:lows[0] + notes], inc[pick], phase0[pick]
-        chord_gains = gains[:, pick].transpose(1, 0, 2)
-        at = rel[lows].tolist()
-        tile = max(BLOCK, _TILE_ELEMENTS // notes)
-        per_call = max(1, _CHORD_ELEMENTS // (notes * min(tile, length)))
-        for begin in range(0, length, tile):
-            count = min(tile, length - begin)
-            if begin + count + max(at) <= 0:  # every chord's tile was popped already
-                continue
-            phase = chord_phase0 if begin == 0 else (chord_phase0 + chord_inc * begin) % 1.0
-            for first in range(0, len(at), per_call):
-                part = slice(first, first + per_call)
-                block = chord_sums(chord_codes, chord_inc[part], phase[part], chord_gains[part], count, work)
-                apply_envelope(block, begin, length, attack_n, release_n)
-                for sums, offset in zip(block, at[part]):
-                    skip = max(0, -(offset + begin))
-                    if skip < count:
-                        buf[:, offset + begin + skip:offset + begin + count] += sums[:, skip:]
+        _add_alike_chords(buf, codes[lows[0]:lows[0] + notes], inc[pick], phase0[pick],
+                          gains[:, pick].transpose(1, 0, 2), rel[lows].tolist(), length, attack_n, release_n, work)
+
+
+def _add_alike_chords(buf: np.ndarray, codes: np.ndarray, inc: np.ndarray, phase0: np.ndarray, gains: np.ndarray,
+                      at: list[int], length: int, attack_n: int, release_n: int, work: Workspace) -> None:
+    """Add chords of one length and the same waveforms ``codes`` (sorted), stacked: ``inc``, ``phase0``
+    ``(chords, notes)``, ``gains`` ``(chords, channels, notes)``, each chord at its buffer offset ``at``."""
+    notes = codes.shape[0]
+    tile = max(BLOCK, _TILE_ELEMENTS // notes)
+    per_call = max(1, _CHORD_ELEMENTS // (notes * min(tile, length)))
+    for begin in range(0, length, tile):
+        count = min(tile, length - begin)
+        if begin + count + max(at) <= 0:  # every chord's tile was popped already
+            continue
+        phase = phase0 if begin == 0 else (phase0 + inc * begin) % 1.0
+        for first in range(0, len(at), per_call):
+            part = slice(first, first + per_call)
+            block = chord_sums(codes, inc[part], phase[part], gains[part], count, work)
+            apply_envelope(block, begin, length, attack_n, release_n)
+            for sums, offset in zip(block, at[part]):
+                skip = max(0, -(offset + begin))
+                if skip < count:
+                    buf[:, offset + begin + skip:offset + begin + count] += sums[:, skip:]
 
 
 def _add_rows_of_length(buf: np.ndarray, codes: np.ndarray, rel: np.ndarray, inc: np.ndarray,

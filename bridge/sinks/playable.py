@@ -64,6 +64,8 @@ class NoteBatch:
 
     def of_steps(self, low: int, high: int) -> NoteBatch | None:
         """The notes of steps ``low`` to ``high - 1`` of the chunk; None when they have none."""
+        if low == 0 and self.step[-1] < high:  # all of them (the usual case)
+            return self
         first, stop = np.searchsorted(self.step, (low, high)).tolist()
         if first == stop:
             return None
