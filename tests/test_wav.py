@@ -133,6 +133,51 @@ def test_sizes_are_patched_while_running_so_a_cut_run_still_plays(tmp_path: Path
         assert reader.getnframes() == note_end(109 * 0.05 + 0.02, 0.045)
 
 
+def write_in_chunks(path: Path, channels: int, sample_format: str, steps: list[StepEvents], size: int) -> WavSink:
+    sink = WavSink(path, sample_format=sample_format)
+    sink.open(make_arrangement(channels))
+    for first in range(0, len(steps), size):
+        sink.send_many(steps[first:first + size])
+    sink.close()
+    return sink
+
+
+@pytest.mark.parametrize("sample_format", ["int16", "float32"])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("size", [1, 3, 64])
+def test_send_many_writes_the_bytes_send_writes(tmp_path: Path, sample_format: str, channels: int, size: int) -> None:
+    steps = make_steps(110)  # 5.5 s: the sizes are patched once on the way
+    one_by_one = write(tmp_path / "send.wav", channels, sample_format, steps)
+    many = write_in_chunks(tmp_path / "many.wav", channels, sample_format, steps, size)
+    assert many.frames_written == one_by_one.frames_written == note_end(109 * 0.05 + 0.02, 0.045)
+    assert (tmp_path / "many.wav").read_bytes() == (tmp_path / "send.wav").read_bytes()
+
+
+def test_send_many_with_steps_out_of_order_writes_the_bytes_send_writes(tmp_path: Path) -> None:
+    # steps 0..9 then 3..6 again (a run resumed from a checkpoint): send has written up to step 9's start
+    # when the repeats come, so their notes are late; send_many must drop the same samples
+    steps = make_steps(10)
+    steps = steps + steps[3:7]
+    write(tmp_path / "send.wav", 2, "float32", steps)
+    write_in_chunks(tmp_path / "many.wav", 2, "float32", steps, 64)
+    assert (tmp_path / "many.wav").read_bytes() == (tmp_path / "send.wav").read_bytes()
+    _, data = wavfile.read(tmp_path / "many.wav")
+    assert np.array_equal(data, render_events(make_arrangement(2), steps[:10]))  # the repeats added nothing
+
+
+def test_send_many_writes_the_steps_before_a_refused_one(tmp_path: Path) -> None:
+    steps = make_steps(6)
+    sink = WavSink(tmp_path / "run.wav", sample_format="float32")
+    with pytest.raises(SinkError, match="not open"):
+        sink.send_many(steps)
+    sink.open(make_arrangement(1))
+    with pytest.raises(TypeError, match="item 3"):
+        sink.send_many(steps[:3] + ["not a step"] + steps[3:])  # type: ignore[operator]
+    sink.close()
+    _, data = wavfile.read(tmp_path / "run.wav")
+    assert np.array_equal(data.reshape(-1, 1), render_events(make_arrangement(1), steps[:3]))
+
+
 def test_wav_sink_is_a_sink() -> None:
     assert isinstance(WavSink("x.wav"), Sink) and WavSink("x.wav").name == "wav"
 

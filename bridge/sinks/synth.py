@@ -2,43 +2,39 @@
 
 ``Synth.render`` mixes one step's notes and alarms into an accumulation buffer at their musical times
 (sample index ``round(start_s × sample_rate)``, length ``round(duration_s × sample_rate)`` samples);
-``Synth.pop_ready`` hands out the samples no later step can change; ``Synth.finish`` hands out the rest.
-Samples are float32, shape ``(frames, audio_channels)``, always finite and within [-1, 1].
+``Synth.render_many`` does the same for many steps at once, with the same samples, in a few NumPy calls
+per chunk instead of per step (the offline path); ``Synth.pop_ready`` hands out the samples no later
+step can change; ``Synth.finish`` hands out the rest. Samples are float32, shape
+``(frames, audio_channels)``, always finite and within [-1, 1].
 
 Each layer has one oscillator (sine, triangle, square or saw) whose phase either restarts at 0 on every
 note (``phase = "reset"``) or carries on from the end of the layer's previous note (``"continuous"``).
-A step's notes of one length are computed at once (``bridge.sinks.voices``): as a (notes, samples) array
-when they follow one another, and summed straight into (channels, samples) when they start together.
+Notes of one length are computed at once (``bridge.sinks.voices``): as a (notes, samples) array when
+they follow one another, and summed straight into (channels, samples) when a step's notes start
+together (a chord).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from bridge.events import WAVEFORMS, Alarm, Arrangement, StepEvents
-from bridge.sinks.voices import BLOCK, WAVE_CODES, Workspace, apply_envelope, chord_sum, oscillator_rows, pan_gains
+from bridge.events import Arrangement, StepEvents
+from bridge.sinks.mixing import add_notes
+from bridge.sinks.playable import (ALARM_AMPLITUDE, ALARM_FREQUENCIES_HZ, MAX_NOTE_S, MAX_TIME_S, MIN_FREQUENCY_HZ,
+                                   NOTHING_BEFORE, PHASES, BadStep, NoteBatch, Voicing, check_arrangement)
+from bridge.sinks.voices import Workspace, one_blas_thread
 
-#: Phase handling of the oscillators.
-PHASES = ("reset", "continuous")
+__all__ = ["ALARM_AMPLITUDE", "ALARM_EDGE_S", "ALARM_FREQUENCIES_HZ", "CHUNK_STEPS", "MAX_NOTE_S",
+           "MIN_FREQUENCY_HZ", "PHASES", "Synth", "render_events"]
 
-#: Lowest frequency the synth plays, in Hz; the highest is ``min(max_frequency_hz, sample_rate / 2)``.
-MIN_FREQUENCY_HZ = 1.0
-
-#: Longest note the synth renders, in seconds; longer notes are cut (keeps memory bounded).
-MAX_NOTE_S = 60.0
-
-#: The alarm: a square two-tone beep, first half ``ALARM_FREQUENCIES_HZ[0]``, second half ``[1]``.
-ALARM_FREQUENCIES_HZ = (1760.0, 1320.0)
-#: Alarm amplitude, 0–1, the same whatever the preset's amplitude.
-ALARM_AMPLITUDE = 0.25
 #: Attack and release of each half of the alarm, in seconds.
 ALARM_EDGE_S = 0.002
-
-_TILE_ELEMENTS = 1 << 19  # notes × samples computed at once (keeps scratch arrays in cache, memory bounded)
-_MAX_TIME_S = 1e9  # a note starting further than this from time zero is ignored (cannot be placed)
+#: Steps per ``render_many`` call in ``render_events``: enough to spread the per-call cost thin.
+CHUNK_STEPS = 64
 
 
 class Synth:
@@ -49,17 +45,13 @@ class Synth:
     """
 
     def __init__(self, arrangement: Arrangement) -> None:
-        a = self.arrangement = _check_arrangement(arrangement)
+        a = self.arrangement = check_arrangement(arrangement)
         self.sample_rate = sr = int(a.sample_rate)
         self.audio_channels = int(a.audio_channels)
         self.continuous = a.phase == "continuous"
         self.attack_n, self.release_n = int(round(a.attack_s * sr)), int(round(a.release_s * sr))
-        self.max_frequency_hz = min(float(a.max_frequency_hz), sr / 2.0)
-        self._slot_of_layer = np.full(max(v.index for v in a.voices) + 1, -1, dtype=np.int64)
-        self._slot_of_layer[[v.index for v in a.voices]] = np.arange(len(a.voices))
-        self._wave_of_slot = np.array([WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
-        self._gain_of_slot = np.stack([pan_gains(v.pan, self.audio_channels) for v in a.voices], axis=1)
-        self._phase = np.zeros(len(a.voices), dtype=np.float64)  # each layer's phase in cycles, [0, 1)
+        self.alarm_edge_n = int(round(ALARM_EDGE_S * sr))
+        self._voicing = Voicing(a)
         self._buf = np.zeros((self.audio_channels, 4096), dtype=np.float32)
         self._origin = 0  # absolute sample index up to which samples were popped
         self._base = 0  # absolute sample index of self._buf[:, 0], >= self._origin; zeros in between
@@ -68,9 +60,7 @@ class Synth:
         self._end = 0  # absolute sample index where everything rendered so far ends
         self._last_start = 0  # absolute sample index of the last rendered step's start
         self._work = Workspace()
-        self._layers_key: tuple[str, bytes] | None = None  # the last step's Notes.layer, and its slots
-        self._layers_slot = np.zeros(0, dtype=np.int64)
-        self._layers_single = True
+        self._blas: contextlib.ExitStack | None = None  # holds BLAS to one thread while a chunk renders
         #: Samples that arrived for a time already popped (or left behind), and were dropped.
         self.late_samples = 0
 
@@ -93,20 +83,140 @@ class Synth:
         """Mix one step's notes and alarms into the buffer; steps come in order of start time."""
         if not isinstance(events, StepEvents):
             raise TypeError(f"Synth.render needs StepEvents, got {type(events).__name__}")
+        self._render_steps([events])
+
+    def render_many(self, events: Sequence[StepEvents]) -> None:
+        """Mix many steps into the buffer: the same samples as ``render`` of each in turn, faster.
+
+        Steps come in order of start time. A step that ``render`` would refuse raises the same error
+        here, after the steps before it were rendered. (Nothing is popped in between: where a caller
+        pops after every step, a step starting before an earlier one finds part of its time final
+        already; ``WavSink.send_many`` renders such a step apart.)
+        """
+        steps = list(events)
+        for index, step in enumerate(steps):
+            if not isinstance(step, StepEvents):
+                self._render_steps(steps[:index])
+                raise TypeError(f"Synth.render_many needs a sequence of StepEvents; item {index} is a "
+                                f"{type(step).__name__}")
+        self._render_steps(steps)
+
+    # -- rendering ----------------------------------------------------------------------------------------
+
+    def _render_steps(self, steps: list[StepEvents]) -> None:
+        """Render checked steps; on a step with bad notes, render the ones before it and raise its error."""
+        if not steps:
+            return
+        try:
+            with contextlib.ExitStack() as blas:
+                self._blas = blas
+                self._render_chunk(steps)
+        except BadStep as bad:
+            if bad.index:
+                self._render_steps(steps[:bad.index])
+            raise bad.error from None
+        finally:
+            self._blas = None
+
+    def _render_chunk(self, steps: list[StepEvents]) -> None:
+        """Place the steps' notes against the buffer's base, as ``render`` of each step in turn would."""
+        notes = self._voicing.notes(steps)  # raises BadStep before anything changes
+        alarms = self._voicing.alarms(steps)
+        if len(steps) == 1:  # one step (live): plain numbers cost less than arrays
+            firsts, highs = [self._step_start(steps[0])], []
+            for batch in (notes, alarms):
+                if batch is not None:
+                    firsts.append(int(batch.starts.min()))
+                    highs.append([int((batch.starts + batch.lengths).max())])
+            pending = self._grow_step_by_step(notes, alarms, [min(firsts)], highs)
+        else:
+            starts = self._step_starts(steps)
+            spans = [batch.step_spans(len(steps)) for batch in (notes, alarms) if batch is not None]
+            for low, _ in spans:
+                np.minimum(starts, low, out=starts)
+            pending = 0 if self._grow_for_chunk(starts, [high for _, high in spans]) else \
+                self._grow_step_by_step(notes, alarms, starts.tolist(), [high.tolist() for _, high in spans])
+        self._mix_steps(notes, alarms, pending, len(steps))
+
+    def _step_start(self, step: StepEvents) -> int:
+        """``_step_starts`` of one step, in plain numbers."""
         sr = self.sample_rate
-        start, duration = _finite(events.start_s, 0.0), max(_finite(events.duration_s, 0.0), 0.0)
-        step_start = int(round(start * sr)) if abs(start) < _MAX_TIME_S else self._last_start
-        self._last_start = max(self._last_start, step_start)
-        self._end = max(self._end, step_start + int(round(min(duration, MAX_NOTE_S) * sr)))
-        notes = self._note_batch(events)
-        alarms = self._alarm_batch(events.alarms)
-        firsts = [step_start] + [int(batch[1].min()) for batch in (notes, alarms) if batch is not None]
-        self._skip_silence(min(firsts))
-        if notes is not None:
-            self._mix(*notes, self.attack_n, self.release_n)
-        if alarms is not None:
-            edge = int(round(ALARM_EDGE_S * sr))
-            self._mix(*alarms, edge, edge)
+        start, duration = _finite(step.start_s, 0.0), max(_finite(step.duration_s, 0.0), 0.0)
+        first = int(round(start * sr)) if abs(start) < MAX_TIME_S else self._last_start
+        self._last_start = max(self._last_start, first)
+        self._end = max(self._end, first + int(round(min(duration, MAX_NOTE_S) * sr)))
+        return first
+
+    def _step_starts(self, steps: list[StepEvents]) -> np.ndarray:
+        """Each step's first sample, int64; also moves on ``ready_s`` and the end of the run.
+
+        A non-finite start or duration counts as 0; a step too far from time zero to place starts where
+        the last step before it started.
+        """
+        sr = self.sample_rate
+        starts = np.array([step.start_s for step in steps], dtype=np.float64)
+        durations = np.array([step.duration_s for step in steps], dtype=np.float64)
+        starts[~np.isfinite(starts)] = 0.0
+        durations[~np.isfinite(durations) | (durations < 0.0)] = 0.0
+        placed = np.where(np.abs(starts) < MAX_TIME_S, np.rint(starts * sr), -np.inf)
+        running = np.maximum.accumulate(np.append(float(self._last_start), placed))
+        firsts = np.where(placed > -np.inf, placed, running[:-1]).astype(np.int64)
+        ends = firsts + np.rint(np.minimum(durations, MAX_NOTE_S) * sr).astype(np.int64)
+        self._last_start = int(running[-1])
+        self._end = max(self._end, int(ends.max()))
+        return firsts
+
+    def _grow_for_chunk(self, firsts: np.ndarray, highs: list[np.ndarray]) -> bool:
+        """Grow the buffer for the whole chunk at once, as step by step would, if no step of it leaves
+        a silence out of the buffer (the usual case); False, changing nothing, otherwise.
+
+        ``firsts`` is each step's first sample; ``highs`` per step the sample after its last note, then
+        after its last alarm (a large negative number where it has none).
+        """
+        base, capacity = self._base, self._buf.shape[1]
+        top = highs[0] if len(highs) == 1 else np.maximum(*highs) if highs else \
+            np.full(firsts.shape[0], NOTHING_BEFORE)
+        held = np.maximum.accumulate(np.append(base + self._filled, top))[:-1]  # end of what each step finds held
+        if not bool(((firsts <= held) | ((held > base) & (firsts - held <= capacity))).all()):
+            return False
+        if highs:
+            needs = (np.stack(highs, axis=1).reshape(-1) - base).tolist()  # in the order render() reserves
+            record = capacity
+            for need in needs:
+                if need > record:  # room for a need is made when it first exceeds the buffer
+                    record = need
+                    if need > capacity:
+                        capacity = max(need, 2 * capacity)
+            self._grow_to(capacity)
+        return True
+
+    def _grow_step_by_step(self, notes: NoteBatch | None, alarms: NoteBatch | None, firsts: list[int],
+                           highs: list[list[int]]) -> int:
+        """Follow the chunk step by step: before a step that leaves a long silence out of the buffer
+        (``_skip_silence``, which moves the buffer's base), mix the steps before it; grow the buffer as
+        each step would. Returns the first step not mixed yet."""
+        base, filled, pending = self._base, self._filled, 0
+        for index, first in enumerate(firsts):
+            held_end = base + filled
+            if first > held_end and (not filled or first - held_end > self._buf.shape[1]):
+                self._mix_steps(notes, alarms, pending, index)
+                self._skip_silence(first)
+                base, filled, pending = self._base, self._filled, index
+            for high in highs:  # notes, then alarms, as one step's render reserves room
+                if high[index] > NOTHING_BEFORE:
+                    self._reserve(high[index] - base)
+                    filled = max(filled, high[index] - base)
+        return pending
+
+    def _mix_steps(self, notes: NoteBatch | None, alarms: NoteBatch | None, low: int, high: int) -> None:
+        """Mix the notes, then the alarms, of steps ``low`` to ``high - 1`` of the chunk."""
+        if low == high:
+            return
+        for batch, attack_n, release_n in ((notes, self.attack_n, self.release_n),
+                                           (alarms, self.alarm_edge_n, self.alarm_edge_n)):
+            part = batch.of_steps(low, high) if batch is not None else None
+            if part is not None:
+                self._mix(part, attack_n, release_n)
 
     @property
     def ready_s(self) -> float:
@@ -181,159 +291,32 @@ class Synth:
         if not self._filled:
             self._base = first
 
-    def _note_batch(self, events: StepEvents) -> tuple[np.ndarray, ...] | None:
-        """The step's playable notes as arrays for ``_mix``; non-finite values made harmless first."""
-        notes, sr = events.notes, self.sample_rate
-        layer = np.asarray(notes.layer).reshape(-1)
-        start_s, duration_s, freq, amp = (np.asarray(getattr(notes, name), dtype=np.float64).reshape(-1)
-                                          for name in ("start_s", "duration_s", "frequency_hz", "amplitude"))
-        count = layer.shape[0]
-        if not start_s.shape[0] == duration_s.shape[0] == freq.shape[0] == amp.shape[0] == count:
-            raise ValueError(f"Notes arrays must have one entry per note; at step {events.step} got layer "
-                             f"{count}, start_s {start_s.shape[0]}, duration_s {duration_s.shape[0]}, "
-                             f"frequency_hz {freq.shape[0]}, amplitude {amp.shape[0]}")
-        if count == 0:
-            return None
-        slot = self._slots(layer, events.step)
-        ok = (np.abs(start_s) < _MAX_TIME_S) & (duration_s > 0) & (freq == freq)  # NaN compares unequal
-        if not ok.all():  # placeholders for what will not sound, so that no arithmetic meets NaN or Inf
-            start_s, duration_s = np.where(ok, start_s, 0.0), np.where(ok, duration_s, 0.0)
-        starts = np.rint(start_s * sr).astype(np.int64)
-        lengths = np.rint(np.minimum(duration_s, MAX_NOTE_S) * sr).astype(np.int64)
-        ok &= lengths > 0
-        inc = np.minimum(np.maximum(freq, MIN_FREQUENCY_HZ), self.max_frequency_hz) / sr  # cycles per sample
-        phase0 = self._start_phases(slot, starts, lengths, inc, ok)
-        ok &= amp > 0  # NaN amplitude is silence
-        if not ok.all():
-            if not ok.any():
-                return None
-            keep = np.flatnonzero(ok)
-            slot, starts, lengths, inc, phase0, amp = (a[keep] for a in (slot, starts, lengths, inc, phase0, amp))
-        gains = (self._gain_of_slot[:, slot] * np.minimum(amp, 1.0)).astype(np.float32)
-        return self._wave_of_slot[slot], starts, lengths, inc, phase0, gains
+    def _mix(self, batch: NoteBatch, attack_n: int, release_n: int) -> None:
+        """Add notes into the buffer (``bridge.sinks.mixing``), counting the samples that come too late."""
+        rel = batch.starts - self._base
+        lengths = batch.lengths
+        top = int((rel + lengths).max())
+        self._end = max(self._end, top + self._base)
+        self._reserve(top)
+        if rel.min() < 0:  # samples before the buffer were popped already: too late to change
+            late = rel < 0
+            self.late_samples += int(np.minimum(-rel[late], lengths[late]).sum())
+        add_notes(self._buf, batch, rel, attack_n, release_n, self._work, self._hold_blas)
+        self._filled = max(self._filled, top)
 
-    def _slots(self, layer: np.ndarray, step: int) -> np.ndarray:
-        """Each note's voice slot, from its layer index; a step's layers are usually the last step's."""
-        key = (layer.dtype.str, layer.tobytes())
-        if key == self._layers_key:
-            return self._layers_slot
-        table = self._slot_of_layer
-        slot = table[np.minimum(np.maximum(layer.astype(np.int64, copy=False), 0), table.shape[0] - 1)]
-        if slot.min() < 0 or layer.min() < 0 or layer.max() >= table.shape[0]:
-            raise ValueError(f"Notes.layer at step {step} names layers {sorted(set(layer.tolist()))} but "
-                             f"the arrangement has voices for {sorted(v.index for v in self.arrangement.voices)}; "
-                             "render events made with the same arrangement")
-        slot.setflags(write=False)
-        self._layers_key, self._layers_slot = key, slot
-        self._layers_single = bool(np.bincount(slot).max() == 1)
-        return slot
-
-    def _start_phases(self, slot: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
-                      ok: np.ndarray) -> np.ndarray:
-        """Each note's starting phase in cycles; with continuous phase, also advance each layer's phase."""
-        if not self.continuous:
-            return np.zeros(slot.shape[0], dtype=np.float64)
-        advance = np.where(ok, inc * lengths, 0.0)
-        single = self._layers_single if slot is self._layers_slot else bool(np.bincount(slot).max() == 1)
-        if single:  # the usual case: one note per layer
-            phase0 = self._phase[slot]
-            self._phase[slot] = (phase0 + advance) % 1.0
-            return phase0
-        order = np.lexsort((starts, slot))  # by layer, then by time
-        s_slot, s_adv = slot[order], advance[order]
-        before = np.cumsum(s_adv) - s_adv
-        first = np.ones(order.shape[0], dtype=bool)
-        first[1:] = s_slot[1:] != s_slot[:-1]
-        sorted_phase = self._phase[s_slot] + before - before[first][np.cumsum(first) - 1]
-        phase0 = np.empty_like(sorted_phase)
-        phase0[order] = sorted_phase % 1.0
-        last = np.append(first[1:], True)
-        self._phase[s_slot[last]] = (sorted_phase[last] + s_adv[last]) % 1.0
-        return phase0
-
-    def _alarm_batch(self, alarms: tuple[Alarm, ...]) -> tuple[np.ndarray, ...] | None:
-        """Each alarm as two square notes (high, then low); alarms at the same moment sound once."""
-        if not alarms:
-            return None
-        sr, spans = self.sample_rate, set()
-        for alarm in alarms:
-            start, duration = _finite(alarm.start_s, math.nan), _finite(alarm.duration_s, math.nan)
-            if abs(start) < _MAX_TIME_S and duration > 0:  # NaN fails both tests
-                spans.add((int(round(start * sr)), int(round(min(duration, MAX_NOTE_S) * sr))))
-        span = np.array(sorted(s for s in spans if s[1] >= 2), dtype=np.int64).reshape(-1, 2)
-        if span.shape[0] == 0:
-            return None
-        half = span[:, 1] // 2
-        starts = np.concatenate([span[:, 0], span[:, 0] + half])
-        lengths = np.concatenate([half, span[:, 1] - half])
-        inc = np.repeat(np.minimum(ALARM_FREQUENCIES_HZ, self.max_frequency_hz) / sr, span.shape[0])
-        centre = pan_gains(0.0, self.audio_channels) * ALARM_AMPLITUDE
-        gains = np.repeat(centre[:, None], starts.shape[0], axis=1).astype(np.float32)
-        codes = np.full(starts.shape[0], WAVE_CODES["square"])
-        return codes, starts, lengths, inc, np.zeros_like(inc), gains
-
-    def _mix(self, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, inc: np.ndarray,
-             phase0: np.ndarray, gains: np.ndarray, attack_n: int, release_n: int) -> None:
-        """Add notes into the buffer; ``codes`` index ``WAVEFORMS``, ``gains`` is (channels, notes).
-
-        Notes of one length are computed together and share one envelope. When they also start together
-        (a chord) they are summed by matrix products; otherwise (notes one after another) each is a row of
-        one array, added at its own place.
-        """
-        self._end = max(self._end, int((starts + lengths).max()))
-        rel = starts - self._base
-        self._reserve(int((rel + lengths).max()))
-        if codes.shape[0] > 1 and (lengths[0] != lengths).any() or (codes[1:] < codes[:-1]).any() or \
-                ((codes[1:] == codes[:-1]) & (rel[1:] < rel[:-1])).any():
-            order = np.lexsort((rel, codes, lengths))  # by length, then waveform: each waveform a run of rows
-            by_length = lengths[order]
-            edges = (np.flatnonzero(by_length[1:] != by_length[:-1]) + 1).tolist()
-            groups = [order[low:high] for low, high in zip([0] + edges, edges + [order.shape[0]])]
-        else:  # one length, already by waveform and time (the usual case)
-            groups = [np.arange(codes.shape[0])]
-        for group in groups:
-            length, at, group_codes, group_inc = int(lengths[group[0]]), rel[group], codes[group], inc[group]
-            if at.min() < 0:  # samples before the buffer were popped already: too late to change
-                self.late_samples += int(np.minimum(-at[at < 0], length).sum())
-            chord = bool((at == at[0]).all())
-            tile = max(BLOCK, _TILE_ELEMENTS // group.shape[0])
-            for begin in range(max(0, -int(at.max())), length, tile):
-                count = min(tile, length - begin)
-                phase = phase0[group] if begin == 0 else (phase0[group] + group_inc * begin) % 1.0
-                if chord:
-                    block = chord_sum(group_codes, group_inc, phase, gains[:, group], count, self._work)
-                    apply_envelope(block, begin, length, attack_n, release_n)
-                    self._buf[:, at[0] + begin:at[0] + begin + count] += block
-                    continue
-                rows = oscillator_rows(group_codes, group_inc, phase, count, self._work)
-                apply_envelope(rows, begin, length, attack_n, release_n)
-                self._add_rows(rows, gains[:, group], at + begin)
-            self._filled = max(self._filled, int(at.max()) + length)
-
-    def _add_rows(self, rows: np.ndarray, gains: np.ndarray, offsets: np.ndarray) -> None:
-        """Add each row (notes, count), times its gains (channels, notes), into the buffer at its offset.
-
-        Notes one after another with no gap (the sequential layout) are one slice; notes that do not
-        overlap, one scatter; only overlapping notes or notes partly before the buffer go one by one.
-        """
-        notes, count = rows.shape
-        first = int(offsets[0])
-        if notes == 1 or first >= 0 and bool((np.diff(offsets) == count).all()):  # back to back
-            if first >= 0:
-                self._buf[:, first:first + notes * count] += (gains[:, :, None] * rows).reshape(gains.shape[0], -1)
-                return
-        elif offsets.min() >= 0 and bool((np.diff(np.sort(offsets)) >= count).all()):  # apart: no sample twice
-            where = (offsets[:, None] + np.arange(count)).reshape(-1)
-            self._buf[:, where] += (gains[:, :, None] * rows).reshape(gains.shape[0], -1)
-            return
-        for row, offset in enumerate(offsets.tolist()):
-            skip = max(0, -offset)
-            if skip < count:
-                self._buf[:, offset + skip:offset + count] += gains[:, row, None] * rows[row, skip:]
+    def _hold_blas(self) -> None:
+        """Hold BLAS to one thread until the chunk is rendered (once per chunk, and only if it has chords)."""
+        if self._blas is not None:
+            self._blas.enter_context(one_blas_thread())
+            self._blas = None
 
     def _reserve(self, needed: int) -> None:
         if needed > self._buf.shape[1]:
-            grown = np.zeros((self.audio_channels, max(needed, 2 * self._buf.shape[1])), dtype=np.float32)
+            self._grow_to(max(needed, 2 * self._buf.shape[1]))
+
+    def _grow_to(self, capacity: int) -> None:
+        if capacity > self._buf.shape[1]:
+            grown = np.zeros((self.audio_channels, capacity), dtype=np.float32)
             grown[:, :self._filled] = self._buf[:, :self._filled]
             self._buf = grown
 
@@ -341,10 +324,14 @@ class Synth:
 def render_events(arrangement: Arrangement, events: Iterable[StepEvents]) -> np.ndarray:
     """Render a whole run: float32 ``(frames, audio_channels)`` in [-1, 1], to the end of the last step."""
     synth = Synth(arrangement)
-    chunks = []
+    chunks, pending = [], []
     for step_events in events:
-        synth.render(step_events)
-        chunks.append(synth.pop_ready())
+        pending.append(step_events)
+        if len(pending) == CHUNK_STEPS:
+            synth.render_many(pending)
+            chunks.append(synth.pop_ready())
+            pending = []
+    synth.render_many(pending)
     chunks.append(synth.finish())
     return np.concatenate(chunks, axis=0)
 
@@ -352,36 +339,3 @@ def render_events(arrangement: Arrangement, events: Iterable[StepEvents]) -> np.
 def _finite(value: float, default: float) -> float:
     number = float(value)
     return number if math.isfinite(number) else default
-
-
-def _check_arrangement(a: Arrangement) -> Arrangement:
-    if not isinstance(a, Arrangement):
-        raise TypeError(f"Synth needs an Arrangement (see bridge.mapping.Mapping.arrange), got {type(a).__name__}")
-
-    def bad(field: str, allowed: str, got: object, fix: str) -> ValueError:
-        return ValueError(f"Arrangement.{field} must be {allowed}; got {got!r}. {fix}")
-
-    if isinstance(a.sample_rate, bool) or not isinstance(a.sample_rate, (int, np.integer)) or a.sample_rate <= 0:
-        raise bad("sample_rate", "a positive integer number of Hz", a.sample_rate, "Use e.g. 44100 or 48000.")
-    if a.audio_channels not in (1, 2):
-        raise bad("audio_channels", "1 (mono) or 2 (stereo)", a.audio_channels, "Set channels to 1 or 2.")
-    for field in ("attack_s", "release_s"):
-        value = getattr(a, field)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= MAX_NOTE_S:
-            raise bad(field, f"seconds from 0 to {MAX_NOTE_S:g}", value, "Use 0 for no envelope.")
-    if a.phase not in PHASES:
-        raise bad("phase", f"one of {PHASES}", a.phase, "Pick 'reset' or 'continuous'.")
-    if not isinstance(a.max_frequency_hz, (int, float)) or not a.max_frequency_hz > 0 or \
-            not math.isfinite(a.max_frequency_hz):
-        raise bad("max_frequency_hz", "a finite number of Hz above 0", a.max_frequency_hz, "Use e.g. 16000.")
-    if not a.voices:
-        raise bad("voices", "at least one LayerVoice", a.voices, "Arrange at least one layer.")
-    indices = [v.index for v in a.voices]
-    if len(set(indices)) != len(indices) or min(indices) < 0:
-        raise bad("voices", "voices with distinct layer indices >= 0", indices, "Give each layer its own index.")
-    for v in a.voices:
-        if v.waveform not in WAVEFORMS:
-            raise bad(f"voices[{v.index}].waveform", f"one of {WAVEFORMS}", v.waveform, "Pick a known waveform.")
-        if not isinstance(v.pan, (int, float)) or not -1.0 <= v.pan <= 1.0:
-            raise bad(f"voices[{v.index}].pan", "a number from -1.0 (left) to 1.0 (right)", v.pan, "0 is centre.")
-    return a
