@@ -147,10 +147,10 @@ class OutputsProcess:
         child = None
         if message is not None and "stats" in message:
             child = stats_from_dict(message["stats"])
-        elif self._process.poll() is None:
+        elif (status := self._exit_status()) is None:
             failure = f"did not finish within {timeout_s:g} s and was killed; files may be incomplete"
         else:
-            failure = f"exited with status {self._process.returncode} before reporting{self._tail()}"
+            failure = f"exited with status {status} before reporting{self._tail()}"
         self._stop()
         if failure is not None:
             log.warning("the outputs process %s", failure)
@@ -177,9 +177,9 @@ class OutputsProcess:
         os.set_blocking(fd, False)
         message = self._read_message(timeout_s)
         if message is None:
-            alive = self._process.poll() is None
-            what = f"did not open its outputs within {timeout_s:g} s" if alive else (
-                f"exited with status {self._process.wait()} before opening its outputs")
+            status = self._exit_status()
+            what = f"did not open its outputs within {timeout_s:g} s" if status is None else (
+                f"exited with status {status} before opening its outputs")
             raise SinkError(f"the outputs process (python -m {CHILD_MODULE}) {what}{self._tail()}. Fix: {_FIX}")
         if not message.get("ready"):
             error, kind = str(message.get("error")), message.get("kind")
@@ -209,6 +209,13 @@ class OutputsProcess:
         line, self._stdout_buffer = self._stdout_buffer.split(b"\n", 1)
         value = json.loads(line.decode("utf-8"))
         return value if isinstance(value, dict) else None
+
+    def _exit_status(self) -> int | None:
+        """The child's exit status once its stdout has ended (it may take a moment to exit), or ``None``."""
+        try:
+            return self._process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _relay_stderr(self) -> None:
         """Copy the child's stderr to ours, line by line, keeping the last lines for error messages."""
