@@ -34,8 +34,8 @@ from bridge.mapping import Mapping
 from bridge.outputs import file_sinks, live_sinks
 from bridge.outputs_process import OutputsSetup
 from bridge.pipeline import Outputs, build_outputs, rate_for
-from bridge.rate import RateControl
 from bridge.process_link import OutputsProcess
+from bridge.rate import RateControl
 from bridge.runlog import RunLogWriter
 from bridge.sinks.base import Sink
 
@@ -169,11 +169,12 @@ def watch(
         wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
         announce: stream for the start-up description and the closing summary (``None``: silent).
         process: run the outputs (run log, WAV, MIDI file, ``midi``, ``osc``, ``play``) in a separate
-            process (``python -m bridge.outputs_process``, no torch; about 0.2–0.5 s to start), so their
-            work never holds this process's interpreter lock. The training process keeps the hook and a
-            thread that writes each frame (32 + 8 bytes per layer) into a pipe of 1 MiB; when the outputs
-            process falls that far behind, frames are dropped and counted, training never waits. Your own
-            ``sinks`` stay on that thread in this process. ``False``: everything on the thread here.
+            process, ``python -m bridge.outputs_process``, so their work never holds this process's
+            interpreter lock. It imports no torch and starts in about as long as NumPy takes to import
+            (0.3-1 s); ``watch`` waits until its outputs are open. This process keeps the hook and a thread
+            that writes each frame (32 + 8 bytes per layer) into a 1 MiB pipe; when the outputs process
+            falls that far behind, frames are dropped and counted: training never waits. Your own ``sinks``
+            stay on that thread in this process. ``False``: everything runs on the thread here.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"watch needs a torch.nn.Module as model, got {type(model).__name__}")
