@@ -49,7 +49,8 @@ def record_bytes(layer_count: int) -> int:
 
 def encode_frame(frame: Frame) -> bytes:
     """One frame as its record: the header, then the norms as little-endian float64."""
-    return _HEADER.pack(frame.step, frame.time_s, frame.loss, frame.lr) + frame.norms.astype(_NORM, copy=False).tobytes()
+    head = _HEADER.pack(frame.step, frame.time_s, frame.loss, frame.lr)
+    return head + frame.norms.astype(_NORM, copy=False).tobytes()
 
 
 def decode_frame(record: bytes, layer_count: int) -> Frame:

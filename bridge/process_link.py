@@ -129,15 +129,17 @@ class OutputsProcess:
         atexit.register(link._finish_at_exit)
         return link
 
-    def finish(self, stats: DispatchStats, timeout_s: float = FINISH_TIMEOUT_S) -> DispatchStats:
+    def finish(self, stats: DispatchStats, timeout_s: float | None = None) -> DispatchStats:
         """Merge the training side's ``stats`` (its dispatcher, closed) with the child's, once it is done.
 
-        Closes the pipe if the dispatcher did not, waits up to ``timeout_s`` seconds for the child's final
-        stats (killing it after that), and returns the run's stats: frames in as training handed them,
-        done as the outputs took them, everything else dropped; errors per output, open failures included.
+        Closes the pipe if the dispatcher did not, waits up to ``timeout_s`` seconds (``None``:
+        ``FINISH_TIMEOUT_S``) for the child's final stats, killing it after that, and returns the run's
+        stats: frames in as training handed them, done as the outputs took them, everything else dropped;
+        errors per output, open failures included.
         """
         if self._stats is not None:
             return self._stats
+        timeout_s = FINISH_TIMEOUT_S if timeout_s is None else timeout_s
         atexit.unregister(self._finish_at_exit)
         try:
             self.forwarder.close()

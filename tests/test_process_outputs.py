@@ -23,7 +23,7 @@ import torch
 from pythonosc.osc_bundle import OscBundle
 
 import bridge
-import bridge.process_link as process_link
+from bridge import process_link
 from bridge.dispatch import DispatchStats
 from bridge.errors import SinkError
 from bridge.events import Arrangement, StepEvents
@@ -297,6 +297,22 @@ def test_a_stalled_child_makes_the_pipe_drop_frames_and_every_frame_is_counted(
     assert (stats.frames_in, stats.frames_done, stats.frames_dropped) == (100, 85, 15)
     _, frames = read_run(tmp_path / "run.gbrun")
     assert [f.step for f in frames] == list(range(85))
+
+
+def test_a_child_that_hangs_at_the_end_is_killed_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process_link, "FINISH_TIMEOUT_S", 0.5)
+    model = two_layer_model()
+    w = bridge.watch(model, None, mapping="perone2019", record=tmp_path / "run.gbrun", auto=False, process=True,
+                     announce=None)
+    pid = w.outputs_pid
+    os.kill(pid, signal.SIGSTOP)  # stopped: it never reads the end of its input
+    model(torch.ones(1, 4)).sum().backward()
+    w.step()
+    stats = w.remove()
+    assert gone(pid)
+    assert stats.first_errors == {"outputs process": "did not finish within 0.5 s and was killed; files may be "
+                                                     "incomplete"}
+    assert (stats.frames_in, stats.frames_done, stats.frames_dropped) == (1, 1, 0)
 
 
 # --- the training process dies ---------------------------------------------------------------------------
