@@ -187,6 +187,9 @@ def watch(
         return Watch(capture, silent, None, f"rank {part.rank} is silent (rank {ranks} sounds)", None)
     if not isinstance(process, bool):
         raise TypeError(f"process must be True (outputs in a separate process) or False, got {process!r}")
+    if process and os.name != "posix":
+        raise ValueError(f"process=True needs a POSIX system (Linux, macOS) for its non-blocking pipe; this is "
+                         f"{os.name!r}: pass process=False")
     record, wav, midi_file = part.path_for(record), part.path_for(wav), part.path_for(midi_file)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
     rate = rate_for(chosen, every, max_fps, aggregate)

@@ -269,6 +269,11 @@ def test_a_child_that_cannot_start_raises_before_training_with_its_error_and_the
     assert not (tmp_path / "run.wav").exists()
 
 
+def test_process_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match=r"process must be True .* got 'yes'"):
+        bridge.watch(two_layer_model(), None, auto=False, process="yes", announce=None)  # type: ignore[arg-type]
+
+
 def test_a_bad_setting_refused_by_the_child_raises_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sample_format"):
         bridge.watch(two_layer_model(), None, auto=False, wav=tmp_path / "run.wav", wav_format="int8",
