@@ -21,14 +21,38 @@ from bridge.watching import Watch
 
 
 def drain(watch: Watch, timeout_s: float = 120.0) -> None:
-    """Wait until the dispatcher has handled every frame handed to it."""
+    """Wait until the dispatcher has handled every frame handed to it (and an outputs process is idle)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         s = watch.stats
         if s.frames_done + s.frames_unreadable + s.frames_dropped >= s.frames_in:
+            if watch.outputs_pid is not None:
+                wait_idle(watch.outputs_pid, deadline)
             return
         time.sleep(0.0005)
     raise RuntimeError(f"the dispatcher did not catch up within {timeout_s} s")
+
+
+def process_cpu_ticks(pid: int) -> int:
+    """User + system CPU time of process ``pid`` so far, in clock ticks (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_idle(pid: int, deadline: float, quiet_s: float = 0.03) -> None:
+    """Wait until process ``pid`` has used no CPU for ``quiet_s`` seconds (or until ``deadline``).
+
+    An outputs process renders file outputs 64 frames at a time, so the frames of an unfinished block are
+    still rendered later, in whatever block runs then.
+    """
+    last, quiet_since = process_cpu_ticks(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+        now = process_cpu_ticks(pid)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
 
 
 class OscReceiver:

@@ -12,7 +12,8 @@ Variants, each with its own model and optimizer, in blocks of a quarter of ``--s
 without, with, with, without, twice (after a warm-up of each):
 
 - ``without``: the loop alone (the watch's threads exist but are idle: the queue is drained before).
-- ``with``: the loop with one ``bridge.watch`` for the whole run: run log, WAV (the soak preset, 2 ms
+- ``with``: the loop with one ``bridge.watch`` for the whole run (``--process``: ``process=True``, the
+  outputs in a separate process, whose CPU time is reported as one more row): run log, WAV (the soak preset, 2 ms
   chords at 8 kHz: a minute at 2000 steps/s is 240 s of audio, 3.8 MB), MIDI file, OSC to a UDP reader
   on 127.0.0.1, and live MIDI to a virtual port on a dummy JACK server started for the run (skipped,
   with a note, when jackd is absent). No ``play``: there is no sound card here.
@@ -35,6 +36,7 @@ arrived; no output error; no thread left after close. Timing and memory goals ar
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -46,9 +48,9 @@ import torch
 
 import harness
 from harness import Report, median
-from probes import (OscReceiver, drain, midi_track_count, native_threads, resident_bytes, thread_cpu_ns,
-                    thread_names, wav_frame_count)
 from jackserver import jack_server
+from probes import (OscReceiver, drain, midi_track_count, native_threads, process_cpu_ticks, resident_bytes,
+                    thread_cpu_ns, thread_names, wav_frame_count)
 from standins import LAYER_SIZE, PRESET, STEP_SAMPLES, Norms, StandInLoop, Steps
 
 from bridge.dispatch import DispatchStats
@@ -87,8 +89,10 @@ def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None
     if args.max_fps is not None:
         live["max_fps"] = args.max_fps
     loops = {"without": StandInLoop(layers), "with": StandInLoop(layers)}
-    watch = loops["with"].attach(mapping=preset, osc=f"127.0.0.1:{osc.port}", **live,
+    watch = loops["with"].attach(mapping=preset, osc=f"127.0.0.1:{osc.port}", process=args.process, **live,
                                  **{k: str(v) for k, v in paths.items()})
+    child = watch.outputs_pid  # with --process: the outputs process, whose CPU time is counted apart
+    child_ticks = {name: 0 for name in loops}
     for loop in loops.values():
         loop.ready()
     os_threads_running = native_threads()
@@ -103,9 +107,12 @@ def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None
         if name == "without":
             drain(watch)  # untimed: the with blocks' background work stays out of the without blocks
         before, ran_before = thread_cpu_ns(), len(steps[name].step_ns)
+        child_before = process_cpu_ticks(child) if child is not None else 0
         loops[name].run(block_s, rate, steps[name])
         for tid, ns in thread_cpu_ns().items():
             cpu[name][tid] = cpu[name].get(tid, 0) + ns - before.get(tid, ns)
+        if child is not None:
+            child_ticks[name] += process_cpu_ticks(child) - child_before
         body = steps[name].step_ns[ran_before]
         blocks.append({"block": index + 1, "variant": name, "steps": len(body), "steps/s": len(body) / block_s,
                        "median µs": float(np.median(body)) / 1e3,
@@ -147,6 +154,13 @@ def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None
         row["with: µs per frame done"] = cpu["with"].get(tid, 0) / 1e3 / max(in_flight.frames_done, 1)
         if row["without: % of a core"] >= 0.5 or row["with: % of a core"] >= 0.5:
             cpu_rows.append(row)
+    if child is not None:  # clock ticks of the whole process (all its threads), not schedstat
+        tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+        row = {"thread": f"outputs process (pid {child}, all threads)"}
+        for name in ("without", "with"):
+            row[f"{name}: % of a core"] = 100 * child_ticks[name] * tick_s / steps[name].seconds
+        row["with: µs per frame done"] = child_ticks["with"] * tick_s * 1e6 / max(stats.frames_done, 1)
+        cpu_rows.append(row)
     report.table("CPU time per thread during the timed blocks (schedstat; waiting for the GIL does not count)",
                  cpu_rows)
     judge(report, rows, stats, paths, layers, rate, growth, left, os_threads_after - os_threads_before)
@@ -260,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sys.setswitchinterval, seconds (default: Python's, 0.005), to see GIL hand-over stalls")
     parser.add_argument("--max-fps", type=float, help="live outputs (MIDI port, OSC) sound at most this many steps "
                         "a second (watch's max_fps; default: every step, as the preset says)")
+    parser.add_argument("--process", action="store_true", help="run the outputs in a separate process "
+                        "(watch's process=True); results go to throughput-process.json")
     parser.add_argument("--blas-threads", type=int, help="limit NumPy's BLAS to this many threads (threadpoolctl)")
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (3.0 if args.quick else 60.0)
@@ -275,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     harness.banner("gradbridge throughput", args.quick)
     harness.quiet_shared_channels()
-    report = Report("throughput", args.quick, settings={
+    report = Report("throughput-process" if args.process else "throughput", args.quick, settings={
+        "outputs_process": args.process,
         "rate": args.rate, "layers": args.layers, "layer_size": LAYER_SIZE, "seconds_per_variant": args.seconds,
         "switch_interval_s": sys.getswitchinterval(), "live_max_fps": args.max_fps, "blas_threads": args.blas_threads or "default",
         "torch_threads": 1, "preset": "soak (standins.PRESET)"})

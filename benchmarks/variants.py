@@ -137,12 +137,13 @@ class Watched(Trainer):
     """The loop with ``bridge.watch`` attached; the hook is timed between two pre-hooks around it.
 
     ``outputs``: ``"all"`` (run log, WAV, MIDI file, and OSC when ``osc_target`` is given) or ``"log"``
-    (the run log alone).
+    (the run log alone). ``process``: the outputs run in a separate process (``watch(process=True)``).
     """
 
-    def __init__(self, case: Case, folder: Path, osc_target: str | None, outputs: str = "all") -> None:
+    def __init__(self, case: Case, folder: Path, osc_target: str | None, outputs: str = "all",
+                 process: bool = False) -> None:
         super().__init__(case)
-        stem = folder / f"{case.name.split(':')[0]}-{outputs}"
+        stem = folder / f"{case.name.split(':')[0]}-{outputs}{'-process' if process else ''}"
         self.paths = {"record": stem.with_suffix(".gbrun")}
         if outputs == "all":
             self.paths.update(wav=stem.with_suffix(".wav"), midi_file=stem.with_suffix(".mid"))
@@ -151,7 +152,7 @@ class Watched(Trainer):
         self._started = 0.0
         before = self.optimizer.register_step_pre_hook(self._start)
         self.watch = bridge.watch(self.model, self.optimizer, mapping="pentatonic", osc=osc_target, announce=None,
-                                  **{k: str(v) for k, v in self.paths.items()})
+                                  process=process, **{k: str(v) for k, v in self.paths.items()})
         after = self.optimizer.register_step_pre_hook(self._stop)
         self.timing_handles = [before, after]
         self.stats = None

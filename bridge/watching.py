@@ -10,7 +10,8 @@
             optimizer.zero_grad()
 
 The training thread only computes the norms (one fused pass) and hands a frame to the dispatcher thread,
-which records it, maps it to events and feeds the sinks. Closing (the end of the ``with``, ``remove()``,
+which records it, maps it to events and feeds the sinks; with ``process=True`` that thread only forwards
+each frame to a separate outputs process, which does the rest. Closing (the end of the ``with``, ``remove()``,
 Ctrl-C, an exception) drains what is queued, writes the files and prints what happened.
 """
 
@@ -25,13 +26,16 @@ from typing import TextIO
 
 import torch
 
-from bridge.capture import Capture, find_layers
+from bridge.capture import Capture, Layer, find_layers
 from bridge.dispatch import Dispatcher, DispatchStats
-from bridge.distributed import participation
+from bridge.distributed import Participation, participation
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.outputs import file_sinks, live_sinks
+from bridge.outputs_process import OutputsSetup
 from bridge.pipeline import Outputs, build_outputs, rate_for
+from bridge.process_link import OutputsProcess
+from bridge.rate import RateControl
 from bridge.runlog import RunLogWriter
 from bridge.sinks.base import Sink
 
@@ -46,10 +50,11 @@ class Watch:
     """
 
     def __init__(self, capture: Capture, dispatcher: Dispatcher, outputs: Outputs | None,
-                 description: str, announce: TextIO | None) -> None:
+                 description: str, announce: TextIO | None, process: OutputsProcess | None = None) -> None:
         self._capture = capture
         self._dispatcher = dispatcher
         self._outputs = outputs
+        self._process = process
         self._announce = announce
         self._stats: DispatchStats | None = None
         self.description = description
@@ -69,14 +74,25 @@ class Watch:
 
     @property
     def stats(self) -> DispatchStats:
-        """Frames in, dropped and done, and errors per output, so far (final after ``remove()``)."""
+        """Frames in, dropped and done, and errors per output, so far (final after ``remove()``).
+
+        With ``process=True``, until ``remove()`` these are the training side's: frames done are the frames
+        handed to the outputs process (or dropped when its pipe was full).
+        """
         return self._stats if self._stats is not None else self._dispatcher.stats
+
+    @property
+    def outputs_pid(self) -> int | None:
+        """The process id of the outputs process (``process=True``), else ``None``."""
+        return None if self._process is None else self._process.pid
 
     def remove(self) -> DispatchStats:
         """Detach from the optimizer, finish every output, and return what happened. Idempotent."""
         if self._stats is None:
             self._capture.remove()
             stats = self._dispatcher.close()
+            if self._process is not None:
+                stats = self._process.finish(stats)
             if self._outputs is not None:
                 stats = self._outputs.count_open_failures(stats)
             self._stats = stats
@@ -120,6 +136,7 @@ def watch(
     flush_every: int = 1,
     wav_format: str = "int16",
     announce: TextIO | None = sys.stderr,
+    process: bool = False,
 ) -> Watch:
     """Start listening to ``model``'s gradient norms at every step of ``optimizer``.
 
@@ -151,6 +168,13 @@ def watch(
         flush_every: frames per write of the run log (1 loses nothing on ``kill -9``).
         wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
         announce: stream for the start-up description and the closing summary (``None``: silent).
+        process: run the outputs (run log, WAV, MIDI file, ``midi``, ``osc``, ``play``) in a separate
+            process, ``python -m bridge.outputs_process``, so their work never holds this process's
+            interpreter lock. It imports no torch and starts in about as long as NumPy takes to import
+            (0.3-1 s); ``watch`` waits until its outputs are open. This process keeps the hook and a thread
+            that writes each frame (32 + 8 bytes per layer) into a 1 MiB pipe; when the outputs process
+            falls that far behind, frames are dropped and counted: training never waits. Your own ``sinks``
+            stay on that thread in this process. ``False``: everything runs on the thread here.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"watch needs a torch.nn.Module as model, got {type(model).__name__}")
@@ -161,9 +185,22 @@ def watch(
         silent = Dispatcher([])
         capture = Capture(model, optimizer, found, silent.submit, auto=auto, participation=part)
         return Watch(capture, silent, None, f"rank {part.rank} is silent (rank {ranks} sounds)", None)
+    if not isinstance(process, bool):
+        raise TypeError(f"process must be True (outputs in a separate process) or False, got {process!r}")
+    if process and os.name != "posix":
+        raise ValueError(f"process=True needs a POSIX system (Linux, macOS) for its non-blocking pipe; this is "
+                         f"{os.name!r}: pass process=False")
     record, wav, midi_file = part.path_for(record), part.path_for(wav), part.path_for(midi_file)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
     rate = rate_for(chosen, every, max_fps, aggregate)
+    if process:
+        setup = OutputsSetup(run_info, chosen.preset, record=_path_text(record, "record"), flush_every=flush_every,
+                             wav=_path_text(wav, "wav"), wav_format=wav_format,
+                             midi_file=_path_text(midi_file, "midi_file"), midi=midi, midi_api=midi_api,
+                             midi_virtual=midi_virtual, osc=osc, play=play,
+                             rate={"every": every, "max_fps": max_fps, "aggregate": aggregate})
+        return _watch_in_process(model, optimizer, found, chosen, run_info, setup, sinks, rate,
+                                 auto=auto, part=part, queue_size=queue_size, announce=announce)
     files = file_sinks(wav=wav, midi_file=midi_file, wav_format=wav_format)
     live = live_sinks(midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc, play=play) + list(sinks)
     writer = RunLogWriter(record, run_info, flush_every=flush_every) if record is not None else None
@@ -178,3 +215,33 @@ def watch(
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
     return Watch(capture, dispatcher, outputs, description, announce)
+
+
+def _path_text(path: PathLike | None, field_name: str) -> str | None:
+    if path is None or isinstance(path, str):
+        return path
+    if isinstance(path, os.PathLike):
+        return os.fspath(path)
+    raise TypeError(f"{field_name} must be a path (str or os.PathLike) or None, got {type(path).__name__}")
+
+
+def _watch_in_process(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, found: list[Layer],
+                      chosen: Mapping, run_info: RunInfo, setup: OutputsSetup, sinks: Sequence[Sink],
+                      rate: RateControl, *, auto: bool, part: Participation, queue_size: int,
+                      announce: TextIO | None) -> Watch:
+    """``watch`` with the outputs in a separate process; the user's own sinks stay on the thread here."""
+    child = OutputsProcess.start(setup)
+    try:
+        outputs = build_outputs(chosen, run_info, [], live_sinks=list(sinks), rate=rate)
+        dispatcher = Dispatcher([child.forwarder, *outputs.consumers], queue_size=queue_size).start()
+    except BaseException:
+        child.finish(DispatchStats())
+        raise
+    try:
+        capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto, participation=part)
+    except BaseException:
+        child.finish(dispatcher.close())
+        raise
+    if announce is not None:
+        print(f"gradbridge: {child.description}", file=announce)
+    return Watch(capture, dispatcher, outputs, child.description, announce, child)
