@@ -75,7 +75,7 @@ class DispatchStats:
         """The stats in plain words, e.g. ``"200 frames in, 0 dropped; wav: ok; midi: failed at step 12 (...)"``."""
         head = f"{self.frames_in} frames in, {self.frames_dropped} dropped"
         if self.frames_dropped:
-            head += " (queue full: raise queue_size or send fewer frames)"
+            head += " (the outputs fell behind: raise queue_size, or sound fewer steps with every= or max_fps=)"
         parts = [head]
         if self.frames_unreadable:
             parts.append(f"{self.frames_unreadable} unreadable ({self.first_unreadable})")

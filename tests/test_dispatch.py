@@ -109,7 +109,7 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     assert gate.steps == [0, 1, 2, 3, 4]
     assert (stats.frames_in, stats.frames_dropped, stats.frames_done) == (11, 6, 5)
     assert stats.frames_dropped == stats.frames_in - len(gate.steps)
-    assert stats.summary().startswith("11 frames in, 6 dropped (queue full")
+    assert stats.summary().startswith("11 frames in, 6 dropped (the outputs fell behind")
 
 
 def test_close_drains_joins_and_is_idempotent() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bridge.runlog import read_run
-from tests.conftest import WAIT_S, MidiDump
+from tests.conftest import MidiDump
 
 CHILD = """
 import sys, time, torch

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
