@@ -10,15 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.capture import (
-    Capture,
-    Layer,
-    NormReader,
-    PendingFrame,
-    combine,
-    find_layers,
-)
+from bridge.capture import Capture, Layer, PendingFrame, find_layers
 from bridge.frames import Frame
+from bridge.norms import NormReader, combine
 
 
 def linear(weight: list[list[float]], bias: list[float] | None = None) -> nn.Linear:
