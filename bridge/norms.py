@@ -7,6 +7,7 @@ combination into one norm per layer (sqrt of the sum of squares over the layer's
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -123,22 +124,25 @@ def _plan(
 ) -> tuple[list[Any], list[list[Any]], list[int], list[float]]:
     """Split one group's (parameter, layer, factor) entries into singles and same-shape stacks.
 
-    Returns the singles, the stacks, and the layer and factor of each parameter in read order.
+    Returns the singles (in their given order), the stacks, and the layer and factor of each parameter
+    in read order (singles, then each stack).
     """
+
+    def shape_of(p: Any) -> tuple[int, ...] | None:
+        """The shape under which ``p`` may be stacked, or None."""
+        small = isinstance(p, torch.Tensor) and 0 < p.numel() <= STACK_MAX_NUMEL
+        return tuple(p.shape) if small and stackable and device.type == "cpu" else None
+
+    shapes = [shape_of(p) for p, _, _ in entries]
+    counts = collections.Counter(shapes)
     by_shape: dict[tuple[int, ...], list[tuple[Any, int, float]]] = {}
     singles: list[tuple[Any, int, float]] = []
-    for entry in entries:
-        p = entry[0]
-        if stackable and device.type == "cpu" and isinstance(p, torch.Tensor) and 0 < p.numel() <= STACK_MAX_NUMEL:
-            by_shape.setdefault(tuple(p.shape), []).append(entry)
+    for entry, shape in zip(entries, shapes):
+        if shape is not None and counts[shape] > 1:
+            by_shape.setdefault(shape, []).append(entry)
         else:
             singles.append(entry)
-    stacks = []
-    for same in by_shape.values():
-        if len(same) > 1:
-            stacks.append(same)
-        else:
-            singles.extend(same)
+    stacks = list(by_shape.values())
     ordered = singles + [entry for stack in stacks for entry in stack]
     return ([p for p, _, _ in singles], [[p for p, _, _ in stack] for stack in stacks],
             [layer for _, layer, _ in ordered], [factor for _, _, factor in ordered])

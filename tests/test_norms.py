@@ -207,14 +207,16 @@ def test_unequal_layers_mix_stacks_and_one_fused_pass(monkeypatch: pytest.Monkey
 
 
 def test_distinct_shapes_are_one_fused_pass_in_layer_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), linear([[2.0], [3.0]], [6.0, 0.0]))  # 13 and 7
+    n = STACK_MAX_NUMEL + 1  # a weight too large to stack, after small ones that have no twin
+    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), nn.Linear(n, 2))  # 13 and sqrt(2n + 25)
+    model[1].weight.grad, model[1].bias.grad = torch.ones(2, n), torch.tensor([3.0, 4.0])
     seen = spy_on_fused_pass(monkeypatch)
     norms, layer_of = NormReader(find_layers(model)).read_parameters()
-    assert seen == [[(1, 2), (1,), (2, 1), (2,)]]
-    assert norms.tolist() == pytest.approx([5.0, 12.0, math.sqrt(13.0), 6.0], rel=1e-7)
+    assert seen == [[(1, 2), (1,), (2, n), (2,)]]
+    assert norms.tolist() == pytest.approx([5.0, 12.0, math.sqrt(2.0 * n), 5.0], rel=1e-7)
     assert layer_of is not None and layer_of.tolist() == [0, 0, 1, 1]
     for path in all_paths(model):
-        assert path == pytest.approx([13.0, 7.0], rel=1e-7)
+        assert path == pytest.approx([13.0, math.sqrt(2.0 * n + 25.0)], rel=1e-7)
 
 
 def test_large_gradients_are_not_copied_into_a_stack(monkeypatch: pytest.MonkeyPatch) -> None:
