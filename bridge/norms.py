@@ -194,6 +194,7 @@ class NormReader:
                 owners.setdefault((p.device, p.dtype), []).append((p, index, factor))
         fused = hasattr(torch, "_foreach_norm")
         self._groups: list[_Group] = []
+        first_order: list[int] = []
         for (device, dtype), entries in owners.items():
             local = any(hasattr(p, "_local_tensor") for p, _, _ in entries)  # DTensor: measure the local shard
             # sharded gradients may not have their parameter's shape: no stacks there
@@ -203,16 +204,16 @@ class NormReader:
                 weight = torch.tensor(factors, dtype=torch.float64, device=device)
             index = torch.tensor(order, dtype=torch.long, device=device)
             self._groups.append(_Group(device, dtype, singles, stacks, index, weight, local, fused))
+            first_order = first_order or order
         # One group on the output device without share factors: read_parameters() hands its per-parameter
         # norms on as they are, with the layer of each (None when they are already the layers' norms).
         first = self._groups[0]
         single = len(self._groups) == 1 and first.device == self._device and first.weight is None
         self._only: _Group | None = first if single else None
-        order = first.index.tolist()
         self._layer_of: np.ndarray | None = None
-        if single and order != list(range(self.layer_count)):
-            self._layer_of = np.array(order, dtype=np.int64)
-        self._fold = _fold_of(order, self.layer_count) if single else None
+        if single and first_order != list(range(self.layer_count)):
+            self._layer_of = np.array(first_order, dtype=np.int64)
+        self._fold = _fold_of(first_order, self.layer_count) if single else None
         self._zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @property
