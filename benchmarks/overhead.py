@@ -42,10 +42,11 @@ from probes import HostReadSpy, OscReceiver
 from variants import Case, CaptureOnly, Floor, PostMethod, TensorHooks, Trainer, Watched, make_cases
 
 import bridge
-from bridge.capture import Capture, NormReader, find_layers
+from bridge.capture import Capture, find_layers
 from bridge.dispatch import Dispatcher
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
+from bridge.norms import NormReader
 from bridge.outputs import file_sinks, live_sinks
 from bridge.pipeline import build_outputs, rate_for
 from bridge.runlog import RunLogWriter, read_run

@@ -10,15 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.capture import (
-    Capture,
-    Layer,
-    NormReader,
-    PendingFrame,
-    combine,
-    find_layers,
-)
+from bridge.capture import Capture, Layer, PendingFrame, find_layers
 from bridge.frames import Frame
+from bridge.norms import NormReader
 
 
 def linear(weight: list[list[float]], bias: list[float] | None = None) -> nn.Linear:
@@ -141,49 +135,6 @@ def test_frozen_parameters_are_not_measured() -> None:
     assert read(model) == [5.0]
 
 
-def test_missing_gradient_counts_zero() -> None:
-    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), nn.Linear(3, 3))  # second layer: grads None
-    model[0].bias.grad = None
-    assert read(model) == [5.0, 0.0]
-
-
-def test_nan_and_inf_propagate() -> None:
-    model = nn.Sequential(
-        linear([[math.nan, 1.0]], [1.0]),
-        linear([[math.inf, 1.0]], [1.0]),
-        linear([[math.inf]], [math.nan]),
-        linear([[3.0, 4.0]]),
-    )
-    norms = read(model)
-    assert math.isnan(norms[0])
-    assert norms[1] == math.inf
-    assert math.isnan(norms[2])  # inf² + nan² is nan
-    assert norms[3] == 5.0
-
-
-def test_huge_float32_gradients_do_not_overflow() -> None:
-    big = float(np.float32(1e30))  # the float32 nearest 1e30
-    model = nn.Sequential(linear([[1e30]]), linear([[1e30]], [1e30]))
-    norms = read(model)
-    assert norms[0] == big
-    # squaring 1e30 in float32 would overflow (max 3.4e38); in float64 it gives sqrt(2)·1e30
-    assert norms[1] == pytest.approx(math.sqrt(2.0) * big, rel=1e-15)
-
-
-def test_half_precision_norm_above_float16_range() -> None:
-    layer = nn.Linear(3, 1, bias=False).half()
-    layer.weight.grad = torch.full((1, 3), 60000.0, dtype=torch.float16)  # each element fits float16
-    # sqrt(3) * 60000 = 103923.05, above float16's 65504
-    assert read(layer) == pytest.approx([60000.0 * math.sqrt(3.0)], rel=1e-6)
-
-
-def test_sparse_gradients_fall_back_to_per_tensor_norms() -> None:
-    model = nn.Sequential(nn.Embedding(5, 2, sparse=True), linear([[3.0, 4.0]]))
-    model[0](torch.tensor([1, 1, 3])).sum().backward()  # rows 1 (twice) and 3: grads 2,2 and 1,1
-    assert model[0].weight.grad.is_sparse
-    assert read(model) == pytest.approx([math.sqrt(4 + 4 + 1 + 1), 5.0], rel=1e-6)
-
-
 def frame_norms(model: nn.Module) -> list[float]:
     """The norms of one frame captured by an explicit ``Capture.step()`` on the model's gradients as set."""
     pending: list[PendingFrame] = []
@@ -212,41 +163,6 @@ def test_frames_combine_unequal_layers_missing_gradients_nan_and_inf() -> None:
     assert norms[:2] == pytest.approx([5.0, 3.0], rel=1e-7)  # sqrt(5) is a float32 per-parameter norm
     assert math.isnan(norms[2])
     assert norms[3:] == [10.0, 0.0]
-
-
-def test_read_parameters_gives_each_parameter_and_its_layer() -> None:
-    model = nn.Sequential(linear([[3.0, 4.0]], [12.0]), linear([[0.0, 2.0]], [0.0]))
-    norms, layer_of = NormReader(find_layers(model)).read_parameters()
-    assert norms.tolist() == [5.0, 12.0, 2.0, 0.0]
-    assert layer_of is not None and layer_of.tolist() == [0, 0, 1, 1]
-    single = nn.Sequential(linear([[3.0, 4.0]]), linear([[-7.0]]))
-    norms, layer_of = NormReader(find_layers(single)).read_parameters()
-    assert norms.tolist() == [5.0, 7.0] and layer_of is None
-
-
-def test_combine_sums_squares_per_layer() -> None:
-    values = np.array([3.0, 4.0, 1e200, 1e200, math.inf, 2.0], dtype=np.float64)
-    got = combine(values, np.array([0, 0, 1, 1, 2, 3]), 5)
-    assert got[:2].tolist() == [5.0, math.inf]  # (1e200)² overflows float64: inf, as sqrt(inf) reads
-    assert got[2:].tolist() == [math.inf, 2.0, 0.0]  # layer 4 has no parameter here: 0
-    assert combine(np.array([5.0, 7.0, 9.0], dtype=np.float32), None, 2).tolist() == [5.0, 7.0]
-
-
-def test_gradients_that_go_missing_or_sparse_later_are_still_read(caplog: pytest.LogCaptureFixture) -> None:
-    model = nn.Sequential(nn.Embedding(5, 2, sparse=True), linear([[3.0, 4.0]]))
-    model[0].weight.grad = torch.zeros(5, 2)
-    model[0].weight.grad[0] = torch.tensor([6.0, 8.0])
-    reader = NormReader(find_layers(model))
-    with caplog.at_level(logging.WARNING, logger="bridge"):
-        assert reader.read().tolist() == [10.0, 5.0]  # dense: the fused pass
-        model[0].weight.grad = None
-        assert reader.read().tolist() == [0.0, 5.0]
-        model[0](torch.tensor([1, 1, 3])).sum().backward()  # sparse now: rows 1 (twice) and 3
-        assert reader.read().tolist() == pytest.approx([math.sqrt(4 + 4 + 1 + 1), 5.0], rel=1e-6)
-        model[0].weight.grad = torch.full((5, 2), 0.5)  # dense again: sqrt(10 * 0.25)
-        assert reader.read().tolist() == pytest.approx([math.sqrt(2.5), 5.0], rel=1e-7)
-        assert reader.read().tolist() == pytest.approx([math.sqrt(2.5), 5.0], rel=1e-7)
-    assert caplog.records == []  # a missing or sparse gradient is no failure of the fused pass
 
 
 def test_frames_of_mixed_dtypes_are_combined_on_the_device() -> None:
@@ -451,32 +367,6 @@ def test_one_fused_pass_and_no_item_in_the_hook(monkeypatch: pytest.MonkeyPatch)
     capture.remove()
     assert calls == {"foreach_norm": 3, "item": 0, "tolist": 0, "float": 0}  # one pass per step, all on CPU
     assert len(pending) == 3
-
-
-def test_one_pass_per_dtype_when_parameters_differ_in_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = nn.Sequential(linear([[3.0, 4.0]]), nn.Linear(1, 1, bias=False).double())
-    model[1].weight.grad = torch.tensor([[-7.0]], dtype=torch.float64)
-    reader = NormReader(find_layers(model))
-    real = torch._foreach_norm
-    seen: list[torch.dtype] = []
-    monkeypatch.setattr(torch, "_foreach_norm", lambda ts, *a, **k: seen.append(ts[0].dtype) or real(ts, *a, **k))
-    assert reader.read().tolist() == [5.0, 7.0]
-    assert seen == [torch.float32, torch.float64]
-
-
-def test_failed_fused_pass_falls_back_and_warns_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("no fused kernel here")
-
-    monkeypatch.setattr(torch, "_foreach_norm", broken)
-    reader = NormReader(find_layers(nn.Sequential(linear([[3.0, 4.0]], [12.0]))))
-    with caplog.at_level(logging.WARNING, logger="bridge"):
-        assert reader.read().tolist() == [13.0]
-        assert reader.read().tolist() == [13.0]
-    assert len(caplog.records) == 1
-    assert "no fused kernel here" in caplog.records[0].getMessage()
 
 
 def test_failing_on_frame_is_reported_once_and_training_goes_on(caplog: pytest.LogCaptureFixture) -> None:

@@ -27,8 +27,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import bridge
-from bridge.capture import Capture, Layer, NormReader, find_layers
+from bridge.capture import Capture, Layer, find_layers
 from bridge.distributed import Participation, ShardSlice, clean_name, participation, replicas_of, world
+from bridge.norms import NormReader
 from bridge.runlog import read_run
 
 WORLD = 2
