@@ -178,6 +178,21 @@ def test_close_ends_sounding_notes_at_once_and_sends_all_notes_off(midi_dump: Ca
                        (0xB0, 123, 0), (0xB1, 123, 0), (0xB2, 123, 0), (0xB3, 123, 0), (0xB9, 123, 0)]
 
 
+def test_a_step_sent_just_before_close_is_still_heard(midi_dump: Callable[..., MidiDump]) -> None:
+    # The notes of a step are due as it arrives; closing at once (before the scheduler thread may have woken)
+    # still writes them, then ends them and sends All Notes Off: nothing handed to the sink is lost.
+    dump = midi_dump()
+    _, arrangement = arrange("daw", 2)
+    for _ in range(3):
+        sink = MidiPortSink(dump.port, api="jack")
+        sink.open(arrangement)
+        sink.send(step_events(0.0, [0.0, 0.0], [30.0, 30.0], [60, 64]))
+        sink.close()
+    got = [m for _, m in dump.wait_for(lambda ms: sum(m == (0xB1, 123, 0) for m in ms) == 3)]
+    run = [(0x90, 60, 100), (0x91, 64, 100), (0x80, 60, 0), (0x81, 64, 0), (0xB0, 123, 0), (0xB1, 123, 0)]
+    assert [m for m in got if m[0] & 0xF0 != 0xC0] == run * 3  # program changes at open aside
+
+
 def test_interrupted_run_is_silenced_on_the_way_out(midi_dump: Callable[..., MidiDump]) -> None:
     dump = midi_dump()
     _, arrangement = arrange("daw", 2)

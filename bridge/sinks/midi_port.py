@@ -443,7 +443,8 @@ class MidiPortSink:
         self._counts[0] += 1
 
     def close(self) -> None:
-        """Stop the scheduler, end every sounding note, send All Notes Off on each used channel, close the port.
+        """Stop the scheduler, write what was already due, end every sounding note, send All Notes Off on each
+        used channel, close the port.
 
         Idempotent; safe in an exception handler. Raises the port's error if no ``send`` has reported it yet.
         """
@@ -473,6 +474,9 @@ class MidiPortSink:
         problem: Exception | None = None
         try:
             if self._watch is None or not self._watch.gone.is_set():
+                now = time.monotonic()  # what was due already is written: the scheduler may not have woken yet
+                while self._heap and self._heap[0][0] <= now:
+                    self._play(heapq.heappop(self._heap))
                 for channel, pitch in list(self._sounding):
                     self._note_off(channel, pitch)
                 for channel in sorted(self._used_channels):
