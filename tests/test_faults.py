@@ -390,8 +390,9 @@ try:
             time.sleep(0.002)
 except KeyboardInterrupt:
     s = w.stats
-    print(json.dumps({"in": s.frames_in, "done": s.frames_done, "dropped": s.frames_dropped,
-                      "errors": s.errors}), flush=True)
+    # on a line of its own: the interrupt may have cut a "step N" line short
+    print("\n" + json.dumps({"in": s.frames_in, "done": s.frames_done, "dropped": s.frames_dropped,
+                             "errors": s.errors}), flush=True)
     sys.exit(130)
 """
 
