@@ -132,7 +132,11 @@ class Mapping:
         return self._arrangement
 
     def _set_layers(self, count: int) -> None:
-        """Empty running ranges and the per-layer constants for ``count`` layers (copied into each step's notes)."""
+        """Empty running ranges and the per-layer constants for ``count`` layers.
+
+        The layer indices, durations and amplitudes are shared, read-only, by the notes of every step in
+        which all layers sound (a sink that wrote into them would raise at once).
+        """
         p = self.preset
         self._layers = np.arange(count)
         self._offsets = self._layers * p.note_s if p.layout == "sequential" else np.zeros(count)
@@ -140,6 +144,8 @@ class Mapping:
         self._high = np.full(count, -np.inf)
         self._durations = np.full(count, p.note_s)
         self._amplitudes = np.full(count, p.amplitude)
+        for shared in (self._layers, self._durations, self._amplitudes):
+            shared.setflags(write=False)
         self._halves = np.full(count, 0.5)
 
     def map_frame(self, frame: Frame) -> StepEvents:
@@ -223,9 +229,9 @@ class Mapping:
         p = self.preset
         step_s = self.arrangement.seconds_per_step
         if finite is None:
-            notes = Notes(layer=self._layers.copy(), start_s=starts, duration_s=self._durations.copy(),
+            notes = Notes(layer=self._layers, start_s=starts, duration_s=self._durations,
                           frequency_hz=frequency, midi_note=midi_note, velocity=velocity,
-                          amplitude=self._amplitudes.copy(), value=value)
+                          amplitude=self._amplitudes, value=value)
             return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
                               loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=())
         notes = Notes(layer=self._layers[finite], start_s=starts[finite], duration_s=self._durations[finite],
