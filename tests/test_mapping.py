@@ -75,7 +75,8 @@ def test_extreme_norms_give_valid_midi_and_finite_frequencies() -> None:
             assert np.all((notes.value >= 0) & (notes.value <= 1))
 
 
-def test_scale_mode_auto_range_per_layer() -> None:
+def chromatic_one_layer() -> Mapping:
+    """One layer "a", log curve, auto range, chromatic notes 60..72 (13 of them), chord steps of 0.5 s."""
     preset = parse_preset({
         "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.5},
         "pitch": {"mode": "scale", "curve": "log", "range": "auto", "scale": "chromatic", "root": "C",
@@ -85,6 +86,11 @@ def test_scale_mode_auto_range_per_layer() -> None:
     }, "test")
     mapping = Mapping(preset)
     mapping.arrange(["a"])
+    return mapping
+
+
+def test_scale_mode_auto_range_per_layer() -> None:
+    mapping = chromatic_one_layer()
     # first frame: no range yet, the middle of 13 chromatic notes: 66
     first = mapping.map_frame(Frame(0, 0.0, [1.0]))
     assert list(first.notes.midi_note) == [66]
@@ -244,15 +250,7 @@ def test_map_frames_split_anywhere_equals_map_frame(rows: list[list[float]], cut
 
 def test_map_frames_worked_example_running_range_and_times() -> None:
     # one layer, log curve, chromatic 60..72 (13 notes), chord steps of 0.5 s; the steps skip 12 -> 15
-    preset = parse_preset({
-        "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.5},
-        "pitch": {"mode": "scale", "curve": "log", "range": "auto", "scale": "chromatic", "root": "C",
-                  "low_note": 60, "high_note": 72},
-        "midi": {"velocity": "value"},
-        "sound": {"attack_s": 0.0, "release_s": 0.0},
-    }, "test")
-    mapping = Mapping(preset)
-    mapping.arrange(["a"])
+    mapping = chromatic_one_layer()
     norms = [1.0, 100.0, 10.0, 0.0, math.nan, 1000.0]
     events = mapping.map_frames([Frame(10 + s + 2 * (s > 2), 0.0, [n]) for s, n in enumerate(norms)])
     # log10: 0 (range 0..0: middle, note 66), 2 (new top: 72), 1 (halfway: 66), zero (lowest, range kept: 60),
