@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from bridge.integrations.lightning import GradbridgeCallback
     from bridge.watching import Watch
 
-__all__ = ["GradbridgeCallback", "GradbridgeTrainerCallback", "WatchedRun", "import_framework"]
+__all__ = ["GradbridgeCallback", "GradbridgeTrainerCallback", "WatchedRun", "WatchedRunAccess", "import_framework"]
 
 _ADAPTERS = {
     "GradbridgeCallback": "bridge.integrations.lightning",
@@ -144,3 +144,23 @@ class WatchedRun:
             watch, self._watch = self._watch, None
             self._stats = watch.remove()
         return self._stats
+
+
+class WatchedRunAccess:
+    """What every framework callback offers about its ``WatchedRun`` (kept in ``self._run``)."""
+
+    _run: WatchedRun
+
+    @property
+    def watch(self) -> Watch | None:
+        """The open watch (layer names, live stats), or ``None`` outside training and off the sounding rank."""
+        return self._run.watch
+
+    @property
+    def stats(self) -> DispatchStats | None:
+        """Frames in, dropped and done, and output errors, of the current or last run; ``None`` if none."""
+        return self._run.stats
+
+    def close(self) -> DispatchStats | None:
+        """Finish the outputs now (the callback does it itself when training ends); idempotent."""
+        return self._run.close()

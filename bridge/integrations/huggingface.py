@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping as MappingType
 from typing import TYPE_CHECKING, Any
 
-from bridge.integrations import WatchedRun, import_framework
+from bridge.integrations import WatchedRun, WatchedRunAccess, import_framework
 
 # The framework first: a missing one fails at once, before torch is loaded.
 _transformers = import_framework("transformers", "huggingface", "Hugging Face transformers",
@@ -33,7 +33,6 @@ import torch
 
 if TYPE_CHECKING:
     from bridge.dispatch import DispatchStats
-    from bridge.watching import Watch
 
 __all__ = ["GradbridgeTrainerCallback"]
 
@@ -82,7 +81,7 @@ class _StepLoss:
         self._handle.remove()
 
 
-class GradbridgeTrainerCallback(_transformers.TrainerCallback):  # type: ignore[misc,name-defined]
+class GradbridgeTrainerCallback(WatchedRunAccess, _transformers.TrainerCallback):  # type: ignore[misc,name-defined]
     """Hear every optimizer step of ``Trainer.train``: the layers' gradient norms, the loss and the lr.
 
     Takes the keyword options of ``bridge.watch`` (``mapping``, ``record``, ``wav``, ``midi_file``,
@@ -117,22 +116,12 @@ class GradbridgeTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
         self._run = WatchedRun(type(self).__name__, options)
         self._loss: _StepLoss | None = None
 
-    @property
-    def watch(self) -> Watch | None:
-        """The open watch (layer names, live stats), or ``None`` outside ``train`` and off process zero."""
-        return self._run.watch
-
-    @property
-    def stats(self) -> DispatchStats | None:
-        """Frames in, dropped and done, and output errors, of the current or last run; ``None`` if none."""
-        return self._run.stats
-
     def close(self) -> DispatchStats | None:
         """Finish the outputs now (the callback does it itself when ``train`` ends); idempotent."""
         if self._loss is not None:
             self._loss.remove()
             self._loss = None
-        return self._run.close()
+        return super().close()
 
     def __enter__(self) -> "GradbridgeTrainerCallback":
         return self

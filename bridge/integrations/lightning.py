@@ -17,13 +17,10 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from bridge.integrations import WatchedRun, import_framework
+from bridge.integrations import WatchedRun, WatchedRunAccess, import_framework
 
 if TYPE_CHECKING:
     import torch
-
-    from bridge.dispatch import DispatchStats
-    from bridge.watching import Watch
 
 #: The Lightning package this adapter binds to: ``lightning.pytorch`` where installed.
 LIGHTNING_MODULE = (
@@ -47,7 +44,7 @@ def _loss_scale(trainer: Any) -> torch.Tensor | float | None:
     return scale if scale is not None else scaler.get_scale()
 
 
-class GradbridgeCallback(_pl.Callback):  # type: ignore[misc,name-defined]
+class GradbridgeCallback(WatchedRunAccess, _pl.Callback):  # type: ignore[misc,name-defined]
     """Hear every optimizer step of ``Trainer.fit``: the layers' gradient norms, the loss and the lr.
 
     Takes the keyword options of ``bridge.watch`` (``mapping``, ``record``, ``wav``, ``midi_file``,
@@ -71,20 +68,6 @@ class GradbridgeCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     def __init__(self, **options: Any) -> None:
         super().__init__()
         self._run = WatchedRun(type(self).__name__, options)
-
-    @property
-    def watch(self) -> Watch | None:
-        """The open watch (layer names, live stats), or ``None`` outside ``fit`` and off rank 0."""
-        return self._run.watch
-
-    @property
-    def stats(self) -> DispatchStats | None:
-        """Frames in, dropped and done, and output errors, of the current or last run; ``None`` if none."""
-        return self._run.stats
-
-    def close(self) -> DispatchStats | None:
-        """Finish the outputs now (the callback does it itself when ``fit`` ends); idempotent."""
-        return self._run.close()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = list(trainer.optimizers)
