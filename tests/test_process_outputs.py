@@ -179,13 +179,13 @@ class Collector:
         self.steps: list[int] = []
 
     def open(self, arrangement: Arrangement) -> None:
-        pass
+        """Nothing to prepare: the collector only keeps the steps it is sent."""
 
     def send(self, events: StepEvents) -> None:
         self.steps.append(events.step)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the steps stay for the test to read."""
 
 
 def osc_steps(receiver: socket.socket) -> list[int]:
