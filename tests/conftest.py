@@ -88,15 +88,20 @@ def start_jackd(log_dir: Path) -> JackServer:
     return server
 
 
+def end_process(process: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Stop a peer program the tests started: terminate it, and kill it if it is still there after 5 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 def stop_jackd(server: JackServer) -> None:
     """Stop the server (terminate, then kill after 5 s) and remove the files it and its clients left."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=5)
+    end_process(server.process)
     for leftover in glob.glob(f"/dev/shm/jack_sem.*_{server.name}_*") + glob.glob(f"/dev/shm/jack_{server.name}_*"):
         os.remove(leftover)
 
@@ -190,13 +195,7 @@ class MidiDump:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        end_process(self.process)
 
 
 def jack_ports() -> list[str]:

@@ -32,6 +32,7 @@ from bridge.frames import Frame
 from bridge.mapping import Mapping
 from bridge.sinks.base import Sink
 from bridge.sinks.osc import OscSink, pack_bundles, parse_osc_target, seconds_to_timetag
+from tests.conftest import end_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -96,12 +97,7 @@ class Peer:
         self.seen.clear()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        end_process(self.process)
         self._thread.join(timeout=5)
 
 
