@@ -59,6 +59,20 @@ def check_files(tmp_path: Path, steps: int, names: list[str]) -> None:
 # ---------------------------------------------------------------- Lightning
 
 
+def assert_one_frame_per_step(callback: Any, run_log: Path, layer_names: tuple[str, ...], steps: int,
+                              norms: list[list[float]], losses: np.ndarray) -> list[Any]:
+    """The callback's run: every one of ``steps`` frames handed on and in the run log, with the reference's
+    norms, ``losses`` and the learning rate 0.1 the tests train with; returns the frames."""
+    assert callback.stats is not None and (callback.stats.frames_in, callback.stats.frames_done) == (steps, steps)
+    info, frames = read_run(run_log)
+    assert info.layer_names == layer_names
+    assert [f.step for f in frames] == list(range(steps))
+    np.testing.assert_allclose([f.norms for f in frames], norms, rtol=1e-6)
+    np.testing.assert_allclose([f.loss for f in frames], losses, rtol=1e-6)
+    assert [f.lr for f in frames] == pytest.approx([0.1] * steps)
+    return frames
+
+
 class TinyModule(pl.LightningModule):  # type: ignore[misc,name-defined]
     def __init__(self, fail_at: int | None = None) -> None:
         super().__init__()
@@ -110,15 +124,10 @@ def test_lightning_one_frame_per_optimizer_step_with_the_norms_and_loss_of_that_
     steps = BATCHES // accumulate
     assert trainer.global_step == steps
     assert callback.watch is None  # closed by on_fit_end
-    assert callback.stats is not None and (callback.stats.frames_in, callback.stats.frames_done) == (steps, steps)
-    info, frames = read_run(tmp_path / "run.gbrun")
-    assert info.layer_names == ("net.0", "net.2")
-    assert [f.step for f in frames] == list(range(steps))
-    np.testing.assert_allclose([f.norms for f in frames], reference.norms, rtol=1e-6)
     # Lightning divides each batch's loss by the accumulation count: the step's loss is the batches' mean
-    expected_loss = np.asarray(module.losses).reshape(steps, accumulate).mean(axis=1)
-    np.testing.assert_allclose([f.loss for f in frames], expected_loss, rtol=1e-6)
-    assert [f.lr for f in frames] == [0.1] * steps
+    frames = assert_one_frame_per_step(callback, tmp_path / "run.gbrun", ("net.0", "net.2"), steps,
+                                       reference.norms,
+                                       np.asarray(module.losses).reshape(steps, accumulate).mean(axis=1))
     # Lightning clips after the event: the norms heard are the raw ones, far above the clipping limit
     assert min(float(np.linalg.norm(f.norms)) for f in frames) > 0.1
     check_files(tmp_path, steps, ["net.0", "net.2"])
@@ -255,14 +264,8 @@ def test_hugging_face_one_frame_per_optimizer_step_with_the_norms_and_loss_of_th
     steps = BATCHES // accumulate
     assert trainer.state.global_step == steps
     assert callback.watch is None  # closed by on_train_end
-    assert callback.stats is not None and (callback.stats.frames_in, callback.stats.frames_done) == (steps, steps)
-    info, frames = read_run(tmp_path / "run.gbrun")
-    assert info.layer_names == ("fc1", "fc2")
-    assert [f.step for f in frames] == list(range(steps))
-    np.testing.assert_allclose([f.norms for f in frames], reference.norms, rtol=1e-6)
-    expected_loss = np.asarray(model.losses).reshape(steps, accumulate).mean(axis=1)
-    np.testing.assert_allclose([f.loss for f in frames], expected_loss, rtol=1e-6)
-    assert [f.lr for f in frames] == pytest.approx([0.1] * steps)
+    assert_one_frame_per_step(callback, tmp_path / "run.gbrun", ("fc1", "fc2"), steps, reference.norms,
+                              np.asarray(model.losses).reshape(steps, accumulate).mean(axis=1))
     check_files(tmp_path, steps, ["fc1", "fc2"])
 
 
