@@ -356,11 +356,14 @@ def _check_together(preset: Preset, pitch: dict[str, Any], timing: dict[str, Any
 
 
 def _builtin_dir() -> Path:
-    try:
-        folder = Path(str(resources.files("bridge.mappings")))
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / "mappings"
-    return folder
+    """The built-in presets: ``mappings/`` beside the package in a source checkout, else the installed copy.
+
+    The checkout's own folder comes first, so a checkout on ``PYTHONPATH`` never reads the presets of
+    another (editable) installation."""
+    beside = Path(__file__).resolve().parent.parent / "mappings"
+    if (beside / "perone2019.toml").is_file():
+        return beside
+    return Path(str(resources.files("bridge.mappings")))
 
 
 def builtin_names() -> list[str]:

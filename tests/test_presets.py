@@ -159,3 +159,21 @@ def test_live_every_must_be_positive(tmp_path: Path) -> None:
     path = write(tmp_path, "[live]\nevery = 0\n")
     with pytest.raises(PresetError, match=r"\[live\] every = 0: expected an integer in \[1, 1000000\] steps"):
         load_preset(path)
+
+
+def test_a_checkout_on_the_path_reads_its_own_presets_not_an_installed_copy(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    checkout = tmp_path / "checkout"
+    shutil.copytree(root / "bridge", checkout / "bridge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "mappings", checkout / "mappings")
+    daw = checkout / "mappings" / "daw.toml"
+    daw.write_text(daw.read_text(encoding="utf-8").replace("tempo_bpm = 120.0", "tempo_bpm = 96.0"),
+                   encoding="utf-8")
+    code = "from bridge.presets import load_preset; print(load_preset('daw').tempo_bpm)"
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"})
+    assert shown.stdout.strip() == "96.0"
