@@ -3,12 +3,13 @@
 A real ``bridge.watch(model, optimizer, osc=..., midi=..., midi_api="jack")`` on a real training loop
 (an MLP, torch on 2 threads). Each step is stamped with CLOCK_MONOTONIC (``time.monotonic_ns``, one clock
 for every process on the machine) by two optimizer step pre-hooks, one registered before the watch's
-(the step call) and one after it (the hand-off: the norms are read and the frame is queued). Latency is
-judged from the hand-off, the moment the step's sound exists: the norm pass before it is the hook's
-cost, which ``overhead.py`` measures and which grows with the model; latency from the step call, norm
-pass included, is shown beside it. Two receivers, each in its own process (as SuperCollider or a DAW would be,
-not sharing the training process's interpreter lock; ``arrivals.py``), stamp each OSC datagram as
-``recv`` returns and each MIDI message in python-rtmidi's JACK input callback.
+(the step call) and one after it (the hand-off: the norms are read and the step's record is in the run
+log). From there the follower process, woken by the log's growth (inotify), reads the record, maps it
+and sends it. Latency is judged from the hand-off, the moment the step's sound exists: the norm pass
+before it is the hook's cost, which ``overhead.py`` measures and which grows with the model; latency
+from the step call, norm pass included, is shown beside it. Two receivers, each in its own process (as
+SuperCollider or a DAW would be; ``arrivals.py``), stamp each OSC datagram as ``recv`` returns and each
+MIDI message in python-rtmidi's JACK input callback.
 
 Matching: OSC by the step number in ``/gradbridge/step`` (parsed with python-osc). MIDI by value: the
 model has a ``marker`` layer that takes no part in the forward pass; before each step its gradient is set
@@ -20,9 +21,9 @@ offset; a note-on would go out the same way), rate control off (``every`` 1, ``m
 
 Variants, interleaved in blocks: ``load`` (zero_grad, forward, backward, step, back to back, torch on 2
 threads: both cores busy), ``idle`` (torch on 1 thread, the loop sleeps between steps; the gradients of
-the last backward stay, so the norm pass is the same), and ``load, stages`` (as ``load``, with stamps on
-the dispatcher and MIDI scheduler threads at each stage: pick-up, mapped, MIDI queued, OSC sent, MIDI
-written to JACK; the wrappers cost a few µs a stage).
+the last backward stay, so the norm pass is the same). A last table times the follower's own part alone:
+a record appended by one process to its arrival in another that follows the log (``FileTail``), woken
+by the file watch, idle and with both cores busy.
 
 JACK runs on the dummy driver, 48 kHz, 128-frame periods (2.67 ms), with ``--realtime`` where this
 machine allows SCHED_FIFO (as JACK is meant to run; ``--jack-no-realtime`` to compare), else without.
@@ -37,11 +38,10 @@ skipped with a note and OSC still runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +56,9 @@ from harness import Report, interleave
 from probes import drain
 
 import bridge
-from bridge.sinks.midi_port import MidiPortSink
-from bridge.sinks.osc import OscSink
+from bridge.frames import Frame, RunInfo
+from bridge.mapping import Mapping
+from bridge.runlog import RunLogWriter
 from bridge.watching import Watch
 
 MARKER_SPAN = 16383  #: the marker's norm range, 0–16383: pitch bend carries it exactly (14 bits)
@@ -155,78 +156,22 @@ class Trainer:
         return step
 
 
-class Stages:
-    """Stamps (monotonic ns, by step) on the dispatcher and MIDI scheduler threads, taken by wrapping
-    methods of this watch's objects while ``active()``: the dispatcher's ``_deliver`` (pick-up), the live
-    mapping's ``events_for`` (mapped), each sink's ``send`` (MIDI queued, OSC sent), and the MIDI sink's
-    ``_write`` of the marker's pitch bend (written to JACK)."""
-
-    NAMES = ("dispatcher pick-up", "mapped", "MIDI queued", "OSC sent", "MIDI written")
-
-    def __init__(self, watch: Watch, marker_layer: int) -> None:
-        self.at: dict[str, dict[int, int]] = {name: {} for name in self.NAMES}
-        self._targets: list[tuple[object, str, Callable[..., object]]] = []
-        self._target(watch._dispatcher, "_deliver", lambda item: item.step, "dispatcher pick-up", before=True)
-        for consumer in watch._outputs.consumers if watch._outputs is not None else []:
-            sink, shared = getattr(consumer, "sink", None), getattr(consumer, "_shared", None)
-            if shared is not None and shared.rate is not None:  # the live outputs' mapping
-                self._target(shared, "events_for", lambda frame: frame.step, "mapped", first_only=True)
-            if isinstance(sink, OscSink):
-                self._target(sink, "send", lambda events: events.step, "OSC sent")
-            elif isinstance(sink, MidiPortSink):
-                self._target(sink, "send", lambda events: events.step, "MIDI queued")
-                bend = 0xE0 | sink._channels[marker_layer]
-                self._target(sink, "_write", lambda m, bend=bend: m[1] | m[2] << 7 if m[0] == bend else None,
-                             "MIDI written")
-
-    def _target(self, owner: object, attribute: str, step_of: Callable[[object], int | None], stage: str, *,
-                before: bool = False, first_only: bool = False) -> None:
-        if any(o is owner and a == attribute for o, a, _ in self._targets):
-            return  # the OSC and MIDI sinks share one live mapping
-        original, stamps = getattr(owner, attribute), self.at[stage]
-
-        def wrapper(argument: object) -> object:
-            if before:
-                stamps[step_of(argument)] = time.monotonic_ns()  # type: ignore[index]
-                return original(argument)
-            result = original(argument)
-            now, step = time.monotonic_ns(), step_of(argument)
-            if step is not None and not (first_only and step in stamps):
-                stamps[step] = now
-            return result
-
-        self._targets.append((owner, attribute, wrapper))
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        for owner, attribute, wrapper in self._targets:
-            setattr(owner, attribute, wrapper)  # an instance attribute: the threads look it up per call
-        try:
-            yield
-        finally:
-            for owner, attribute, _ in self._targets:
-                delattr(owner, attribute)  # the class's method again
-
-
-def run_blocks(trainer: Trainer, stages: Stages, plan: Plan) -> dict[str, list[int]]:
+def run_blocks(trainer: Trainer, plan: Plan) -> dict[str, list[int]]:
     """Interleave the variants in blocks of ``plan.block_steps``; return the counted steps of each."""
 
-    def block(step: Callable[[], int], threads: int, staged: bool = False, steps: int = plan.block_steps
-              ) -> Callable[[], list[int]]:
+    def block(step: Callable[[], int], threads: int, steps: int = plan.block_steps) -> Callable[[], list[int]]:
         def run() -> list[int]:
             torch.set_num_threads(threads)
-            with stages.active() if staged else contextlib.nullcontext():
-                done = [step() for _ in range(steps)]
-                drain(trainer.watch)
-                time.sleep(DRAIN_S)
+            done = [step() for _ in range(steps)]
+            drain(trainer.watch)
+            time.sleep(DRAIN_S)
             return done
         return run
 
     for warm_up in (block(trainer.idle_step, 1, steps=plan.warmup_steps),
                     block(trainer.load_step, 2, steps=plan.warmup_steps)):
         warm_up()  # not counted: the first steps open connections, fill caches and start torch's threads
-    variants = {"idle": block(trainer.idle_step, 1), "load": block(trainer.load_step, 2),
-                "load, stages": block(trainer.load_step, 2, staged=True)}
+    variants = {"idle": block(trainer.idle_step, 1), "load": block(trainer.load_step, 2)}
     return interleave(variants, plan.rounds, warmup_rounds=0)  # type: ignore[arg-type]
 
 
@@ -260,26 +205,54 @@ def latency_rows(paths: dict[str, dict[int, int]], samples: dict[str, list[int]]
     return rows
 
 
-def stage_rows(stages: Stages, paths: dict[str, dict[int, int]], steps: list[int],
-               trainer: Trainer) -> list[dict[str, object]]:
-    """Each stage's time from the step call and from the stage before it, over the ``load, stages`` steps."""
-    at = {"step call": dict(enumerate(trainer.called)), "hand-off (the watch's hook done)": dict(
-        enumerate(trainer.handed)), **stages.at, **{f"{path} arrived": got for path, got in paths.items()}}
-    midi = "MIDI arrived" in at
-    chain = [("hand-off (the watch's hook done)", "step call"), ("dispatcher pick-up", "hand-off (the watch's hook done)"),
-             ("mapped", "dispatcher pick-up")]
-    chain += [("MIDI queued", "mapped"), ("OSC sent", "MIDI queued")] if midi else [("OSC sent", "mapped")]
-    chain += [("OSC arrived", "OSC sent")]
-    chain += [("MIDI written", "MIDI queued"), ("MIDI arrived", "MIDI written")] if midi else []
-    rows = []
-    for stage, previous in chain:
-        got = [s for s in steps if s in at[stage] and s in at[previous]]
-        total, step_ = spread_ms([at[stage][s] - trainer.called[s] for s in got]), \
-            spread_ms([at[stage][s] - at[previous][s] for s in got])
-        rows.append({"stage": stage, "after": previous, "steps": len(got), "from step median ms": total["median ms"],
-                     "from step p99 ms": total["p99 ms"], "after previous median ms": step_["median ms"],
-                     "after previous p99 ms": step_["p99 ms"]})
+def follower_wakeups(folder: Path, plan: Plan) -> list[dict[str, object]]:
+    """The follower's own part: a record appended here to its frame in another process that follows the log
+    with ``FileTail`` (woken by the file watch) and stamps it; idle, then with torch busy on both cores."""
+    import subprocess
+
+    info = RunInfo(("a", "b"))
+    path = folder / "wakeup.gbrun"
+    writer = RunLogWriter(path, info)
+    stamps = folder / "wakeups.txt"
+    child = subprocess.Popen([sys.executable, "-c", WAKEUP_CHILD, str(path), str(stamps)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    child.stdout.readline()  # "following"
+    written: dict[int, int] = {}
+    x = torch.randn(512, 512)
+    steps = 0
+    for variant, busy in (("idle", False), ("both cores busy", True)):
+        torch.set_num_threads(2)
+        for _ in range(plan.block_steps * plan.rounds):
+            if busy:
+                x @ x  # noqa: B018 - load, nothing else
+            else:
+                time.sleep(plan.idle_sleep_s)
+            written[steps] = time.monotonic_ns()
+            writer.append(Frame(steps, time.time(), np.ones(2)))
+            steps += 1
+    writer.close()
+    child.wait(timeout=30)
+    arrived = {int(a): int(b) for a, b in (line.split() for line in stamps.read_text().splitlines())}
+    rows, half = [], plan.block_steps * plan.rounds
+    for variant, steps_of in (("idle", range(half)), ("both cores busy", range(half, 2 * half))):
+        got = [arrived[s] - written[s] for s in steps_of if s in arrived]
+        rows.append({"variant": variant, "records": len(steps_of), "arrived": len(got), **spread_ms(got)})
     return rows
+
+
+WAKEUP_CHILD = r"""
+import sys, time
+from bridge.tail import FileTail
+tail = FileTail(sys.argv[1])
+print("following", flush=True)
+with open(sys.argv[2], "w") as out:
+    while not tail.finished:
+        for frame in tail.read_new():
+            out.write(f"{frame.step} {time.monotonic_ns()}\n")
+        if not tail.finished:
+            tail.wait(0.1)
+"""
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -301,8 +274,7 @@ def run(plan: Plan, report: Report, folder: Path, realtime: bool) -> None:
         try:
             trainer = Trainer(plan, preset, osc_in.address, midi_in.address if midi_in is not None else None)
             try:
-                stages = Stages(trainer.watch, trainer.marker_layer)
-                samples = run_blocks(trainer, stages, plan)
+                samples = run_blocks(trainer, plan)
             finally:
                 stats = trainer.watch.remove()
             time.sleep(DRAIN_S)
@@ -310,10 +282,9 @@ def run(plan: Plan, report: Report, folder: Path, realtime: bool) -> None:
             datagrams = osc_in.stop()
             messages = midi_in.stop() if midi_in is not None else []
     xruns = jack_xruns(folder / f"{server}.log")
-    outputs = trainer.watch._outputs
-    arrangement = outputs.arrangement if outputs is not None else None
+    arrangement = Mapping.load(str(preset)).arrange(trainer.watch.layer_names)
     paths = {"OSC": osc_arrivals(datagrams, MARKER_SPAN + 1)}  # type: ignore[arg-type]
-    if server is not None and arrangement is not None:
+    if server is not None:
         channel = arrangement.voices[trainer.marker_layer].channel
         paths["MIDI"] = midi_arrivals(messages, channel)  # type: ignore[arg-type]
     arrivals = {path: got for path, (got, _) in paths.items()}
@@ -322,8 +293,8 @@ def run(plan: Plan, report: Report, folder: Path, realtime: bool) -> None:
                  f"{plan.block_steps}-step blocks, {plan.rounds} rounds interleaved after "
                  f"{plan.warmup_steps} warm-up steps idle and under load",
                  rows := latency_rows(arrivals, samples, trainer))
-    report.table("where the time goes under load (the `load, stages` blocks): each stage's time from the step "
-                 "call and from the stage before it", stage_rows(stages, arrivals, samples["load, stages"], trainer))
+    report.table("the follower's wake-up alone: a record appended by this process to its frame read in another "
+                 "process that follows the log (FileTail, woken by the file watch)", follower_wakeups(folder, plan))
 
     load = {row["path"]: row for row in rows if row["variant"] == "load"}
     osc = load["OSC"]

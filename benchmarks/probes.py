@@ -1,4 +1,4 @@
-"""Probes for the benchmarks: a spy on host reads, a local OSC receiver, waiting for the dispatcher, and
+"""Probes for the benchmarks: a spy on host reads, a local OSC receiver, waiting for the followers, and
 looks at this process (resident memory, threads, each thread's CPU time) and at its output files.
 
 Importing it does not change anything until a probe is used. The process probes read ``/proc`` (Linux).
@@ -21,34 +21,37 @@ from bridge.watching import Watch
 
 
 def drain(watch: Watch, timeout_s: float = 120.0) -> None:
-    """Wait until the dispatcher has handled every frame handed to it (and an outputs process is idle)."""
+    """Wait until the watch's followers are idle: its follower process, and a follower thread of this process
+    (``sinks=`` or ``process=False``), have used no CPU for a moment. The hook writes the run log itself, so
+    every frame is in the log already; this waits for the outputs to catch up."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        s = watch.stats
-        if s.frames_done + s.frames_unreadable + s.frames_dropped >= s.frames_in:
-            if watch.outputs_pid is not None:
-                wait_idle(watch.outputs_pid, deadline)
-            return
-        time.sleep(0.0005)
-    raise RuntimeError(f"the dispatcher did not catch up within {timeout_s} s")
+    if watch.outputs_pid is not None:
+        wait_idle(watch.outputs_pid, deadline)
+    for thread in threading.enumerate():
+        if thread.name == "gradbridge-follower" and thread.native_id is not None:
+            wait_idle(os.getpid(), deadline, task=thread.native_id)
+    if time.monotonic() >= deadline:
+        raise RuntimeError(f"the followers did not catch up within {timeout_s} s")
 
 
-def process_cpu_ticks(pid: int) -> int:
-    """User + system CPU time of process ``pid`` so far, in clock ticks (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_ticks(pid: int, task: int | None = None) -> int:
+    """User + system CPU time of process ``pid`` (or of its thread ``task``) so far, in clock ticks (``/proc``)."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
 
-def wait_idle(pid: int, deadline: float, quiet_s: float = 0.03) -> None:
-    """Wait until process ``pid`` has used no CPU for ``quiet_s`` seconds (or until ``deadline``).
+def wait_idle(pid: int, deadline: float, quiet_s: float = 0.03, task: int | None = None) -> None:
+    """Wait until process ``pid`` (or its thread ``task``) has used no CPU for ``quiet_s`` seconds (or until
+    ``deadline``).
 
-    An outputs process renders file outputs 64 frames at a time, so the frames of an unfinished block are
-    still rendered later, in whatever block runs then.
+    A follower renders file outputs 64 frames at a time, so the frames of an unfinished block are still
+    rendered later, in whatever block runs then.
     """
-    last, quiet_since = process_cpu_ticks(pid), time.monotonic()
+    last, quiet_since = process_cpu_ticks(pid, task), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.005)
-        now = process_cpu_ticks(pid)
+        now = process_cpu_ticks(pid, task)
         if now != last:
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:

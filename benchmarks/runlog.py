@@ -1,13 +1,12 @@
 """Run log cost: bytes per step per layer, write cost per step, and read speed.
 
-- Size: frames written with ``RunLogWriter``; (file size − header) / steps against
-  ``bridge.runlog.record_bytes`` (36 + 4 × layers), for 4 and 128 layers; the CSV of the same frames
+- Size: frames written with ``RunLogWriter``; (file size − header − the end record) / steps against
+  ``bridge.runlog.record_bytes`` (40 + 4 × layers), for 4 and 128 layers; the CSV of the same frames
   (``bridge.runcsv.write_csv``) for comparison.
-- Write: ``RunLogWriter.append`` timed call by call, ``flush_every`` 1 and 100, 4 and 128 layers,
-  interleaved in blocks; the median call, and the mean (what a step costs on average, the write every
-  100th frame included).
-- Read: ``RunLogReader`` (the run log streamed frame by frame) and ``open_run`` on the CSV, frames a
-  second and megabytes a second, interleaved; 80 000 steps of 4 layers, 2 500 of 128.
+- Write: ``RunLogWriter.append`` (what the training hook does each step: encode, CRC, one ``os.write``)
+  timed call by call, 4 and 128 layers, interleaved in blocks.
+- Read: ``RunLogReader`` (the run log streamed frame by frame, each record checked) and ``open_run`` on
+  the CSV, frames a second and megabytes a second, interleaved; 80 000 steps of 4 layers, 2 500 of 128.
 
 Run: ``python benchmarks/runlog.py`` (about a minute) or ``--quick`` (a smoke run that exits 1 if a
 correctness check fails). Results: ``benchmarks/results/runlog[-quick].json``.
@@ -31,7 +30,6 @@ from bridge.runcsv import write_csv
 from bridge.runlog import RunLogReader, RunLogWriter, open_run, record_bytes
 
 LAYER_COUNTS = (4, 128)
-FLUSH_EVERY = (1, 100)
 
 
 def make_frames(steps: int, layers: int, seed: int) -> list[Frame]:
@@ -56,17 +54,18 @@ def bench_size(report: Report, folder: Path, steps: int) -> dict[int, list[Frame
             for frame in frames:
                 writer.append(frame)
         header = RunLogReader(path).header_bytes
-        per_step = (path.stat().st_size - header) / steps
+        per_step = (path.stat().st_size - header - record_bytes(layers)) / steps  # less the end record
         csv_path = folder / f"size{layers}.csv"
         write_csv(csv_path, info_for(layers), frames)
         csv_per_step = csv_path.stat().st_size / steps
         rows.append({"layers": layers, "steps": steps, "header B": header, "bytes per step": per_step,
                      "record_bytes()": record_bytes(layers), "bytes per step per layer": per_step / layers,
                      "CSV bytes per step": csv_per_step, "CSV / run log": csv_per_step / per_step})
-        report.check(f"{layers} layers: file size = header + steps x record_bytes", per_step == record_bytes(layers),
+        report.check(f"{layers} layers: file size = header + (steps + 1 end record) x record_bytes",
+                     per_step == record_bytes(layers),
                      f"{per_step:g} B per step, record_bytes {record_bytes(layers)}")
         check_read_back(report, path, frames, layers)
-    report.table("size on disk (flush_every=1)", rows)
+    report.table("size on disk", rows)
     return frames_by_layers
 
 
@@ -83,11 +82,9 @@ def bench_write(report: Report, folder: Path, frames_by_layers: dict[int, list[F
                 rounds: int) -> None:
     writers: dict[str, tuple[RunLogWriter, list[Frame]]] = {}
     for layers in LAYER_COUNTS:
-        for flush_every in FLUSH_EVERY:
-            name = f"{layers} layers, flush_every={flush_every}"
-            path = folder / f"write{layers}-{flush_every}.gbrun"
-            writers[name] = (RunLogWriter(path, info_for(layers), flush_every=flush_every),
-                             frames_by_layers[layers][:block])
+        name = f"{layers} layers"
+        writers[name] = (RunLogWriter(folder / f"write{layers}.gbrun", info_for(layers)),
+                         frames_by_layers[layers][:block])
     clock = time.perf_counter
 
     def run(name: str) -> list[float]:
@@ -105,7 +102,7 @@ def bench_write(report: Report, folder: Path, frames_by_layers: dict[int, list[F
         writer = writers[name][0]
         writer.close()
         rows.append({"config": name, "appends": len(values), "median µs": median(values) * 1e6,
-                     "mean µs (per step, writes included)": sum(values) / len(values) * 1e6,
+                     "mean µs": sum(values) / len(values) * 1e6,
                      "p99 µs": sorted(values)[int(len(values) * 0.99)] * 1e6,
                      "frames per s": len(values) / sum(values)})
         report.check(f"{name}: every append reached the file", writer.written == len(values) + block,
@@ -123,7 +120,7 @@ def bench_read(report: Report, folder: Path, frame_values: int, rounds: int) -> 
         steps = steps_of[layers] = frame_values // layers
         frames = make_frames(steps, layers, 7 + layers)
         path, csv_path = folder / f"read{layers}.gbrun", folder / f"read{layers}.csv"
-        with RunLogWriter(path, info_for(layers), flush_every=1000) as writer:
+        with RunLogWriter(path, info_for(layers)) as writer:
             for frame in frames:
                 writer.append(frame)
         write_csv(csv_path, info_for(layers), frames)

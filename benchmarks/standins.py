@@ -61,17 +61,20 @@ class Norms:
     def __init__(self, layers: int, seed: int = 0) -> None:
         self.layers = layers
         self._rng = np.random.default_rng(seed)
-        self._level = np.zeros(layers)
-        self._block = np.empty((0, layers))
-        self._start = 0
+        # made into the same three buffers every time: no allocation that would move resident memory
+        self._noise, self._walk, self._block = (np.empty((4096, layers)) for _ in range(3))
+        self._walk[-1] = 0.0
+        self._start = -4096
 
     def at(self, step: int) -> np.ndarray:
         """The norms of ``step`` (float64, one per layer; positive, or NaN/Inf at the alarm steps)."""
         while step - self._start >= self._block.shape[0]:
-            walk = self._level + np.cumsum(self._rng.normal(0.0, 0.02, (4096, self.layers)), axis=0)
-            self._level = walk[-1]
+            self._rng.standard_normal(out=self._noise)
+            self._noise *= 0.02
+            self._noise[0] += self._walk[-1]  # the walk goes on from where the last block ended
+            np.cumsum(self._noise, axis=0, out=self._walk)
+            np.exp(self._walk, out=self._block)
             self._start += self._block.shape[0]
-            self._block = np.exp(walk)
         row = self._block[step - self._start].copy()
         if step % NAN_EVERY == NAN_EVERY - 1:
             row[0] = math.nan

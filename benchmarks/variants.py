@@ -46,7 +46,7 @@ def make_cases() -> list[Case]:
                 torch.randint(0, 10, (64,)), F.nll_loss, 1.0)
     deep = nn.Sequential(*[m for _ in range(128) for m in (nn.Linear(32, 32), nn.ReLU())])
     narrow = Case("b: deep narrow", "128 x (Linear(32, 32) + ReLU), batch 8", deep, torch.randn(8, 32),
-                  torch.randn(8, 32), F.mse_loss, 5.0)
+                  torch.randn(8, 32), F.mse_loss, 2.0)
     return [post, narrow]
 
 
@@ -137,13 +137,14 @@ class Watched(Trainer):
     """The loop with ``bridge.watch`` attached; the hook is timed between two pre-hooks around it.
 
     ``outputs``: ``"all"`` (run log, WAV, MIDI file, and OSC when ``osc_target`` is given) or ``"log"``
-    (the run log alone). ``process``: the outputs run in a separate process (``watch(process=True)``).
+    (the run log alone). ``process``: the outputs run in the follower process (``watch``'s default), else
+    on a follower thread of this process (``watch(process=False)``).
     """
 
     def __init__(self, case: Case, folder: Path, osc_target: str | None, outputs: str = "all",
-                 process: bool = False) -> None:
+                 process: bool = True) -> None:
         super().__init__(case)
-        stem = folder / f"{case.name.split(':')[0]}-{outputs}{'-process' if process else ''}"
+        stem = folder / f"{case.name.split(':')[0]}-{outputs}{'' if process else '-thread'}"
         self.paths = {"record": stem.with_suffix(".gbrun")}
         if outputs == "all":
             self.paths.update(wav=stem.with_suffix(".wav"), midi_file=stem.with_suffix(".mid"))
@@ -168,7 +169,7 @@ class Watched(Trainer):
 
     def block(self, steps: int) -> list[float]:
         times = timed(self.step, steps)
-        drain(self.watch)  # untimed: the background work of this block stays in this variant's blocks
+        drain(self.watch)  # untimed: the followers' work on this block stays in this variant's blocks
         return times
 
     def close(self) -> None:

@@ -1,19 +1,21 @@
 """Capture: find a model's layers, hook the optimizer, hand each step's norms on as a frame.
 
-The norms themselves are read by ``bridge.norms.NormReader``. The training thread does only that read
-and a non-blocking hand-off: no ``.item()``, no I/O. On CUDA
-the norms, loss and learning rate travel to the host in one asynchronous copy into pinned memory; the
-``PendingFrame`` handed on is finished (``resolve()``) later, on the consumer's thread.
+The norms themselves are read by ``bridge.norms.NormReader``: one fused pass, no ``.item()`` per layer.
+On a CPU the frame is finished at once and handed to ``on_frame`` (a ``RunLogWriter.append``: one
+``os.write``). On CUDA the norms, loss and learning rate travel to the host in one asynchronous copy into
+pinned memory; the frame is handed on when that copy has completed, which the hook checks without
+waiting at the next step (``remove()`` waits for the last ones): never a host sync per step.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +28,8 @@ from bridge.norms import Layer, NormReader, combine
 logger = logging.getLogger("bridge")
 
 PARAM_MODES = ("all", "weights")
-
-
-class FrameLike(Protocol):
-    """Anything that becomes a ``Frame`` when resolved: a ``Frame`` itself or a ``PendingFrame``."""
-
-    def resolve(self) -> Frame: ...
+#: Frames whose device-to-host copy may be under way at once before the hook waits for the oldest.
+MAX_IN_FLIGHT = 64
 
 
 def _compile(pattern: str, what: str) -> re.Pattern[str]:
@@ -152,8 +150,8 @@ class PendingFrame:
     ``packed`` holds the norms (per layer, or per parameter with ``layer_of`` giving each one's layer,
     combined here as in ``combine``), followed by the scalars whose ``slots`` are indices into it.
 
-    Call ``resolve()`` off the training thread: it waits for the device copy (if any) and returns the
-    ``Frame``. Resolving twice returns the same ``Frame``.
+    ``ready`` says, without waiting, whether the device copy (if any) has completed; ``resolve()`` waits
+    for it and returns the ``Frame``. Resolving twice returns the same ``Frame``.
     """
 
     __slots__ = ("_event", "_frame", "_layer_count", "_layer_of", "_packed", "_slots", "step", "time_s")
@@ -176,6 +174,11 @@ class PendingFrame:
         self._event = event
         self._layer_of = layer_of
         self._frame: Frame | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True when ``resolve()`` will not wait for the device."""
+        return self._frame is not None or self._event is None or bool(self._event.query())
 
     def resolve(self) -> Frame:
         """Wait for the numbers to reach the host and return the finished ``Frame``."""
@@ -206,9 +209,11 @@ class Capture:
 
     With ``auto`` (the default) an optimizer step pre-hook captures one frame per ``optimizer.step()``,
     so gradient accumulation gives one frame per step. Without it, call ``step()`` after ``backward()``
-    and before ``zero_grad()``. ``on_frame`` receives a ``PendingFrame`` on the training thread and must
-    not block (``Dispatcher.submit`` is made for it). Nothing is stored on the model or the optimizer;
-    ``remove()`` (or leaving a ``with`` block) unregisters the hook.
+    and before ``zero_grad()``. ``on_frame`` receives each finished ``Frame`` on the training thread and
+    must be quick (``RunLogWriter.append`` is made for it: one ``os.write``). On CUDA a frame is handed on
+    once its copy to the host has completed, checked without waiting at the next step; ``flush()`` (called
+    by ``remove()``) waits for the last ones. Nothing is stored on the model or the optimizer; ``remove()``
+    (or leaving a ``with`` block) unregisters the hook.
 
     In a ``torch.distributed`` run, ``participation`` (default: rank 0 sounds; see
     ``bridge.distributed.participation``) says what this rank does: a silent rank of a replicated run
@@ -221,7 +226,7 @@ class Capture:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None,
         layers: Sequence[Layer] | None,
-        on_frame: Callable[[FrameLike], None],
+        on_frame: Callable[[Frame], None],
         *,
         auto: bool = True,
         participation: Participation | None = None,
@@ -231,7 +236,7 @@ class Capture:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
         if not callable(on_frame):
-            raise TypeError(f"on_frame must be callable (e.g. Dispatcher.submit); got {type(on_frame).__name__}")
+            raise TypeError(f"on_frame must be callable (e.g. RunLogWriter.append); got {type(on_frame).__name__}")
         layers = find_layers(model) if layers is None else layers
         self._participation = participation or distributed.participation(0, model, layers)
         share = distributed.shares(model) if self._participation.sharded else None
@@ -243,6 +248,7 @@ class Capture:
         self._measures = self._participation.measures
         self._optimizer = optimizer
         self._on_frame = on_frame
+        self._in_flight: collections.deque[PendingFrame] = collections.deque()  # CUDA copies under way
         self._next_step = 0
         self._loss: float | torch.Tensor | None = None
         self._handle: Any = None
@@ -283,6 +289,17 @@ class Capture:
             self.record_loss(loss)
         self._capture()
 
+    def _hand_on_ready(self) -> None:
+        """Hand on, in step order, the frames whose device copy has completed (never waits, unless more than
+        ``MAX_IN_FLIGHT`` are under way: then the oldest is waited for, which bounds the pinned memory)."""
+        while self._in_flight and (self._in_flight[0].ready or len(self._in_flight) > MAX_IN_FLIGHT):
+            self._on_frame(self._in_flight.popleft().resolve())
+
+    def flush(self) -> None:
+        """Hand on every frame whose device copy is still under way, waiting for each (CUDA only)."""
+        while self._in_flight:
+            self._on_frame(self._in_flight.popleft().resolve())
+
     def _hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
             self._capture()
@@ -298,6 +315,8 @@ class Capture:
     def _capture(self) -> None:
         # Runs right after backward, when every attribute, global and code path it touches is a cache
         # miss (1-5 µs each here): the usual case is kept to a few lines and the reader's bound method.
+        if self._in_flight:
+            self._hand_on_ready()
         step = self._next_step
         self._next_step = step + 1  # a failed capture still uses its step index: steps count optimizer steps
         time_s = time.time()
@@ -307,7 +326,7 @@ class Capture:
                 self._loss = None
                 return
             norms, layer_of = squares.sqrt_(), None
-        else:  # per-parameter norms when possible: combined per layer by resolve(), off this thread
+        else:  # per-parameter norms when possible: combined per layer on the host (``combine``)
             norms, layer_of = self._read_parameters()
         loss, self._loss = self._loss, None
         groups = None if self._optimizer is None else self._optimizer.param_groups
@@ -315,8 +334,7 @@ class Capture:
         if loss is None:
             loss = math.nan
         if type(lr) is float and type(loss) is float and norms.is_cpu:  # the usual case
-            self._on_frame(PendingFrame(step, time_s, self._layer_count, norms, {"loss": loss, "lr": lr}, None,
-                                        layer_of))
+            self._on_frame(Frame(step, time_s, combine(norms.numpy(), layer_of, self._layer_count), loss, lr))
             return
         self._hand_off(step, time_s, norms, layer_of, loss, lr)
 
@@ -324,7 +342,8 @@ class Capture:
         self, step: int, time_s: float, norms: torch.Tensor, layer_of: np.ndarray | None, loss: Any, lr: Any
     ) -> None:
         """Hand on a frame whose norms, loss or learning rate are tensors, on the host or not: the ones on
-        the norms' device are packed with them and copied to the host at once, without waiting."""
+        the norms' device are packed with them, so that one copy (CUDA: asynchronous) or one read (CPU)
+        brings them all to the host."""
         device = norms.device
         parts = [norms]
         slots: dict[str, int | float | torch.Tensor] = {}
@@ -332,7 +351,7 @@ class Capture:
             scalar = value if type(value) is float else _scalar_of(value, key)
             if not isinstance(scalar, torch.Tensor):
                 slots[key] = scalar
-            elif scalar.device.type == "cpu":
+            elif scalar.device.type == "cpu" and device.type != "cpu":
                 # already on the host: kept aside (a copy, so that later in-place changes do not show)
                 slots[key] = scalar.clone()
             else:
@@ -348,7 +367,11 @@ class Capture:
             packed = host
         elif device.type != "cpu":
             packed = packed.to("cpu")
-        self._on_frame(PendingFrame(step, time_s, self._layer_count, packed, slots, event, layer_of))
+        pending = PendingFrame(step, time_s, self._layer_count, packed, slots, event, layer_of)
+        if event is None:
+            self._on_frame(pending.resolve())
+            return
+        self._in_flight.append(pending)
 
     def _read_reduced(self) -> torch.Tensor:
         """Squared norms summed over ranks; a rank that cannot read joins with NaN, so that none hangs."""
@@ -361,10 +384,11 @@ class Capture:
         return distributed.reduce_squares(squares)
 
     def remove(self) -> None:
-        """Unregister the optimizer hook; safe to call twice."""
+        """Unregister the optimizer hook and hand on the frames still in flight; safe to call twice."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        self.flush()
 
     def __enter__(self) -> "Capture":
         return self

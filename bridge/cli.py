@@ -1,4 +1,5 @@
-"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``export``, ``replay``, ``ports``, ``mappings``.
+"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``export``, ``replay``, ``follow``, ``ports``,
+``mappings``.
 
 ``render``, ``midi`` and ``export`` read a run log or a CSV of norms and never import torch.
 """
@@ -6,13 +7,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from bridge.outputs import OutputSpec
 
 from bridge.errors import GradbridgeError
 from bridge.frames import Frame
@@ -25,6 +30,8 @@ EPILOG = """examples:
   gradbridge export demo.gbrun -o norms.csv        a run log as CSV (render and midi read it back)
   gradbridge replay demo.gbrun --osc 127.0.0.1:57120 --speed 2   live, to SuperCollider / Max / Pd
   gradbridge replay demo.gbrun --midi "IAC Driver" --play          live, to a DAW and the speakers
+  gradbridge follow run.gbrun --osc 127.0.0.1:57120   a run another process is writing, live from now
+  ssh gpu-box cat run.gbrun | gradbridge follow - --play            a run on another machine
   gradbridge ports                                 MIDI outputs this machine has, and the MIDI API
   gradbridge mappings                              every preset, in plain words
 """
@@ -82,25 +89,20 @@ def _mapping_for(run_metadata: dict[str, str], requested: str | None) -> str:
     return requested or run_metadata.get("mapping") or "pentatonic"
 
 
-def _offline(args: argparse.Namespace, make_sink: str) -> int:
+def _offline(args: argparse.Namespace, spec: OutputSpec) -> int:
     from bridge.mapping import Mapping
+    from bridge.outputs import open_outputs
     from bridge.pipeline import render_frames
     from bridge.runlog import open_run
 
+    spec.check_paths(inputs=[("run", args.run)])
     info, frames = open_run(args.run)
     mapping = Mapping.load(_mapping_for(info.metadata, args.mapping))
-    if make_sink == "wav":
-        from bridge.sinks.wav import WavSink
-
-        sink = WavSink(args.output, sample_format=args.format)
-    else:
-        from bridge.sinks.midi_file import MidiFileSink
-
-        sink = MidiFileSink(args.output)
     print(f"gradbridge: {mapping.arrange(info.layer_names).description}", file=sys.stderr)
     started = time.perf_counter()
-    progress = Progress(_run_length(args.run), f"{make_sink} {Path(args.output).name}")
-    stats = render_frames(_counted(frames, progress), mapping, info, [sink])
+    kind = "wav" if spec.wav is not None else "midi"
+    progress = Progress(_run_length(args.run), f"{kind} {Path(args.output).name}")
+    stats = render_frames(_counted(frames, progress), open_outputs(spec, mapping, info))
     seconds = time.perf_counter() - started
     music_s = stats.frames_done * mapping.arrangement.seconds_per_step
     print(f"gradbridge: wrote {args.output}: {stats.frames_done} steps, {music_s:.2f} s of music "
@@ -110,43 +112,86 @@ def _offline(args: argparse.Namespace, make_sink: str) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Render a run log or CSV to a WAV file with the built-in synth."""
-    return _offline(args, "wav")
+    from bridge.outputs import OutputSpec
+
+    return _offline(args, OutputSpec(wav=args.output, wav_format=args.format))
 
 
 def cmd_midi(args: argparse.Namespace) -> int:
     """Write a run log or CSV as a Standard MIDI File."""
-    return _offline(args, "midi")
+    from bridge.outputs import OutputSpec
+
+    return _offline(args, OutputSpec(midi_file=args.output))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run log as CSV (step, wall_time, loss, lr, one column per layer)."""
+    from bridge.outputs import OutputSpec
     from bridge.runlog import open_run, write_csv
 
+    OutputSpec(record=args.output).check_paths(inputs=[("run", args.run)])
     info, frames = open_run(args.run)
     rows = write_csv(args.output, info, frames)
     print(f"gradbridge: wrote {args.output}: {rows} steps x {len(info.layer_names)} layers", file=sys.stderr)
     return 0
 
 
+def _live_spec(args: argparse.Namespace, **files: str | None) -> OutputSpec:
+    """The outputs asked for by the live options (``add_live_options``) and ``files``."""
+    from bridge.outputs import OutputSpec
+
+    return OutputSpec(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
+                      play=args.play, every=args.every, max_fps=args.max_fps, **files)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Send a recorded run (or CSV) live to MIDI, OSC and the speakers, at musical time."""
     from bridge.mapping import Mapping
-    from bridge.outputs import live_sinks
-    from bridge.pipeline import rate_for
+    from bridge.outputs import open_outputs
     from bridge.replay import replay
     from bridge.runlog import open_run
 
-    sinks = live_sinks(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
-                       play=args.play)
-    if not sinks:
+    spec = _live_spec(args)
+    if not spec.has_live:
         raise GradbridgeError("nothing to replay to. Fix: add --midi PORT, --osc HOST:PORT or --play")
     info, frames = open_run(args.run)
     mapping = Mapping.load(_mapping_for(info.metadata, args.mapping))
     print(f"gradbridge: {mapping.arrange(info.layer_names).description}", file=sys.stderr)
-    stats = replay(frames, info, mapping, sinks, speed=args.speed,
-                   rate=rate_for(mapping, args.every, args.max_fps))
+    stats = replay(frames, open_outputs(spec, mapping, info), speed=args.speed)
     print(f"gradbridge: {stats.summary()}", file=sys.stderr)
     return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """Follow a run log another process is writing (or one piped into standard input) and drive outputs
+    from it: live ones from now on, files too; exits when the writer closes the log, or on Ctrl-C."""
+    import threading
+
+    from bridge.follower import Follower
+    from bridge.follower_process import stop_on_signals
+    from bridge.mapping import Mapping
+    from bridge.outputs import open_outputs
+    from bridge.tail import open_tail
+
+    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file)
+    spec = dataclasses.replace(spec, wav_format=args.format)
+    if not (spec.has_live or spec.has_files):
+        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --wav FILE "
+                              "or --midi-file FILE")
+    if args.run != "-":
+        spec.check_paths(inputs=[("run", args.run)])
+    stop = threading.Event()
+    stop_on_signals(stop)
+    tail = open_tail(args.run, from_start=args.from_start, stop=stop)
+    if tail is None:
+        return 130
+    mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
+    outputs = open_outputs(spec, mapping, tail.info)
+    where = "from its start" if args.from_start or args.run == "-" else "from now"
+    print(f"gradbridge: following {tail.where} {where}: {outputs.arrangement.description}", file=sys.stderr)
+    report = Follower(tail, outputs, stop=stop).run()
+    print(f"gradbridge: {report.reason}; {report.stats.summary()}", file=sys.stderr)
+    return 130 if stop.is_set() else 0
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
@@ -264,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--speed", type=float, default=1.0, help="2 plays twice as fast (default 1)")
     add_live_options(replay)
     replay.set_defaults(func=cmd_replay)
+
+    follow = verbs.add_parser("follow", help="drive outputs from a run log while another process writes it",
+                              description=cmd_follow.__doc__)
+    follow.add_argument("run", help="a run log (.gbrun) being written, or - for one piped into standard input")
+    follow.add_argument("-m", "--mapping", default=None,
+                        help="preset name or .toml path (default: the run's own preset, else pentatonic)")
+    follow.add_argument("--from-start", action="store_true",
+                        help="start from the log's first frame (default: from now; a stream always starts there)")
+    follow.add_argument("--wav", metavar="FILE", default=None, help="also render a WAV file")
+    follow.add_argument("--midi-file", metavar="FILE", default=None, help="also write a Standard MIDI File")
+    follow.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
+    add_live_options(follow)
+    follow.set_defaults(func=cmd_follow)
 
     ports = verbs.add_parser("ports", help="list MIDI outputs and the MIDI API in use", description=cmd_ports.__doc__)
     ports.add_argument("--api", choices=("alsa", "jack", "coremidi", "winmm"), default=None,

@@ -1,57 +1,167 @@
-"""Build the sinks a user asked for by name (files, MIDI port, OSC, speakers).
+"""The outputs a user asked for, described once (``OutputSpec``), and the one function that opens them.
 
-Each sink module is imported only when asked for, so a missing optional dependency (PyAudio) only
-matters to whoever wants that output.
+``watch``, the follower, ``follow``, ``replay``, ``render``/``midi`` and the benchmarks all describe their
+outputs as an ``OutputSpec`` and open them with ``open_outputs``. Each sink module is imported only when
+asked for, so a missing optional dependency (PyAudio) only matters to whoever wants that output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from bridge.frames import RunInfo
+from bridge.mapping import Mapping
+from bridge.pipeline import Outputs, build_outputs
+from bridge.rate import RateControl
 from bridge.sinks.base import Sink
 
 PathLike = str | os.PathLike[str]
 
 
-def file_sinks(*, wav: PathLike | None = None, midi_file: PathLike | None = None,
-               wav_format: str = "int16") -> list[Sink]:
-    """The offline outputs: a WAV file (built-in synth) and a Standard MIDI File, each when a path is given."""
+def _path_or_none(value: object, field_name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{field_name} must be a path (str or os.PathLike) or None, got {type(value).__name__}")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (existing or not: links and ``..`` resolved)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Every output of a run, as the user asked for it (all optional).
+
+    Attributes:
+        record: the run log's path (written by the training hook; here so that no output may take its path).
+        wav: path of a WAV file rendered by the built-in synth.
+        wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
+        midi_file: path of a Standard MIDI File (type 1, one track per layer).
+        midi: live MIDI output port, by name or a unique part of it (``gradbridge ports`` lists them).
+        midi_api: ``"alsa"``, ``"jack"``, ``"coremidi"`` or ``"winmm"``; ``None``: the platform's own.
+        midi_virtual: create a virtual MIDI output named ``midi`` (or "gradbridge") for a DAW to connect to.
+        osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
+        play: play live through the built-in synth on the default audio output (needs PyAudio).
+        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound every
+            Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
+    """
+
+    record: str | None = None
+    wav: str | None = None
+    wav_format: str = "int16"
+    midi_file: str | None = None
+    midi: str | None = None
+    midi_api: str | None = None
+    midi_virtual: bool = False
+    osc: str | None = None
+    play: bool = False
+    every: int | None = None
+    max_fps: float | None = None
+    aggregate: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("record", "wav", "midi_file"):
+            object.__setattr__(self, name, _path_or_none(getattr(self, name), name))
+        for name in ("midi", "midi_api", "osc"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+        for name in ("midi_virtual", "play"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @property
+    def has_files(self) -> bool:
+        """Whether a WAV or MIDI file is asked for."""
+        return self.wav is not None or self.midi_file is not None
+
+    @property
+    def has_live(self) -> bool:
+        """Whether a live output (MIDI port, OSC, speakers) is asked for."""
+        return self.midi is not None or self.midi_virtual or self.osc is not None or self.play
+
+    def check_paths(self, inputs: Sequence[tuple[str, str]] = ()) -> None:
+        """Refuse, before anything opens, two outputs on one path, or an output on one of ``inputs``
+        (``(what, path)`` pairs, e.g. ``("run", "a.gbrun")``): ``ValueError`` naming both."""
+        taken: list[tuple[str, str]] = [(what, path) for what, path in inputs]
+        for name in ("record", "wav", "midi_file"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            for what, other in taken:
+                if _same_file(path, other):
+                    raise ValueError(f"{name}={path!r} is the same file as {what}={other!r}: one would destroy "
+                                     f"the other. Fix: give each its own path")
+            taken.append((name, path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (for the follower process)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "OutputSpec":
+        """The spec written by ``to_dict``."""
+        return cls(**values)
+
+    def rate_for(self, mapping: Mapping) -> RateControl:
+        """The live rate control: the preset's ``[live]`` settings, each overridden when given here."""
+        p = mapping.preset
+        return RateControl(every=p.every if self.every is None else self.every,
+                           max_fps=p.max_fps if self.max_fps is None else self.max_fps,
+                           aggregate=p.aggregate if self.aggregate is None else self.aggregate)
+
+
+def file_sinks(spec: OutputSpec) -> list[Sink]:
+    """The file outputs of ``spec``: a WAV file (built-in synth) and a Standard MIDI File, each when asked."""
     sinks: list[Sink] = []
-    if wav is not None:
+    if spec.wav is not None:
         from bridge.sinks.wav import WavSink
 
-        sinks.append(WavSink(wav, sample_format=wav_format))
-    if midi_file is not None:
+        sinks.append(WavSink(spec.wav, sample_format=spec.wav_format))
+    if spec.midi_file is not None:
         from bridge.sinks.midi_file import MidiFileSink
 
-        sinks.append(MidiFileSink(midi_file))
+        sinks.append(MidiFileSink(spec.midi_file))
     return sinks
 
 
-def live_sinks(*, midi: str | None = None, midi_api: str | None = None, midi_virtual: bool = False,
-               osc: str | None = None, play: bool = False) -> list[Sink]:
-    """The live outputs.
-
-    Args:
-        midi: a MIDI output port's name (exact or a unique part of it; ``gradbridge ports`` lists them), or
-            the name of the virtual port to create with ``midi_virtual``.
-        midi_api: ``"alsa"``, ``"jack"``, ``"coremidi"`` or ``"winmm"`` (``None``: the platform's own).
-        midi_virtual: create a virtual output port named ``midi`` instead of opening an existing one.
-        osc: ``"host:port"`` of an OSC receiver, e.g. ``"127.0.0.1:57120"`` (SuperCollider's sclang).
-        play: play through the built-in synth on the default audio output (needs PyAudio).
-    """
+def live_sinks(spec: OutputSpec) -> list[Sink]:
+    """The live outputs of ``spec``: MIDI port, OSC, speakers, each when asked."""
     sinks: list[Sink] = []
-    if midi is not None or midi_virtual:
+    if spec.midi is not None or spec.midi_virtual:
         from bridge.sinks.midi_port import MidiPortSink
 
-        sinks.append(MidiPortSink(midi, api=midi_api, virtual=midi_virtual))
-    if osc is not None:
+        sinks.append(MidiPortSink(spec.midi, api=spec.midi_api, virtual=spec.midi_virtual))
+    if spec.osc is not None:
         from bridge.sinks.osc import OscSink, parse_osc_target
 
-        host, port = parse_osc_target(osc)
+        host, port = parse_osc_target(spec.osc)
         sinks.append(OscSink(host, port))
-    if play:
+    if spec.play:
         from bridge.sinks.audio import AudioSink
 
         sinks.append(AudioSink())
     return sinks
+
+
+def open_outputs(spec: OutputSpec, mapping: Mapping, run_info: RunInfo, *,
+                 extra_live_sinks: Sequence[Sink] = ()) -> Outputs:
+    """Make and open every output ``spec`` asks for, plus ``extra_live_sinks`` (your own), for ``run_info``.
+
+    Files take every frame; live outputs the frames the rate control lets through. An output that cannot
+    be made or opened is reported once and left out (``Outputs.failed_to_open``); the others go on.
+    """
+    return build_outputs(mapping, run_info, file_sinks(spec), live_sinks=[*live_sinks(spec), *extra_live_sinks],
+                         rate=spec.rate_for(mapping))

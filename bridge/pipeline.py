@@ -1,11 +1,11 @@
 """The pipe from frames to sinks: mapping once per frame, each sink its own isolated consumer.
 
-Live runs (``bridge.watch``) put these consumers behind a ``Dispatcher`` thread; offline renders drive
-the same consumers with ``Dispatcher.run_sync``, so a rendered run and a live one are the same code.
+A follower (``bridge.follower``) drives these consumers as a run log grows; offline renders drive the same
+consumers over a finished log, so a rendered run and a live one are the same code.
 
 Live sinks get each frame as it comes. File sinks (WAV, MIDI file) get ``FILE_BLOCK_STEPS`` frames at a
 time, mapped and rendered as one block: a handful of NumPy calls per block instead of per step, which is
-what makes offline rendering fast and keeps the background thread's share of the interpreter small.
+what makes offline rendering fast and lets a follower catch up when it falls behind.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bridge.dispatch import Consumer, Dispatcher, DispatchStats
+from bridge.dispatch import Consumer, Delivery, DispatchStats
+from bridge.errors import SinkError
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
 from bridge.rate import RateControl
-from bridge.runlog import RunLogWriter
 from bridge.sinks.base import Sink
 
 log = logging.getLogger("bridge")
@@ -43,6 +43,8 @@ class SharedMapping:
         self._last_events: StepEvents | None = None
         self._block: list[Frame] = []
         self._block_events: list[StepEvents] = []
+        self._held_alarm: StepEvents | None = None
+        self._held_checked = False
 
     def events_for(self, frame: Frame) -> StepEvents | None:
         """The events of ``frame`` (computed on the first call for that frame), or ``None`` to stay quiet."""
@@ -66,6 +68,15 @@ class SharedMapping:
             self._block = list(frames)
         return self._block_events
 
+    def held_alarm(self) -> StepEvents | None:
+        """At the end: the events of the steps the rate control still holds back if an alarm (NaN, Inf) is
+        among them, so that it sounds; else ``None``. The same answer for every sink that asks."""
+        if not self._held_checked:
+            self._held_checked = True
+            held = None if self.rate is None else self.rate.held_alarm()
+            self._held_alarm = None if held is None else self.mapping.map_frame(held)
+        return self._held_alarm
+
 
 class SinkConsumer:
     """Feeds one sink the mapped events of every frame."""
@@ -81,7 +92,13 @@ class SinkConsumer:
             self.sink.send(events)
 
     def close(self) -> None:
-        self.sink.close()
+        """Sound an alarm the rate control still holds back, then close the sink."""
+        try:
+            events = self._shared.held_alarm()
+            if events is not None:
+                self.sink.send(events)
+        finally:
+            self.sink.close()
 
 
 class BlockSinkConsumer:
@@ -125,21 +142,6 @@ class BlockSinkConsumer:
                 self.sink.send(step)
 
 
-class RunLogConsumer:
-    """Appends every frame to the run log."""
-
-    name = "run log"
-
-    def __init__(self, writer: RunLogWriter) -> None:
-        self.writer = writer
-
-    def handle(self, frame: Frame) -> None:
-        self.writer.append(frame)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 @dataclass
 class Outputs:
     """The consumers of a run, and the outputs that could not even be opened (reported, left out)."""
@@ -151,26 +153,22 @@ class Outputs:
     def count_open_failures(self, stats: DispatchStats) -> DispatchStats:
         """``stats`` with each output that could not be opened counted as one error "at start"."""
         for name, text in self.failed_to_open.items():
-            stats.errors[name] = stats.errors.get(name, 0) + 1
-            stats.first_errors.setdefault(name, f"at start ({text})")
+            stats.add_error(name, f"at start ({text})")
         return stats
 
 
-def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
-                  record: RunLogWriter | None = None, live_sinks: Sequence[Sink] = (),
+def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *, live_sinks: Sequence[Sink] = (),
                   rate: RateControl | None = None) -> Outputs:
     """Arrange the mapping for the run's layers, open every sink, and wrap each as a consumer.
 
     ``sinks`` (files) take every frame at musical time, in blocks of ``FILE_BLOCK_STEPS``. ``live_sinks``
-    (MIDI port, OSC, speakers) take, one by one, the frames ``rate`` lets through, mapped by their own copy of the mapping, since the running ranges of a
-    rate-limited stream differ from the full one's. A sink that fails to open (port missing, file
-    unwritable) is reported once and left out; the others and training go on. The run log comes first,
-    so a frame is recorded even if every sink breaks.
+    (MIDI port, OSC, speakers) take, one by one, the frames ``rate`` lets through, mapped by their own copy
+    of the mapping, since the running ranges of a rate-limited stream differ from the full one's. A sink that
+    fails to open (port missing, file unwritable) is reported once and left out; the others go on.
+    ``bridge.outputs.open_outputs`` makes the sinks a user asked for and calls this.
     """
     shared = SharedMapping(mapping, run_info.layer_names)
     outputs = Outputs(consumers=[], arrangement=shared.arrangement)
-    if record is not None:
-        outputs.consumers.append(RunLogConsumer(record))
     groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer | SinkConsumer]]] = [
         (shared, sinks, BlockSinkConsumer)]
     if live_sinks:
@@ -189,27 +187,16 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
     return outputs
 
 
-def rate_for(mapping: Mapping, every: int | None = None, max_fps: float | None = None,
-             aggregate: str | None = None) -> RateControl:
-    """The live rate control: the preset's ``[live]`` settings, each overridden when given."""
-    p = mapping.preset
-    return RateControl(every=p.every if every is None else every,
-                       max_fps=p.max_fps if max_fps is None else max_fps,
-                       aggregate=p.aggregate if aggregate is None else aggregate)
+def render_frames(frames: Iterable[Frame], outputs: Outputs) -> DispatchStats:
+    """Offline: play ``frames`` (a run log, a CSV) into ``outputs`` on this thread.
 
-
-def render_frames(frames: Iterable[Frame], mapping: Mapping, run_info: RunInfo,
-                  sinks: Sequence[Sink]) -> DispatchStats:
-    """Offline: play ``frames`` (a run log, a CSV) through ``mapping`` into ``sinks`` on this thread.
-
-    Raises the first sink's error if a sink could not be opened or failed, after closing the others, so a
-    command-line render never reports success with a missing file.
+    Raises ``SinkError`` naming each output that could not be opened or failed, after closing the others,
+    so a command-line render never reports success with a missing file.
     """
-    outputs = build_outputs(mapping, run_info, sinks)
-    stats = Dispatcher(outputs.consumers).run_sync(frames)
+    stats = Delivery(outputs.consumers).run(frames)
     problems = dict(outputs.failed_to_open)
     problems.update(stats.first_errors)
     if problems:
         detail = "; ".join(f"{name}: {text}" for name, text in problems.items())
-        raise RuntimeError(f"rendering failed for {detail}")
+        raise SinkError(f"rendering failed for {detail}")
     return stats

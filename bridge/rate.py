@@ -45,6 +45,7 @@ class RateControl:
         self._count = 0
         self._norms: np.ndarray | None = None
         self._loss = 0.0
+        self._last: Frame | None = None
         self.folded = 0  # frames folded into a later one, in total
 
     @property
@@ -66,6 +67,7 @@ class RateControl:
             self._norms += norms
             self._loss += frame.loss
         self._count += 1
+        self._last = frame
         now = self._clock()
         if self._count < self.every or now - self._last_emit_s < self.min_interval_s:
             return None
@@ -75,3 +77,14 @@ class RateControl:
         self.folded += self._count - 1
         self._norms, self._count, self._last_emit_s = None, 0, now
         return Frame(step=frame.step, time_s=frame.time_s, norms=norms_out, loss=loss_out, lr=frame.lr)
+
+    def held_alarm(self) -> Frame | None:
+        """The aggregate of the frames held back since the last one sounded, if a norm among them is NaN or
+        ±Inf (an alarm must sound even when the run ends before the next sounded frame); else ``None``."""
+        if self._norms is None or self._last is None or bool(np.isfinite(self._norms).all()):
+            return None
+        norms, loss = self._norms, self._loss
+        if self.aggregate == "mean":
+            norms, loss = norms / self._count, loss / self._count
+        last, self._norms, self._count = self._last, None, 0
+        return Frame(step=last.step, time_s=last.time_s, norms=norms, loss=loss, lr=last.lr)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
-from bridge.dispatch import Dispatcher, DispatchStats
-from bridge.frames import Frame, RunInfo
-from bridge.mapping import Mapping
-from bridge.pipeline import build_outputs
-from bridge.rate import RateControl
-from bridge.sinks.base import Sink
+from bridge.dispatch import Delivery, DispatchStats
+from bridge.errors import SinkError
+from bridge.frames import Frame
+from bridge.pipeline import Outputs
 
 
 def paced(frames: Iterable[Frame], seconds_per_step: float, speed: float = 1.0,
@@ -30,16 +28,14 @@ def paced(frames: Iterable[Frame], seconds_per_step: float, speed: float = 1.0,
         yield frame
 
 
-def replay(frames: Iterable[Frame], run_info: RunInfo, mapping: Mapping, sinks: Sequence[Sink], *,
-           speed: float = 1.0, rate: RateControl | None = None) -> DispatchStats:
-    """Send ``frames`` to live ``sinks`` at musical time; returns what happened.
+def replay(frames: Iterable[Frame], outputs: Outputs, *, speed: float = 1.0) -> DispatchStats:
+    """Send ``frames`` to the live ``outputs`` (``bridge.outputs.open_outputs``) at musical time.
 
-    Raises ``RuntimeError`` when no sink could be opened (there would be nothing to hear). Ctrl-C stops
-    the replay; every sink is closed first, so no note is left hanging.
+    Raises ``SinkError`` when no output could be opened (there would be nothing to hear). Ctrl-C stops
+    the replay; every output is closed first, so no note is left hanging.
     """
-    outputs = build_outputs(mapping, run_info, (), live_sinks=sinks, rate=rate)
     if not outputs.consumers:
         detail = "; ".join(f"{name}: {text}" for name, text in outputs.failed_to_open.items())
-        raise RuntimeError(f"no output could be opened ({detail})")
+        raise SinkError(f"no output could be opened ({detail})")
     step_s = outputs.arrangement.seconds_per_step
-    return outputs.count_open_failures(Dispatcher(outputs.consumers).run_sync(paced(frames, step_s, speed)))
+    return outputs.count_open_failures(Delivery(outputs.consumers).run(paced(frames, step_s, speed)))

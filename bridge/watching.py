@@ -9,16 +9,19 @@
             optimizer.step()
             optimizer.zero_grad()
 
-The training thread only computes the norms (one fused pass) and hands a frame to the dispatcher thread,
-which records it, maps it to events and feeds the sinks; with ``process=True`` that thread only forwards
-each frame to a separate outputs process, which does the rest. Closing (the end of the ``with``, ``remove()``,
-Ctrl-C, an exception) drains what is queued, writes the files and prints what happened.
+The training thread computes the norms (one fused pass) and appends the step's record to the run log (one
+``os.write``): nothing else, no thread of ours. A follower process (``bridge.follower_process``) reads the
+log as it grows and drives every output. Closing (the end of the ``with``, ``remove()``, Ctrl-C, an
+exception, SIGTERM) writes the log's end record, waits for the follower to finish the files and silence
+every note, and prints what happened.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
 from collections.abc import Mapping as MappingType
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,43 +29,57 @@ from typing import TextIO
 
 import torch
 
-from bridge.capture import Capture, Layer, find_layers
-from bridge.dispatch import Dispatcher, DispatchStats
-from bridge.distributed import Participation, participation
+from bridge.capture import Capture, find_layers
+from bridge.dispatch import DispatchStats
+from bridge.distributed import participation
+from bridge.errors import RunLogError
+from bridge.follower import Follower, FollowerThread, FollowReport
+from bridge.follower_link import FollowerGone, FollowerProcess
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
-from bridge.outputs import file_sinks, live_sinks
-from bridge.outputs_process import OutputsSetup
-from bridge.pipeline import Outputs, build_outputs, rate_for
-from bridge.process_link import OutputsProcess
-from bridge.rate import RateControl
+from bridge.outputs import OutputSpec, open_outputs
 from bridge.runlog import RunLogWriter
+from bridge.signals import SigtermGuard
 from bridge.sinks.base import Sink
+from bridge.tail import FileTail
+from bridge.watch_summary import Ending, summarize
+from bridge.wire import FollowerSetup
 
 PathLike = str | os.PathLike[str]
 
+log = logging.getLogger("bridge")
+
 
 class Watch:
-    """A running watch: the optimizer hook, the dispatcher and the outputs. Close it with ``remove()``.
+    """A running watch: the optimizer hook, the run log and its followers. Close it with ``remove()``.
 
     Works as a context manager; ``record_loss(loss)`` attaches the loss to the next frame; with
     ``auto=False`` no hook is registered and ``step(loss)`` captures a frame explicitly.
     """
 
-    def __init__(self, capture: Capture, dispatcher: Dispatcher, outputs: Outputs | None,
-                 description: str, announce: TextIO | None, process: OutputsProcess | None = None) -> None:
+    def __init__(self, capture: Capture, writer: RunLogWriter | None, *, process: FollowerProcess | None = None,
+                 thread: FollowerThread | None = None, temporary: bool = False, description: str = "",
+                 announce: TextIO | None = None, guard: SigtermGuard | None = None) -> None:
         self._capture = capture
-        self._dispatcher = dispatcher
-        self._outputs = outputs
+        self._writer = writer
         self._process = process
+        self._thread = thread
+        self._temporary = temporary
         self._announce = announce
+        self._guard = guard
         self._stats: DispatchStats | None = None
+        self._report: FollowReport | None = None
         self.description = description
 
     @property
     def layer_names(self) -> tuple[str, ...]:
         """The layers being measured, in channel order."""
         return self._capture.layer_names
+
+    @property
+    def run_log(self) -> str | None:
+        """The run log's path (a temporary file when no ``record=`` was given), ``None`` on a silent rank."""
+        return None if self._writer is None else self._writer.path
 
     def record_loss(self, loss: float | torch.Tensor) -> None:
         """Attach ``loss`` to the next captured frame (a tensor is not synchronised on this thread)."""
@@ -74,30 +91,45 @@ class Watch:
 
     @property
     def stats(self) -> DispatchStats:
-        """Frames in, dropped and done, and errors per output, so far (final after ``remove()``).
+        """What happened so far: until ``remove()``, frames in are the frames captured and done the frames in
+        the run log; after it, done are the frames every output took, and each output's state is there."""
+        if self._stats is not None:
+            return self._stats
+        writer = self._writer
+        if writer is None:
+            return DispatchStats()
+        return DispatchStats(frames_in=writer.appended, frames_dropped=writer.dropped, frames_done=writer.written,
+                             frames_unreadable=self._capture.errors, consumers=("run log",))
 
-        With ``process=True``, until ``remove()`` these are the training side's: frames done are the frames
-        handed to the outputs process (or dropped when its pipe was full).
-        """
-        return self._stats if self._stats is not None else self._dispatcher.stats
+    @property
+    def outputs_report(self) -> FollowReport | None:
+        """After ``remove()``: the follower process's own report (its lag when training closed the log, its
+        time to finish, its outputs); ``None`` before, or when it failed or none ran."""
+        return self._report
 
     @property
     def outputs_pid(self) -> int | None:
-        """The process id of the outputs process (``process=True``), else ``None``."""
+        """The process id of the follower process that drives the outputs, or ``None``."""
         return None if self._process is None else self._process.pid
 
     def remove(self) -> DispatchStats:
         """Detach from the optimizer, finish every output, and return what happened. Idempotent."""
-        if self._stats is None:
-            self._capture.remove()
-            stats = self._dispatcher.close()
-            if self._process is not None:
-                stats = self._process.finish(stats)
-            if self._outputs is not None:
-                stats = self._outputs.count_open_failures(stats)
-            self._stats = stats
+        if self._stats is not None:
+            return self._stats
+        ending = Ending()
+        if self._guard is not None:
+            self._guard.finishing()
+        try:
+            self._finish(ending)
+        finally:
+            if self._guard is not None:
+                self._guard.release()
+            self._stats = summarize(self._writer, self._capture, ending, temporary=self._temporary)
+            self._report = ending.process
             if self._announce is not None:
-                print(f"gradbridge: {stats.summary()}", file=self._announce)
+                print(f"gradbridge: {self._stats.summary()}", file=self._announce)
+        if ending.interrupted:
+            raise KeyboardInterrupt
         return self._stats
 
     close = remove
@@ -107,6 +139,32 @@ class Watch:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    def _finish(self, ending: Ending) -> None:
+        self._capture.remove()
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except RunLogError as exc:
+                ending.run_log_error = str(exc)
+        if self._process is not None:
+            try:
+                ending.process = self._process.finish(progress=self._progress)
+            except FollowerGone as exc:
+                ending.process_failure = f"when it {exc}"
+            except KeyboardInterrupt:
+                ending.interrupted = True
+                ending.process_failure = "when a second Ctrl-C stopped it while it finished the files"
+        if self._thread is not None:
+            try:
+                ending.thread = self._thread.join()
+            except KeyboardInterrupt:
+                ending.interrupted = True
+
+    def _progress(self, done: int, left: int | None) -> None:
+        """Say, now and then, how far the follower is while it catches up at the end."""
+        if self._announce is not None and left:
+            print(f"gradbridge: finishing the outputs: {done} frames done, {left} to go", file=self._announce)
 
 
 def watch(
@@ -126,36 +184,35 @@ def watch(
     every: int | None = None,
     max_fps: float | None = None,
     aggregate: str | None = None,
+    wav_format: str = "int16",
     layers: str | None = None,
     params: str = "all",
     groups: MappingType[str, str] | None = None,
     depth: int | None = None,
     auto: bool = True,
     ranks: int | str = 0,
-    queue_size: int = 1024,
-    flush_every: int = 1,
-    wav_format: str = "int16",
+    process: bool = True,
     announce: TextIO | None = sys.stderr,
-    process: bool = False,
 ) -> Watch:
     """Start listening to ``model``'s gradient norms at every step of ``optimizer``.
 
-    Args:
-        model: the network; every module that owns parameters is a layer (see ``layers``, ``groups``).
-        optimizer: its optimizer; the hook runs just before each ``optimizer.step()``. ``None`` needs
-            ``auto=False`` and explicit ``step()`` calls.
-        mapping: a preset name (``gradbridge mappings`` lists them), a ``.toml`` path, or a ``Mapping``.
-        record: path of the run log (``.gbrun``) to write, for replay and re-rendering later.
+    Outputs (any mix; see ``bridge.outputs.OutputSpec``):
+        record: path of the run log (``.gbrun``) the hook writes, every step, for replay and re-rendering;
+            without it a temporary one (in the system's temporary folder) is used and removed at close.
         wav: path of a WAV file rendered by the built-in synth.
         midi_file: path of a Standard MIDI File (type 1, one track per layer).
-        midi: live MIDI output port, by name or a unique part of it (``gradbridge ports`` lists them).
+        midi: live MIDI output port, by name or a unique part of it (``gradbridge ports`` lists them);
+            ``midi_api`` (``"alsa"``, ``"jack"``, ``"coremidi"``, ``"winmm"``) and ``midi_virtual`` (create a
+            virtual port named ``midi``, or "gradbridge", for a DAW to connect to) go with it.
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
-        sinks: further live sinks (your own), rate-controlled like ``midi``, ``osc`` and ``play``.
-        midi_api: ``"alsa"``, ``"jack"``, ``"coremidi"`` or ``"winmm"``; ``None``: the platform's own.
-        midi_virtual: create a virtual MIDI output named ``midi`` (or "gradbridge") for a DAW to connect to.
-        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound
-            every Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
+        sinks: your own live sinks; they run on a thread of this process (see ``process``).
+        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound every
+            Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
+        wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
+
+    What is measured:
+        mapping: a preset name (``gradbridge mappings`` lists them), a ``.toml`` path, or a ``Mapping``.
         layers: regex; keep only layers whose name matches.
         params: ``"all"`` parameters of each layer, or ``"weights"`` only (as the 2019 post did).
         groups: {channel name: regex}: modules matching a regex sound as one layer.
@@ -164,84 +221,75 @@ def watch(
         ranks: in a ``torch.distributed`` run, the rank that sounds (the others open no output and,
             unless gradients are sharded, do nothing), or ``"all"``: every rank sounds and writes its
             files as ``NAME.rank<N>.EXT``. Ignored outside a distributed run.
-        queue_size: frames that may wait for the dispatcher before new ones are dropped (and counted).
-        flush_every: frames per write of the run log (1 loses nothing on ``kill -9``).
-        wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
+
+    How:
+        process: ``True`` (default): the outputs run in a follower process (``python -m
+            bridge.follower_process``, no torch, 0.3-1 s to start, at a lower priority), which reads the
+            run log as it grows; the training process keeps only the hook. ``False``: the same follower runs
+            on a thread here, competing with training for the interpreter lock. Your own ``sinks`` always
+            follow the log on a thread here.
         announce: stream for the start-up description and the closing summary (``None``: silent).
-        process: run the outputs (run log, WAV, MIDI file, ``midi``, ``osc``, ``play``) in a separate
-            process, ``python -m bridge.outputs_process``, so their work never holds this process's
-            interpreter lock. It imports no torch and starts in about as long as NumPy takes to import
-            (0.3-1 s); ``watch`` waits until its outputs are open. This process keeps the hook and a thread
-            that writes each frame (32 + 8 bytes per layer) into a 1 MiB pipe; when the outputs process
-            falls that far behind, frames are dropped and counted: training never waits. Your own ``sinks``
-            stay on that thread in this process. ``False``: everything runs on the thread here.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"watch needs a torch.nn.Module as model, got {type(model).__name__}")
+    if not isinstance(process, bool):
+        raise TypeError(f"process must be True (outputs in a follower process) or False (on a thread here), "
+                        f"got {process!r}")
     chosen = mapping if isinstance(mapping, Mapping) else Mapping.load(mapping)
     found = find_layers(model, include=layers, params=params, groups=groups, depth=depth)
     part = participation(ranks, model, found)
-    if not part.sounds:  # no outputs, no thread, no files; joins the norm reduction if gradients are sharded
-        silent = Dispatcher([])
-        capture = Capture(model, optimizer, found, silent.submit, auto=auto, participation=part)
-        return Watch(capture, silent, None, f"rank {part.rank} is silent (rank {ranks} sounds)", None)
-    if not isinstance(process, bool):
-        raise TypeError(f"process must be True (outputs in a separate process) or False, got {process!r}")
-    if process and os.name != "posix":
-        raise ValueError(f"process=True needs a POSIX system (Linux, macOS) for its non-blocking pipe; this is "
-                         f"{os.name!r}: pass process=False")
-    record, wav, midi_file = part.path_for(record), part.path_for(wav), part.path_for(midi_file)
+    if not part.sounds:  # no run log, no follower; joins the norm reduction if gradients are sharded
+        capture = Capture(model, optimizer, found, _ignore, auto=auto, participation=part)
+        return Watch(capture, None, description=f"rank {part.rank} is silent (rank {ranks} sounds)")
+    spec = OutputSpec(record=part.path_for(record), wav=part.path_for(wav), midi_file=part.path_for(midi_file),
+                      wav_format=wav_format, midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc,
+                      play=play, every=every, max_fps=max_fps, aggregate=aggregate)
+    spec.check_paths()
+    spec.rate_for(chosen)  # a bad every / max_fps / aggregate is refused here, before anything starts
+    sinks = list(sinks)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
-    rate = rate_for(chosen, every, max_fps, aggregate)
-    if process:
-        setup = OutputsSetup(run_info, chosen.preset, record=_path_text(record, "record"), flush_every=flush_every,
-                             wav=_path_text(wav, "wav"), wav_format=wav_format,
-                             midi_file=_path_text(midi_file, "midi_file"), midi=midi, midi_api=midi_api,
-                             midi_virtual=midi_virtual, osc=osc, play=play,
-                             rate={"every": every, "max_fps": max_fps, "aggregate": aggregate})
-        return _watch_in_process(model, optimizer, found, chosen, run_info, setup, sinks, rate,
-                                 auto=auto, part=part, queue_size=queue_size, announce=announce)
-    files = file_sinks(wav=wav, midi_file=midi_file, wav_format=wav_format)
-    live = live_sinks(midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc, play=play) + list(sinks)
-    writer = RunLogWriter(record, run_info, flush_every=flush_every) if record is not None else None
-    outputs = build_outputs(chosen, run_info, files, record=writer, live_sinks=live, rate=rate)
-    dispatcher = Dispatcher(outputs.consumers, queue_size=queue_size).start()
+    log_path, temporary = spec.record, spec.record is None
+    if temporary:
+        handle, log_path = tempfile.mkstemp(prefix="gradbridge-", suffix=".gbrun")
+        os.close(handle)
+    writer = RunLogWriter(log_path, run_info)
+    link = thread = None
     try:
-        capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto, participation=part)
+        builtin = spec.has_files or spec.has_live
+        if builtin and process:
+            link = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
+        if sinks or (builtin and not process):
+            own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate)
+            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks)
+            thread = FollowerThread(Follower(FileTail(writer.path), outputs)).start()
+        capture = Capture(model, optimizer, found, writer.append, auto=auto, participation=part)
     except BaseException:
-        dispatcher.close()
+        _abandon(writer, link, thread, log_path if temporary else None)
         raise
-    description = outputs.arrangement.description
+    description = link.description if link is not None else chosen.arrange(run_info.layer_names).description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
-    return Watch(capture, dispatcher, outputs, description, announce)
+    return Watch(capture, writer, process=link, thread=thread, temporary=temporary, description=description,
+                 announce=announce, guard=SigtermGuard.install())
 
 
-def _path_text(path: PathLike | None, field_name: str) -> str | None:
-    if path is None or isinstance(path, str):
-        return path
-    if isinstance(path, os.PathLike):
-        return os.fspath(path)
-    raise TypeError(f"{field_name} must be a path (str or os.PathLike) or None, got {type(path).__name__}")
+def _ignore(frame: object) -> None:
+    """A silent rank's frames go nowhere (it measures only to join the reduction)."""
 
 
-def _watch_in_process(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, found: list[Layer],
-                      chosen: Mapping, run_info: RunInfo, setup: OutputsSetup, sinks: Sequence[Sink],
-                      rate: RateControl, *, auto: bool, part: Participation, queue_size: int,
-                      announce: TextIO | None) -> Watch:
-    """``watch`` with the outputs in a separate process; the user's own sinks stay on the thread here."""
-    child = OutputsProcess.start(setup)
+def _abandon(writer: RunLogWriter, link: FollowerProcess | None, thread: FollowerThread | None,
+             temporary: str | None) -> None:
+    """Undo a watch that could not start: close the log (its followers then end) and remove a temporary one."""
     try:
-        outputs = build_outputs(chosen, run_info, [], live_sinks=list(sinks), rate=rate)
-        dispatcher = Dispatcher([child.forwarder, *outputs.consumers], queue_size=queue_size).start()
-    except BaseException:
-        child.finish(DispatchStats())
-        raise
-    try:
-        capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto, participation=part)
-    except BaseException:
-        child.finish(dispatcher.close())
-        raise
-    if announce is not None:
-        print(f"gradbridge: {child.description}", file=announce)
-    return Watch(capture, dispatcher, outputs, child.description, announce, child)
+        writer.close()
+    except RunLogError as exc:  # the start-up error that got us here is the one to raise
+        log.debug("closing the run log of a watch that could not start: %s", exc)
+    if link is not None:
+        try:
+            link.finish()
+        except FollowerGone as exc:
+            log.debug("the follower of a watch that could not start: %s", exc)
+    if thread is not None:
+        thread.join()
+    if temporary is not None and os.path.exists(temporary):
+        os.remove(temporary)

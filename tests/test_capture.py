@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from bridge.capture import Capture, Layer, PendingFrame, find_layers
+from bridge.capture import Capture, Layer, find_layers
 from bridge.frames import Frame
 from bridge.norms import NormReader
 
@@ -137,7 +139,7 @@ def test_frozen_parameters_are_not_measured() -> None:
 
 def frame_norms(model: nn.Module) -> list[float]:
     """The norms of one frame captured by an explicit ``Capture.step()`` on the model's gradients as set."""
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     Capture(model, None, None, pending.append, auto=False).step()
     return pending[0].resolve().norms.tolist()
 
@@ -231,7 +233,7 @@ def expected_norms(model: nn.Module) -> list[float]:
 def test_one_frame_per_optimizer_step_with_norms_loss_and_lr() -> None:
     model, optimizer, x, y = make_run()
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     expected, losses = [], []
     with Capture(model, optimizer, find_layers(model), pending.append) as capture:
         assert capture.layer_names == ("0", "2")
@@ -257,7 +259,7 @@ def test_one_frame_per_optimizer_step_with_norms_loss_and_lr() -> None:
 
 def test_loss_is_nan_unless_recorded_and_is_used_once() -> None:
     model, optimizer, x, y = make_run()
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     with Capture(model, optimizer, None, pending.append) as capture:
         for i in range(3):
             optimizer.zero_grad()
@@ -271,7 +273,7 @@ def test_loss_is_nan_unless_recorded_and_is_used_once() -> None:
 
 def test_gradient_accumulation_gives_one_frame_per_step() -> None:
     model, optimizer, x, y = make_run()
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     expected = []
     with Capture(model, optimizer, find_layers(model), pending.append):
         for _ in range(3):
@@ -288,7 +290,7 @@ def test_gradient_accumulation_gives_one_frame_per_step() -> None:
 
 def test_remove_and_context_exit_stop_frames() -> None:
     model, optimizer, x, y = make_run()
-    got: list[PendingFrame] = []
+    got: list[Frame] = []
 
     def train_step() -> None:
         optimizer.zero_grad()
@@ -325,7 +327,7 @@ def test_nothing_is_stored_on_model_or_optimizer() -> None:
 
 def test_explicit_step_without_hook() -> None:
     model, optimizer, x, y = make_run()
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     capture = Capture(model, None, None, pending.append, auto=False)
     loss = nn.functional.mse_loss(model(x), y)
     loss.backward()
@@ -351,7 +353,7 @@ def test_one_fused_pass_and_no_item_in_the_hook(monkeypatch: pytest.MonkeyPatch)
             return real(*args, **kwargs)
         return spy
 
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     capture = Capture(model, optimizer, None, pending.append)
     for _ in range(3):
         optimizer.zero_grad()
@@ -405,33 +407,25 @@ def test_capture_argument_errors() -> None:
         capture.record_loss("low")  # type: ignore[arg-type]
 
 
-def test_capture_feeds_a_dispatcher() -> None:
-    from bridge.dispatch import Dispatcher
-
-    class Keep:
-        name = "keep"
-
-        def __init__(self) -> None:
-            self.frames: list[Frame] = []
-
-        def handle(self, frame: Frame) -> None:
-            self.frames.append(frame)
-
-        def close(self) -> None:
-            """Nothing to release."""
+def test_capture_appends_each_frame_to_a_run_log_on_the_training_thread(tmp_path: Path) -> None:
+    from bridge.frames import RunInfo
+    from bridge.runlog import RunLogWriter, read_run
 
     model, optimizer, x, y = make_run()
-    keep = Keep()
-    expected = []
-    with Dispatcher([keep]) as dispatcher, Capture(model, optimizer, None, dispatcher.submit):
+    path = tmp_path / "run.gbrun"
+    expected, sizes = [], []
+    names = tuple(layer.name for layer in find_layers(model))
+    with RunLogWriter(path, RunInfo(names)) as writer, Capture(model, optimizer, None, writer.append):
         for _ in range(5):
             optimizer.zero_grad()
             nn.functional.mse_loss(model(x), y).backward()
             expected.append(expected_norms(model))
             optimizer.step()
-    assert [f.step for f in keep.frames] == [0, 1, 2, 3, 4]
-    assert all(isinstance(f, Frame) and isinstance(f.norms, np.ndarray) for f in keep.frames)
-    np.testing.assert_allclose(np.stack([f.norms for f in keep.frames]), expected, rtol=1e-6)
+            sizes.append(writer.written)  # in the file when optimizer.step() returns: no thread, no queue
+    assert sizes == [1, 2, 3, 4, 5]
+    _, frames = read_run(path)
+    assert [f.step for f in frames] == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(np.stack([f.norms for f in frames]), expected, rtol=1e-6)
 
 
 # --- mixed precision with a gradient scaler ---------------------------------------------------
@@ -447,7 +441,7 @@ def scaled_backward(model: nn.Module, scaler: torch.amp.GradScaler, x: torch.Ten
 def test_scaler_step_shows_unscaled_gradients_and_a_skipped_step_makes_no_frame() -> None:
     model, optimizer, x, y = make_run()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # backoff 0.5 after an overflow
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     expected = []
     with Capture(model, optimizer, None, pending.append):
         for step in range(3):
@@ -472,7 +466,7 @@ def test_scaler_step_shows_unscaled_gradients_and_a_skipped_step_makes_no_frame(
 def test_explicit_step_after_unscale_sounds_the_overflow_the_scaler_skips() -> None:
     model, optimizer, x, y = make_run()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    pending: list[PendingFrame] = []
+    pending: list[Frame] = []
     expected = []
     capture = Capture(model, optimizer, None, pending.append, auto=False)
     for step in range(2):
@@ -499,23 +493,36 @@ def cuda() -> torch.device:
     return torch.device("cuda")
 
 
-def test_cuda_frames_match_host_norms(cuda: torch.device) -> None:
+def expected_norms_of(grads: list[torch.Tensor]) -> list[float]:
+    """``expected_norms`` from the gradients of (weight, bias, weight, bias), on any device."""
+    squares = [torch.linalg.vector_norm(g.double()).item() ** 2 for g in grads]
+    return [math.sqrt(squares[0] + squares[1]), math.sqrt(squares[2] + squares[3])]
+
+
+def test_cuda_frames_match_host_norms_and_no_step_synchronises(cuda: torch.device) -> None:
     model, optimizer, x, y = make_run()
     model.to(cuda)
     optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device=cuda))
     x, y = x.to(cuda), y.to(cuda)
-    pending: list[PendingFrame] = []
-    expected, losses = [], []
+    pending: list[Frame] = []
+    grads, losses = [], []
     with Capture(model, optimizer, None, pending.append) as capture:
-        for _ in range(3):
-            optimizer.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            capture.record_loss(loss)
-            expected.append(expected_norms(model))
-            losses.append(loss.item())
-            optimizer.step()
-    frames = [p.resolve() for p in pending]
+        torch.cuda.set_sync_debug_mode("error")  # any host sync in a watched step raises
+        try:
+            for _ in range(3):
+                optimizer.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                capture.record_loss(loss)
+                grads.append([p.grad.detach().clone() for p in model.parameters()])
+                losses.append(loss.detach())
+                optimizer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert len(pending) <= 2  # the last step's frame waits for its copy: handed on by remove()
+    expected = [expected_norms_of(g) for g in grads]
+    losses = [float(loss) for loss in losses]
+    frames = pending
     assert [f.step for f in frames] == [0, 1, 2]
     assert [f.lr for f in frames] == pytest.approx([0.1] * 3, rel=1e-7)
     assert [f.loss for f in frames] == pytest.approx(losses, rel=1e-6)

@@ -116,18 +116,22 @@ def closed_udp_port() -> int:
 # -- outputs that are missing or refuse --------------------------------------------------------------------------
 
 
+def follower_warnings(capfd: pytest.CaptureFixture[str], text: str) -> list[str]:
+    """The follower process's warnings (on the stderr it shares with this process) that mention ``text``."""
+    return [line for line in capfd.readouterr().err.splitlines() if line.startswith("gradbridge: ") and text in line]
+
+
 def test_a_missing_midi_system_is_reported_once_and_the_run_goes_on(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     if os.path.exists("/dev/snd/seq"):
         pytest.skip("this machine has an ALSA sequencer, so MIDI can start; the JACK case below covers a missing port")
     monkeypatch.setenv("JACK_DEFAULT_SERVER", f"gbtest-absent-{os.getpid()}")  # no such JACK server
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
-    with caplog.at_level(logging.WARNING, logger="bridge"):
-        stats = watched_run(tmp_path, 12, midi="no such port")
+    stats = watched_run(tmp_path, 12, midi="no such port")
     name = "MIDI port no such port"
     assert (stats.frames_in, stats.frames_done, stats.errors) == (12, 12, {name: 1})
     assert stats.first_errors[name].startswith("at start (SinkError: MIDI cannot start")
-    reported = warnings_about(caplog, "MIDI")
+    reported = follower_warnings(capfd, "MIDI cannot start")
     assert len(reported) == 1 and name in reported[0]
     assert "no JACK server is running" in reported[0] and "Fix: " in reported[0]
     assert run_log_steps(tmp_path / "run.gbrun") == list(range(12))
@@ -135,12 +139,11 @@ def test_a_missing_midi_system_is_reported_once_and_the_run_goes_on(
 
 
 def test_a_midi_port_that_does_not_exist_is_reported_once_and_the_run_goes_on(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, jack_server: str) -> None:
-    with caplog.at_level(logging.WARNING, logger="bridge"):
-        stats = watched_run(tmp_path, 12, midi="no such port", midi_api="jack")
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], jack_server: str) -> None:
+    stats = watched_run(tmp_path, 12, midi="no such port", midi_api="jack")
     name = "MIDI port no such port"
     assert (stats.frames_done, stats.errors) == (12, {name: 1})
-    reported = warnings_about(caplog, "MIDI")
+    reported = follower_warnings(capfd, "no MIDI output matches")
     assert len(reported) == 1
     assert "no MIDI output matches 'no such port'" in reported[0] and "JACK" in reported[0] and "Fix: " in reported[0]
     assert run_log_steps(tmp_path / "run.gbrun") == list(range(12))
@@ -148,13 +151,12 @@ def test_a_midi_port_that_does_not_exist_is_reported_once_and_the_run_goes_on(
 
 
 def test_an_osc_receiver_that_is_down_is_reported_once_and_nothing_else_is_lost(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     port = closed_udp_port()
-    with caplog.at_level(logging.INFO, logger="bridge"):
-        stats = watched_run(tmp_path, 15, osc=f"127.0.0.1:{port}")
+    stats = watched_run(tmp_path, 15, osc=f"127.0.0.1:{port}")
     # UDP does not fail the send itself: the refusal of one datagram is reported on the next send
     assert (stats.frames_done, stats.errors) == (15, {})
-    reported = warnings_about(caplog, "OSC to")
+    reported = follower_warnings(capfd, "OSC to")
     assert len(reported) == 1
     assert f"OSC to 127.0.0.1:{port} failed (ConnectionRefusedError" in reported[0]
     assert "is sclang/Pd/Max listening" in reported[0]
@@ -174,15 +176,19 @@ def test_an_osc_sink_counts_every_refused_step(tmp_path: Path) -> None:
 # -- the run log's disk fills up; a sink that raises -----------------------------------------------------------
 
 class DiskFillsUp:
-    """Stands in for ``os`` in ``bridge.runlog``: ``write`` fails with ENOSPC after ``allowed`` calls."""
+    """Stands in for ``os`` in ``bridge.runlog``: from the ``full_after``-th call on, ``write`` fails with ENOSPC
+    ``failures`` times (then the disk has room again: ``failures=None`` never)."""
 
-    def __init__(self, allowed: int) -> None:
-        self.allowed = allowed
+    def __init__(self, full_after: int, failures: int | None) -> None:
+        self.full_after = full_after
+        self.failures = failures
         self.calls = 0
+        self.failed = 0
 
     def write(self, fd: int, data: Any) -> int:
         self.calls += 1
-        if self.calls > self.allowed:
+        if self.calls > self.full_after and (self.failures is None or self.failed < self.failures):
+            self.failed += 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return os.write(fd, data)
 
@@ -190,20 +196,36 @@ class DiskFillsUp:
         return getattr(os, name)
 
 
-def test_a_full_disk_stops_the_run_log_once_and_the_other_outputs_keep_every_frame(
+def test_a_disk_that_fills_then_frees_loses_no_frame_anywhere_and_says_so(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    disk = DiskFillsUp(allowed=1 + 7)  # the header, then 7 frames (one write each: flush_every=1)
+    disk = DiskFillsUp(full_after=1 + 7, failures=5)  # the header and 7 frames; the next 5 writes fail
     monkeypatch.setattr(bridge.runlog, "os", disk)
     with caplog.at_level(logging.WARNING, logger="bridge"):
         stats = watched_run(tmp_path, 20)
-    assert (stats.frames_in, stats.frames_done, stats.errors["run log"]) == (20, 20, 2)  # step 7, then at close
-    assert stats.first_errors["run log"].startswith(
-        f"at step 7 (RunLogError: could not write run log {tmp_path / 'run.gbrun'}: No space left on device")
+    assert (stats.frames_in, stats.frames_done, stats.frames_dropped, stats.errors) == (20, 20, 0, {})
+    assert "the run log could not be written at frame 7 (No space left on device) and caught up later" in stats.remarks
     reported = warnings_about(caplog, "run log")
-    assert len(reported) == 1 and "No space left on device" in reported[0]
+    assert len(reported) == 2
+    assert "cannot write (No space left on device); keeping up to 64 MiB" in reported[0]
+    assert "writing again after" in reported[1]
     monkeypatch.undo()
-    assert run_log_steps(tmp_path / "run.gbrun") == list(range(7))  # what reached the disk reads back
+    assert run_log_steps(tmp_path / "run.gbrun") == list(range(20))
     assert_files_complete(tmp_path, 20)
+
+
+def test_a_disk_that_stays_full_fails_the_run_log_at_close_naming_the_file_and_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = DiskFillsUp(full_after=1 + 7, failures=None)
+    monkeypatch.setattr(bridge.runlog, "os", disk)
+    stats = watched_run(tmp_path, 20)
+    run_log = tmp_path / "run.gbrun"
+    assert (stats.frames_in, stats.frames_done, stats.frames_dropped) == (20, 7, 13)
+    assert stats.errors == {"run log": 2}  # at frame 7, then at close
+    assert stats.first_errors["run log"] == "at frame 7 (No space left on device); 13 frame(s) lost"
+    assert stats.summary().startswith("20 frames in, 13 dropped; run log: failed at frame 7")
+    monkeypatch.undo()
+    assert run_log_steps(run_log) == list(range(7))  # what reached the disk reads back, and the files hold it
+    assert_files_complete(tmp_path, 7)
 
 
 class FailingSink:
@@ -298,37 +320,33 @@ class UdpCounter:
         self.sock.close()
 
 
-def test_a_fast_run_into_every_output_leaves_no_thread_behind_and_every_count_adds_up(tmp_path: Path) -> None:
+def test_a_fast_run_into_every_output_has_no_thread_of_ours_and_every_frame_in_every_file(tmp_path: Path) -> None:
     steps = 1000
     preset = tmp_path / "soak.toml"
     preset.write_text(SOAK_PRESET)
     before = set(threading.enumerate())
     counter = UdpCounter()
-    osc = OscSink("127.0.0.1", counter.port)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     w = bridge.watch(model, optimizer, mapping=preset, record=tmp_path / "run.gbrun", wav=tmp_path / "run.wav",
-                     midi_file=tmp_path / "run.mid", sinks=[osc], queue_size=8, announce=None)
-    assert any(t.name == "gradbridge-dispatch" for t in threading.enumerate())
+                     midi_file=tmp_path / "run.mid", osc=f"127.0.0.1:{counter.port}", announce=None)
     train(model, optimizer, steps, w)
+    during = set(threading.enumerate()) - before - {counter._thread}
     stats = w.remove()
     counter.stop()
-    assert set(threading.enumerate()) - before == set()  # the dispatcher (and anything a sink started) is gone
+    assert during == set()  # the hook writes the run log itself: no thread of ours in the training process
+    assert set(threading.enumerate()) - before == set()
 
-    # every frame offered was either delivered to every output or dropped at the queue, and counted
-    assert stats.frames_in == steps and stats.frames_unreadable == 0 and stats.errors == {}
-    assert stats.frames_done + stats.frames_dropped == steps
-    logged = run_log_steps(tmp_path / "run.gbrun")
-    assert len(logged) == stats.frames_done and logged[0] == 0 and logged == sorted(set(logged))
-    assert (osc.sent, osc.dropped, osc.errors) == (stats.frames_done, 0, 0)  # one datagram per step
-    assert 0 < counter.received <= osc.sent  # UDP may lose datagrams to a busy reader, never invent them
+    assert (stats.frames_in, stats.frames_done, stats.frames_dropped, stats.frames_unreadable) == (steps, steps, 0, 0)
+    assert stats.errors == {}
+    assert run_log_steps(tmp_path / "run.gbrun") == list(range(steps))
+    assert 0 < counter.received <= steps  # one bundle per step; UDP may lose datagrams to a busy reader
     midi = mido.MidiFile(str(tmp_path / "run.mid"))
     for track in midi.tracks[1:]:
-        assert sum(m.type == "note_on" and m.velocity > 0 for m in track) == stats.frames_done
-    # the WAV runs from step 0 to the end of the last step delivered; dropped steps are silence
+        assert sum(m.type == "note_on" and m.velocity > 0 for m in track) == steps
     with wave.open(str(tmp_path / "run.wav")) as f:
-        assert (f.getframerate(), f.getnframes()) == (8000, (logged[-1] + 1) * SOAK_STEP_SAMPLES)
+        assert (f.getframerate(), f.getnframes()) == (8000, steps * SOAK_STEP_SAMPLES)
 
 
 # -- runs in a child process: no audio device, Ctrl-C, kill -9 ------------------------------------------------
@@ -379,6 +397,7 @@ steps = 0
 try:
     with bridge.watch(model, optimizer, mapping="perone2019", record=out + "/run.gbrun", wav=out + "/run.wav",
                       midi_file=out + "/run.mid", announce=sys.stderr) as w:
+        print(f"follower {w.outputs_pid}", flush=True)
         while True:
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 3, (16,)))
@@ -388,13 +407,22 @@ try:
             steps += 1
             print(f"step {steps}", flush=True)
             time.sleep(0.002)
-except KeyboardInterrupt:
+except (KeyboardInterrupt, SystemExit) as ended:
     s = w.stats
     # on a line of its own: the interrupt may have cut a "step N" line short
     print("\n" + json.dumps({"in": s.frames_in, "done": s.frames_done, "dropped": s.frames_dropped,
                              "errors": s.errors}), flush=True)
-    sys.exit(130)
+    sys.exit(130 if isinstance(ended, KeyboardInterrupt) else ended.code)
 """
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie no parent reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 class Child:
@@ -434,6 +462,10 @@ class Child:
                 pytest.fail(f"no {what} within {TIMEOUT_S} s")
             time.sleep(0.005)
 
+    def follower_pid(self) -> int:
+        self.wait_for(lambda: any(line.startswith("follower ") for line in self.lines), "the follower's pid")
+        return next(int(line.split()[1]) for line in self.lines if line.startswith("follower "))
+
     def steps_printed(self) -> int:
         return max((int(line[5:]) for line in list(self.lines) if re.fullmatch(r"step \d+", line)), default=0)
 
@@ -469,7 +501,7 @@ def children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Chi
         home.mkdir()
         (home / ".asoundrc").write_text("pcm.!default { type hw; card 7 }\nctl.!default { type hw; card 7 }\n")
         started["audio"] = Child(AUDIO_CHILD, out, dict(env, HOME=str(home)))  # there is no card 7
-    for name in ("sigint", "kill"):
+    for name in ("sigint", "sigterm", "kill"):
         started[name] = Child(SIGNAL_CHILD, tmp_path_factory.mktemp(name), env)
     yield started
     for child in started.values():
@@ -484,47 +516,77 @@ def test_a_missing_audio_device_is_reported_once_and_the_files_are_complete(chil
     report = json.loads(child.lines[-1])
     assert (report["in"], report["done"], report["errors"]) == (10, 10, {"audio": 1})
     assert report["first"]["audio"].startswith("at start (SinkError: no audio output device (no sound card?)")
-    assert len(report["warnings"]) == 1 and "'audio' could not be opened" in report["warnings"][0]
+    reported = [line for line in child.stderr.splitlines() if "'audio' could not be opened" in line]
+    assert len(reported) == 1  # said once, by the follower process, on the stderr it shares
     assert run_log_steps(child.out / "run.gbrun") == list(range(10))
     assert_files_complete(child.out, 10)
 
 
-def test_ctrl_c_mid_run_leaves_every_output_complete_up_to_the_interrupt(children: dict[str, Child]) -> None:
-    child = children["sigint"]
+@pytest.mark.parametrize("name, signum, status", [("sigint", signal.SIGINT, 130), ("sigterm", signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_mid_run_leaves_every_output_complete_and_no_process_behind(
+        children: dict[str, Child], name: str, signum: int, status: int) -> None:
+    child = children[name]
     child.go()
+    follower = child.follower_pid()
     child.wait_for(lambda: child.steps_printed() >= 40, "40 steps")
-    child.process.send_signal(signal.SIGINT)
-    assert child.finish() == 130, child.stderr[-3000:]
+    child.process.send_signal(signum)
+    assert child.finish() == status, child.stderr[-3000:]
     report = json.loads(child.lines[-1])
     printed = child.steps_printed()
-    # the interrupt may land inside an optimizer step, after its frame was taken and before "step" printed
+    # the signal may land inside an optimizer step, after its frame was taken and before "step" printed
     assert report["in"] in (printed, printed + 1)
     assert (report["done"], report["dropped"], report["errors"]) == (report["in"], 0, {})
     frames = report["done"]
     assert f"gradbridge: {frames} frames in, 0 dropped" in child.stderr
     assert run_log_steps(child.out / "run.gbrun") == list(range(frames))
     assert_files_complete(child.out, frames)
+    assert process_gone(follower)
 
 
-def test_kill_9_mid_run_keeps_the_run_log_to_its_last_write_and_it_renders_to_midi(
+def test_kill_9_of_training_the_follower_still_finishes_every_file_from_the_log_and_exits(
         children: dict[str, Child]) -> None:
     child = children["kill"]
     child.go()
+    follower = child.follower_pid()
     child.wait_for(lambda: child.steps_printed() >= 150, "150 steps")
     run_log = child.out / "run.gbrun"
     child.wait_for(lambda: RunLogReader(run_log).records_on_disk >= 150, "150 frames in the run log")
     child.process.send_signal(signal.SIGKILL)
     assert child.finish() == -signal.SIGKILL
     printed = child.steps_printed()
+    deadline = time.monotonic() + TIMEOUT_S
+    while not process_gone(follower):  # its pipe from training ended: it finishes from the log, then exits
+        assert time.monotonic() < deadline, "the follower process is still there (an orphan)"
+        time.sleep(0.02)
     steps = run_log_steps(run_log)  # a torn last record is ignored without a warning
-    assert 150 <= len(steps) <= printed + 1  # frames still queued for the log when it died are lost, no more
+    assert 150 <= len(steps) <= printed + 1  # every step written before the kill is there
     assert steps == list(range(len(steps)))
-    # the WAV's header is patched every few seconds of audio (150 steps are 6 s), so players open what it
-    # holds: whole steps, and no more than the run log has
-    held = wav_frames(child.out / "run.wav")
-    assert held > 0 and held % STEP_SAMPLES == 0 and held <= len(steps) * STEP_SAMPLES
+    assert_files_complete(child.out, len(steps))
     rendered = child.out / "again.mid"
     done = subprocess.run([sys.executable, "-m", "bridge", "midi", str(run_log), "-o", str(rendered)],
                           check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     assert midi_notes(rendered) == (len(steps) * LAYERS, len(steps) * LAYERS, ["0", "2"])
+
+
+def test_the_follower_killed_leaves_training_unaffected_and_the_summary_says_how_to_regenerate(
+        tmp_path: Path) -> None:
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run_log = tmp_path / "run.gbrun"
+    with bridge.watch(model, optimizer, mapping="perone2019", record=run_log, wav=tmp_path / "run.wav",
+                      midi_file=tmp_path / "run.mid", announce=None) as w:
+        train(model, optimizer, 10, w)
+        os.kill(w.outputs_pid, signal.SIGKILL)
+        train(model, optimizer, 10, w)
+    stats = w.stats
+    assert (stats.frames_in, stats.errors) == (20, {"outputs process": 1})
+    assert stats.first_errors["outputs process"] == "when it was killed by SIGKILL"
+    assert "outputs process: failed when it was killed by SIGKILL" in stats.summary()
+    assert (f"the run log {run_log} holds every frame: `gradbridge render {run_log} -o run.wav` and "
+            f"`gradbridge midi {run_log} -o run.mid` write the files again") in stats.remarks
+    assert run_log_steps(run_log) == list(range(20))
+    done = subprocess.run([sys.executable, "-m", "bridge", "render", str(run_log), "-o", str(tmp_path / "again.wav")],
+                          check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert wav_frames(tmp_path / "again.wav") == 20 * STEP_SAMPLES

@@ -7,11 +7,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 
-from bridge.dispatch import Dispatcher
+from bridge.dispatch import Delivery
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
-from bridge.pipeline import FILE_BLOCK_STEPS, BlockSinkConsumer, SharedMapping, build_outputs, rate_for
+from bridge.outputs import OutputSpec
+from bridge.pipeline import FILE_BLOCK_STEPS, BlockSinkConsumer, SharedMapping, build_outputs
 
 LAYERS = ("conv1", "fc1")
 
@@ -76,7 +77,7 @@ def test_a_file_sink_gets_full_blocks_then_the_rest_at_close() -> None:
 def test_a_sink_without_send_many_gets_each_step_in_order() -> None:
     sink = StepRecorder(batched=False)
     outputs = build_outputs(Mapping.load("pentatonic"), RunInfo(LAYERS, {}), [sink])
-    stats = Dispatcher(outputs.consumers).run_sync(frames(70, first=5))
+    stats = Delivery(outputs.consumers).run(frames(70, first=5))
     assert stats.frames_done == 70
     assert sink.calls == [1] * 70
     assert sink.steps == list(range(5, 75))
@@ -86,7 +87,7 @@ def test_blocks_give_the_events_mapping_frame_by_frame_gives() -> None:
     sink = StepRecorder(batched=True)
     got: list[StepEvents] = []
     sink.send_many = got.extend  # keep the events themselves
-    Dispatcher(build_outputs(Mapping.load("perone2019"), RunInfo(LAYERS, {}), [sink]).consumers).run_sync(frames(100))
+    Delivery(build_outputs(Mapping.load("perone2019"), RunInfo(LAYERS, {}), [sink]).consumers).run(frames(100))
     reference = Mapping.load("perone2019")
     reference.arrange(LAYERS)
     expected = [reference.map_frame(f) for f in frames(100)]
@@ -100,7 +101,7 @@ def test_blocks_give_the_events_mapping_frame_by_frame_gives() -> None:
 def test_file_sinks_share_one_mapping_of_each_block() -> None:
     mapping = CountingMapping(Mapping.load("pentatonic").preset)
     sinks = [StepRecorder("a", batched=True), StepRecorder("b", batched=False)]
-    Dispatcher(build_outputs(mapping, RunInfo(LAYERS, {}), sinks).consumers).run_sync(frames(FILE_BLOCK_STEPS * 2 + 1))
+    Delivery(build_outputs(mapping, RunInfo(LAYERS, {}), sinks).consumers).run(frames(FILE_BLOCK_STEPS * 2 + 1))
     assert mapping.blocks_mapped == 3  # two full blocks and the one frame left at close, not twice that
     assert mapping.frames_mapped == FILE_BLOCK_STEPS * 2 + 1
     assert sinks[0].steps == sinks[1].steps == list(range(FILE_BLOCK_STEPS * 2 + 1))
@@ -109,7 +110,8 @@ def test_file_sinks_share_one_mapping_of_each_block() -> None:
 def test_live_sinks_still_get_every_frame_as_it_comes() -> None:
     live = StepRecorder("live", batched=True)  # send_many is ignored for live sinks: they sound now
     mapping = Mapping.load("pentatonic")
-    outputs = build_outputs(mapping, RunInfo(LAYERS, {}), [], live_sinks=[live], rate=rate_for(mapping, every=1))
+    rate = OutputSpec(every=1).rate_for(mapping)
+    outputs = build_outputs(mapping, RunInfo(LAYERS, {}), [], live_sinks=[live], rate=rate)
     (consumer,) = outputs.consumers
     for frame in frames(3):
         consumer.handle(frame)
@@ -126,7 +128,7 @@ def test_ctrl_c_while_reading_frames_still_hands_over_the_waiting_block() -> Non
 
     outputs = build_outputs(Mapping.load("pentatonic"), RunInfo(LAYERS, {}), [sink])
     with pytest.raises(KeyboardInterrupt):
-        Dispatcher(outputs.consumers).run_sync(interrupted())
+        Delivery(outputs.consumers).run(interrupted())
     assert sink.steps == list(range(70))
     assert sink.calls == [64, 6]
     assert sink.closed
@@ -139,7 +141,7 @@ def test_a_sink_that_fails_on_a_block_is_still_closed() -> None:
 
     sink = Broken(batched=True)
     outputs = build_outputs(Mapping.load("pentatonic"), RunInfo(LAYERS, {}), [sink])
-    stats = Dispatcher(outputs.consumers).run_sync(frames(10))
+    stats = Delivery(outputs.consumers).run(frames(10))
     assert stats.errors == {"recorder": 1}
     assert stats.first_errors["recorder"].startswith("at close (OSError: disk full")
     assert sink.closed

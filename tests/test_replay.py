@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.errors import SinkError
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
+from bridge.pipeline import build_outputs
 from bridge.rate import RateControl
 from bridge.replay import paced, replay
 
@@ -70,8 +72,9 @@ class Recorder:
 def test_replay_sends_the_rate_controlled_frames_and_closes() -> None:
     frames = [Frame(step=s, time_s=0.0, norms=[1.0, 2.0]) for s in range(6)]
     sink = Recorder()
-    stats = replay(frames, RunInfo(("a", "b")), Mapping.load("daw"), [sink], speed=1000.0,
-                   rate=RateControl(every=2))
+    outputs = build_outputs(Mapping.load("daw"), RunInfo(("a", "b")), [], live_sinks=[sink],
+                            rate=RateControl(every=2))
+    stats = replay(frames, outputs, speed=1000.0)
     assert sink.steps == [1, 3, 5] and sink.closed
     assert (stats.frames_in, stats.frames_done) == (6, 6)
 
@@ -83,7 +86,8 @@ def test_replay_closes_sinks_on_ctrl_c() -> None:
 
     sink = Recorder()
     with pytest.raises(KeyboardInterrupt):
-        replay(interrupted(), RunInfo(("a",)), Mapping.load("daw"), [sink], speed=1000.0)
+        outputs = build_outputs(Mapping.load("daw"), RunInfo(("a",)), [], live_sinks=[sink])
+        replay(interrupted(), outputs, speed=1000.0)
     assert sink.steps == [0] and sink.closed
 
 
@@ -93,5 +97,6 @@ class Unopenable(Recorder):
 
 
 def test_replay_with_nothing_to_play_to_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match="no output could be opened.*port vanished"):
-        replay([Frame(0, 0.0, [1.0])], RunInfo(("a",)), Mapping.load("daw"), [Unopenable()])
+    outputs = build_outputs(Mapping.load("daw"), RunInfo(("a",)), [], live_sinks=[Unopenable()])
+    with pytest.raises(SinkError, match="no output could be opened.*port vanished"):
+        replay([Frame(0, 0.0, [1.0])], outputs)

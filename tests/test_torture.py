@@ -29,7 +29,7 @@ from bridge.errors import PresetError
 from bridge.events import PERCUSSION_CHANNEL, WAVEFORMS
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
-from bridge.pipeline import render_frames
+from bridge.pipeline import build_outputs, render_frames
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset, parse_preset
 from bridge.sinks.midi_file import MidiFileSink
 from bridge.sinks.osc import OscSink
@@ -294,7 +294,7 @@ def render_to_files(tmp_path: Path, preset: Preset, names: tuple[str, ...], fram
         sinks.append(osc)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the MIDI file sink warns when it had to skip or move a note
-        stats = render_frames(frames, Mapping(preset), RunInfo(names), sinks)
+        stats = render_frames(frames, build_outputs(Mapping(preset), RunInfo(names), sinks))
     assert (stats.frames_done, stats.errors) == (len(frames), {})
     return midi_path, wav_path, osc
 
