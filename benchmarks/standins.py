@@ -182,7 +182,8 @@ def jack_midi_sink(name: str = "gradbridge-soak") -> tuple[Sink | None, str]:
     """A virtual MIDI output on JACK, or ``None`` and why not."""
     os.environ.setdefault("JACK_NO_START_SERVER", "1")  # asking must not start a server
     try:
-        from bridge.sinks.midi_port import MidiPortSink, list_output_ports
+        from bridge.sinks.midi_port import MidiPortSink
+        from bridge.sinks.midi_system import list_output_ports
     except ImportError as exc:
         return None, f"live MIDI skipped: bridge.sinks.midi_port cannot be imported ({exc})"
     try:

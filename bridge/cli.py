@@ -196,7 +196,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
 def cmd_ports(args: argparse.Namespace) -> int:
     """List the MIDI outputs this machine has, and which MIDI API is in use."""
-    from bridge.sinks.midi_port import describe_ports
+    from bridge.sinks.midi_system import describe_ports
 
     print(describe_ports(args.api))
     return 0

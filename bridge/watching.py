@@ -19,9 +19,11 @@ every note, and prints what happened.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping as MappingType
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +51,9 @@ PathLike = str | os.PathLike[str]
 
 log = logging.getLogger("bridge")
 
+#: While the follower catches up at the end, how often ``watch`` says how far it is, seconds.
+PROGRESS_EVERY_S = 5.0
+
 
 class Watch:
     """A running watch: the optimizer hook, the run log and its followers. Close it with ``remove()``.
@@ -69,6 +74,7 @@ class Watch:
         self._guard = guard
         self._stats: DispatchStats | None = None
         self._report: FollowReport | None = None
+        self._progress_said = -math.inf
         self.description = description
 
     @property
@@ -162,8 +168,10 @@ class Watch:
                 ending.interrupted = True
 
     def _progress(self, done: int, left: int | None) -> None:
-        """Say, now and then, how far the follower is while it catches up at the end."""
-        if self._announce is not None and left:
+        """Say, every ``PROGRESS_EVERY_S`` seconds, how far the follower is while it catches up at the end."""
+        now = time.monotonic()
+        if self._announce is not None and left and now - self._progress_said >= PROGRESS_EVERY_S:
+            self._progress_said = now
             print(f"gradbridge: finishing the outputs: {done} frames done, {left} to go", file=self._announce)
 
 

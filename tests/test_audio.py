@@ -19,7 +19,8 @@ from bridge.errors import SinkError
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame
 from bridge.mapping import Mapping
-from bridge.sinks.audio import AudioSink, LiveBuffer, LivePlayer
+from bridge.sinks.audio import AudioSink
+from bridge.sinks.live_player import LiveBuffer, LivePlayer
 from bridge.sinks.base import Sink
 from bridge.sinks.synth import render_events
 

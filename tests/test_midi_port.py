@@ -23,7 +23,8 @@ from bridge.errors import SinkError
 from bridge.events import Alarm, Arrangement, Notes, StepEvents
 from bridge.frames import Frame
 from bridge.mapping import Mapping
-from bridge.sinks.midi_port import MidiPortSink, available_apis, describe_ports, list_output_ports
+from bridge.sinks.midi_port import MidiPortSink
+from bridge.sinks.midi_system import available_apis, describe_ports, list_output_ports
 from tests.conftest import WAIT_S, MidiDump, jack_ports
 
 JACK_RATE, JACK_PERIOD = 44100, 256  # the conftest server: 44.1 kHz, 256-frame periods

@@ -1,41 +1,31 @@
 """``MidiPortSink``: live MIDI to a DAW or synth through python-rtmidi (ALSA, JACK, CoreMIDI, Windows MM).
 
 ``send`` only turns a step into timed messages on a heap; one scheduler thread writes each when it is due.
-Ports are listed through mido's rtmidi backends (``MIDO_BACKENDS``) and opened with python-rtmidi itself,
-since mido's backend turns any client name into a virtual port. A stopped JACK server cannot be seen through
-python-rtmidi, which then blocks the whole interpreter once its buffer fills; so on JACK a port-less client
-of the same libjack watches for the server's shutdown, and the sink stops writing first.
+Ports are found through ``bridge.sinks.midi_system`` and opened with python-rtmidi itself, since mido's
+backend turns any client name into a virtual port. On JACK a ``JackWatch`` notices the server stopping,
+and the sink stops writing first (python-rtmidi would block the interpreter once its buffer fills).
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import heapq
 import itertools
 import logging
 import math
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
-import mido
 import rtmidi
 
 from bridge.errors import SinkError
 from bridge.events import PERCUSSION_CHANNEL, Arrangement, StepEvents
+from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
+                                      resolve_api, stack_error)
 
 log = logging.getLogger("bridge")
 
-#: Our API names → mido backend names (``mido.Backend(MIDO_BACKENDS["jack"])``).
-MIDO_BACKENDS = {"alsa": "mido.backends.rtmidi/LINUX_ALSA", "jack": "mido.backends.rtmidi/UNIX_JACK",
-                 "coremidi": "mido.backends.rtmidi/MACOSX_CORE", "winmm": "mido.backends.rtmidi/WINDOWS_MM"}
-_LABELS = {"alsa": "ALSA", "jack": "JACK", "coremidi": "CoreMIDI", "winmm": "Windows MM"}
-_RTAPI = {name: getattr(rtmidi, "API_" + backend.rsplit("/", 1)[1]) for name, backend in MIDO_BACKENDS.items()}
-#: The device ALSA MIDI needs; containers and machines without a sound driver lack it.
-ALSA_SEQ_DEVICE = "/dev/snd/seq"
 #: Controller 123, All Notes Off, sent with value 0 on every used channel at close.
 ALL_NOTES_OFF = 123
 #: A message written more than this many seconds after it was due counts as late.
@@ -48,158 +38,6 @@ _NOTE_S = (0.001, 3600.0)  # note lengths are clipped to this; > 0, so a note-of
 _OFF, _ON, _CC, _BEND = 0, 1, 2, 3
 _Item = tuple[float, int, int, int, int, int, int, int]  # due (monotonic s), order, seq, kind, channel, a, b, note id
 _MODES = ("notes", "cc", "cc14", "pitchbend")
-_FIX = ("Fix: start JACK (`jackd -d dummy &` runs without a sound card) and pick it with api=\"jack\" "
-        "(--midi-api jack); or send OSC instead (--osc HOST:PORT); or write a MIDI file "
-        "(midi_file=\"run.mid\" in bridge.watch, or `gradbridge midi RUN`).")
-_NO_OUTPUTS = "Fix: start the synth or DAW first, or create a virtual output (virtual=True, --virtual)."
-
-
-def available_apis() -> list[str]:
-    """The MIDI APIs this python-rtmidi was built with, by our names (e.g. ``["alsa", "jack"]``)."""
-    return [name for api in rtmidi.get_compiled_api() for name, value in _RTAPI.items() if value == api]
-
-
-def _check_api(api: str | None) -> str | None:
-    if api is not None and not isinstance(api, str):
-        raise TypeError(f"api must be a str or None, got {type(api).__name__}")
-    if api is not None and api not in _RTAPI:
-        raise ValueError(f"api must be one of {', '.join(map(repr, _RTAPI))} or None (the platform's own); got {api!r}")
-    return api
-
-
-def _stack_error(api: str | None, detail: str = "") -> SinkError:
-    """The plain-words error for a MIDI system that cannot start."""
-    if api == "alsa":
-        why = (f"ALSA MIDI cannot start: the ALSA sequencer device {ALSA_SEQ_DEVICE} does not exist (no sound "
-               "driver loaded, or a container started without /dev/snd; `sudo modprobe snd-seq` loads it).")
-    elif api == "jack":
-        why = ("JACK MIDI cannot start: no JACK server is running "
-               f"(server name {os.environ.get('JACK_DEFAULT_SERVER', 'default')!r}).")
-    elif api is None:
-        why = f"MIDI cannot start here: {ALSA_SEQ_DEVICE} does not exist (no ALSA) and no JACK server is running."
-    else:
-        why = f"{_LABELS[api]} MIDI cannot start."
-    return SinkError(f"{why}{f' ({detail})' if detail else ''} {_FIX}")
-
-
-def _jack_server_answers() -> bool:
-    try:
-        rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "gradbridge-probe").delete()
-    except rtmidi.SystemError:  # this is the answer: no server
-        return False
-    return True
-
-
-def _resolve_api(api: str | None) -> str:
-    """``api`` checked against what is compiled in, or the platform's default; SinkError when none can start."""
-    compiled = available_apis()
-    if api is not None:
-        if api not in compiled:
-            raise SinkError(f"python-rtmidi here was built without {_LABELS[api]} MIDI (api={api!r}); it has "
-                            f"{', '.join(compiled) or 'none'}. Fix: pick one of those, or leave api unset.")
-        if api == "alsa" and sys.platform.startswith("linux") and not os.path.exists(ALSA_SEQ_DEVICE):
-            raise _stack_error("alsa")
-        return api
-    if sys.platform.startswith("linux"):
-        if "alsa" in compiled and os.path.exists(ALSA_SEQ_DEVICE):
-            return "alsa"
-        if "jack" in compiled and _jack_server_answers():
-            return "jack"
-        raise _stack_error(None)
-    for wanted, platform in (("coremidi", "darwin"), ("winmm", "win32")):
-        if sys.platform == platform and wanted in compiled:
-            return wanted
-    if compiled:
-        return compiled[0]
-    raise SinkError("python-rtmidi here was built without any MIDI API. Fix: reinstall python-rtmidi.")
-
-
-def list_output_ports(api: str | None = None) -> list[str]:
-    """The MIDI output ports of ``api`` (``None``: the platform's own); SinkError if that MIDI cannot start."""
-    name = _resolve_api(_check_api(api))
-    try:
-        return list(mido.Backend(MIDO_BACKENDS[name]).get_output_names())
-    except rtmidi.RtMidiError as exc:
-        raise _stack_error(name, str(exc)) from exc
-
-
-def describe_ports(api: str | None = None) -> str:
-    """Plain text: the MIDI API in use and its outputs, or why MIDI cannot start (never raises for that)."""
-    built = f"(built with: {', '.join(available_apis()) or 'no MIDI API'})"
-    try:
-        name = _resolve_api(_check_api(api))
-        ports = list_output_ports(name)
-    except SinkError as exc:
-        return f"{exc}\n{built}"
-    if not ports:
-        return f"MIDI API: {_LABELS[name]} {built}\nNo MIDI outputs on {_LABELS[name]}. {_NO_OUTPUTS}"
-    return "\n".join([f"MIDI API: {_LABELS[name]} {built}", "MIDI outputs (pass a name, or a unique part of it):"]
-                     + [f"  {i}. {port}" for i, port in enumerate(ports, 1)])
-
-
-def _match_port(wanted: str, ports: list[str], api: str) -> str:
-    """The port named ``wanted`` exactly, else the one port whose name contains it (any case)."""
-    hits = [wanted] if wanted in ports else [p for p in ports if wanted.casefold() in p.casefold()]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
-        raise SinkError(f"MIDI port {wanted!r} matches {len(hits)} outputs on {_LABELS[api]}: "
-                        f"{', '.join(map(repr, hits))}. Fix: give more of the name (`gradbridge ports` lists them).")
-    if not ports:
-        raise SinkError(f"no MIDI output matches {wanted!r}: there are none on {_LABELS[api]}. {_NO_OUTPUTS}")
-    raise SinkError(f"no MIDI output matches {wanted!r} on {_LABELS[api]}; the outputs are: "
-                    f"{', '.join(map(repr, ports))}. Fix: pass one of these names or a unique part of it "
-                    "(`gradbridge ports` lists them).")
-
-
-def _loaded_libjack() -> str | None:
-    """The libjack python-rtmidi loaded (Linux, from ``/proc/self/maps``); a second copy deadlocked on close."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            for fields in (line.split(maxsplit=5) for line in maps):
-                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith("libjack"):
-                    return fields[5].strip()
-    except OSError as exc:
-        log.debug("cannot read /proc/self/maps (%s)", exc)
-    return None
-
-
-class _JackWatch:
-    """A port-less JACK client that notices the server stopping (``gone``) and knows the period length."""
-
-    _SHUTDOWN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-    def __init__(self, client_name: str) -> None:
-        self.gone = threading.Event()
-        self.period_s = 0.0
-        self._lib: ctypes.CDLL | None = None
-        self._client: int | None = None
-        path = _loaded_libjack()
-        if path is None:
-            log.debug("python-rtmidi's libjack not found; a stopped JACK server will not be noticed")
-            return
-        lib = ctypes.CDLL(path)
-        lib.jack_client_open.restype = ctypes.c_void_p
-        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, self._SHUTDOWN, ctypes.c_void_p]
-        lib.jack_get_buffer_size.argtypes = lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
-        lib.jack_get_buffer_size.restype = lib.jack_get_sample_rate.restype = ctypes.c_uint32
-        lib.jack_client_close.argtypes = [ctypes.c_void_p]
-        status = ctypes.c_int(0)
-        client = lib.jack_client_open(f"{client_name}-watch"[:60].encode(), 1, ctypes.byref(status))  # 1: no start
-        if not client:
-            log.debug("could not open a JACK watch client (status %#x)", status.value)
-            return
-        self._callback = self._SHUTDOWN(lambda _arg: self.gone.set())  # kept alive as long as the client
-        lib.jack_on_shutdown(client, self._callback, None)
-        rate = lib.jack_get_sample_rate(client)
-        self.period_s = lib.jack_get_buffer_size(client) / rate if rate else 0.0
-        self._lib, self._client = lib, client
-
-    def close(self) -> None:
-        if self._lib is not None and self._client is not None:
-            self._lib.jack_client_close(self._client)
-            self._client = None
 
 
 @dataclass(frozen=True)
@@ -233,14 +71,14 @@ class MidiPortSink:
             raise TypeError(f"virtual must be a bool, got {type(virtual).__name__}")
         if not isinstance(client_name, str) or not client_name.strip():
             raise ValueError(f"client_name must be a non-empty str, got {client_name!r}")
-        self.requested_api = _check_api(api)
+        self.requested_api = check_api(api)
         self.port, self.virtual, self.client_name = port, virtual, client_name
         shown = port if port is not None else (client_name if virtual else "(the first output)")
         self.name = f"MIDI port {shown}" + (" (virtual)" if virtual else "")
         self.api: str | None = None
         self.port_name: str | None = None
         self._out: rtmidi.MidiOut | None = None
-        self._watch: _JackWatch | None = None
+        self._watch: JackWatch | None = None
         self._thread: threading.Thread | None = None
         self._cond, self._close_lock = threading.Condition(), threading.Lock()
         self._heap: list[_Item] = []
@@ -271,14 +109,14 @@ class MidiPortSink:
         if not 0 <= self._cc <= (31 if self._mode == "cc14" else 119):
             raise ValueError(f"arrangement.midi_cc must be 0-119 (0-31 for \"cc14\"), got {self._cc}; fix the preset")
         self._channels = [min(max(int(v.channel), 0), 15) for v in arrangement.voices]
-        self.api = _resolve_api(self.requested_api)
+        self.api = resolve_api(self.requested_api)
         if self.virtual and self.api == "winmm":
             raise SinkError("Windows MM cannot create virtual MIDI ports. Fix: install a loopback driver such as "
                             "loopMIDI, create a port there and pass its name (without virtual=True).")
         self._out = self._open_port(self.api)
         try:
             if self.api == "jack":
-                self._watch = _JackWatch(self.client_name)
+                self._watch = JackWatch(self.client_name)
                 if not self.virtual:  # the connection starts with a later JACK cycle: programs sent now were lost
                     self._settle()
             self._used_channels.update(self._channels)
@@ -294,13 +132,13 @@ class MidiPortSink:
         self._thread = threading.Thread(target=self._run, name=f"gradbridge-{self.name}", daemon=True)
         self._thread.start()
         atexit.register(self.close)
-        log.info("%s: sending to %r on %s", self.name, self.port_name, _LABELS[self.api])
+        log.info("%s: sending to %r on %s", self.name, self.port_name, API_LABELS[self.api])
 
     def _open_port(self, api: str) -> rtmidi.MidiOut:
         try:
-            out = rtmidi.MidiOut(_RTAPI[api], self.client_name)
+            out = rtmidi.MidiOut(RTMIDI_APIS[api], self.client_name)
         except rtmidi.RtMidiError as exc:
-            raise _stack_error(api, str(exc)) from exc
+            raise stack_error(api, str(exc)) from exc
         try:
             if self.virtual:
                 self.port_name = self.port or self.client_name
@@ -308,13 +146,13 @@ class MidiPortSink:
             else:
                 ports = out.get_ports()
                 if self.port is None and not ports:
-                    raise SinkError(f"there are no MIDI outputs on {_LABELS[api]}. {_NO_OUTPUTS}")
-                self.port_name = ports[0] if self.port is None else _match_port(self.port, ports, api)
+                    raise SinkError(f"there are no MIDI outputs on {API_LABELS[api]}. {NO_OUTPUTS_FIX}")
+                self.port_name = ports[0] if self.port is None else match_port(self.port, ports, api)
                 out.open_port(ports.index(self.port_name), "out")
         except BaseException as exc:
             out.delete()
             if isinstance(exc, rtmidi.RtMidiError):
-                raise SinkError(f"could not open MIDI port {self.port_name!r} on {_LABELS[api]}: {exc}") from exc
+                raise SinkError(f"could not open MIDI port {self.port_name!r} on {API_LABELS[api]}: {exc}") from exc
             raise
         return out
 
