@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.dispatch import Delivery, DispatchStats
+from bridge.frames import Frame
 from bridge.pipeline import Outputs
 from bridge.tail import LogTail
 
@@ -128,16 +129,14 @@ class Follower:
                 self._progress(self.frames_done, tail.frames_left())
         self._deliver(tail.read_new(final=True))
 
-    def _deliver(self, frames: list) -> None:  # type: ignore[type-arg]
+    def _deliver(self, frames: list[Frame]) -> None:
         deliver = self._delivery.deliver
         for frame in frames:
             deliver(frame)
-        if frames:
+        if frames:  # a mark says how many frames were delivered by then (at most one mark per _MARK_EVERY_S)
             now = time.time()
             if not self._marks or now - self._marks[-1][0] >= _MARK_EVERY_S:
                 self._marks.append((now, self._delivery.stats.frames_done))
-            else:
-                self._marks[-1] = (self._marks[-1][0], self._delivery.stats.frames_done)
 
     def _gone(self) -> bool:
         if self._writer_gone is not None and self._writer_gone():
