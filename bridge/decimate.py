@@ -66,14 +66,33 @@ def min_max_columns(column: np.ndarray, values: np.ndarray) -> tuple[np.ndarray,
     if starts.size == 0:
         empty = np.zeros((0,) + matrix.shape[1:], dtype=np.int64)
         return (empty[:, 0], empty[:, 0]) if one_d else (empty, empty)
-    finite = np.isfinite(matrix)
-    low = _first_extreme(np.where(finite, matrix, np.inf), starts, np.minimum, finite)
-    high = _first_extreme(np.where(finite, matrix, -np.inf), starts, np.maximum, finite)
+    low = np.empty((starts.size, matrix.shape[1]), dtype=np.int64)
+    high = np.empty_like(low)
+    # a few columns at a time, about _CHUNK_CELLS values each, so the temporaries stay small
+    rows_per_chunk = max(1, _CHUNK_CELLS // max(1, matrix.shape[1]))
+    bounds = np.append(starts, matrix.shape[0])
+    first_column = 0
+    while first_column < starts.size:
+        last_column = int(np.searchsorted(bounds, bounds[first_column] + rows_per_chunk, side="right")) - 1
+        last_column = min(max(last_column, first_column + 1), starts.size)
+        top, bottom = int(bounds[first_column]), int(bounds[last_column])
+        chunk = matrix[top:bottom]
+        local = starts[first_column:last_column] - top
+        finite = np.isfinite(chunk)
+        for out, fill, ufunc in ((low, np.inf, np.minimum), (high, -np.inf, np.maximum)):
+            found = _first_extreme(np.where(finite, chunk, fill), local, ufunc, finite)
+            out[first_column:last_column] = np.where(found < 0, -1, found + top)
+        first_column = last_column
     return (low[:, 0], high[:, 0]) if one_d else (low, high)
 
 
+#: About how many values ``min_max_columns`` takes at once.
+_CHUNK_CELLS = 1 << 18
+
+
 def _first_extreme(matrix: np.ndarray, starts: np.ndarray, ufunc: np.ufunc, finite: np.ndarray) -> np.ndarray:
-    """Row index of the first occurrence of each column segment's extreme (``ufunc.reduceat``), per series."""
+    """Row index of the first occurrence of each column segment's extreme (``ufunc.reduceat``), per series,
+    -1 where a segment holds no finite value."""
     rows = matrix.shape[0]
     extreme = ufunc.reduceat(matrix, starts, axis=0)
     lengths = np.diff(np.append(starts, rows))
@@ -97,14 +116,14 @@ def alarm_runs(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     if rows == 0 or not kind.any():
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
-    by_layer = np.ascontiguousarray(kind.T).reshape(-1).astype(np.int64)
+    by_layer = np.ascontiguousarray(kind.T).reshape(-1)
     # a run starts where the code changes, or where a layer's column starts
     edge = np.ones(by_layer.size, dtype=bool)
     edge[1:] = by_layer[1:] != by_layer[:-1]
     edge[::rows] = True
     starts = np.flatnonzero(edge)
     ends = np.append(starts[1:], by_layer.size) - 1
-    code = by_layer[starts]
+    code = by_layer[starts].astype(np.int64)
     keep = code != 0
     starts, ends, code = starts[keep], ends[keep], code[keep]
     return starts // rows, starts % rows, ends % rows, code

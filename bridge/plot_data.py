@@ -151,14 +151,26 @@ class _NoteShape:
         self._length_s = np.full(layers, np.nan)
         self._step_s = seconds_per_step
 
-    def check(self, layer: np.ndarray, offset_s: np.ndarray, length_s: np.ndarray) -> None:
-        """Learn the offset and length of layers not seen yet; raise if a note differs from its layer's."""
+    def check(self, layer: np.ndarray, offset_s: np.ndarray, length_s: np.ndarray, latest_s: float) -> None:
+        """Learn the offset and length of layers not seen yet; raise if a note differs from its layer's.
+
+        ``latest_s`` is the latest step start among the notes, for the rounding of start times."""
         unseen = np.isnan(self._offset_s[layer])
         self._offset_s[layer[unseen]] = offset_s[unseen]
         self._length_s[layer[unseen]] = length_s[unseen]
-        tolerance = 1e-9 * max(self._step_s, 1.0)
-        moved = np.abs(offset_s - self._offset_s[layer]) > tolerance + 1e-12 * np.abs(offset_s)
-        if moved.any() or (np.abs(length_s - self._length_s[layer]) > tolerance).any():
+        self._compare(offset_s, self._offset_s[layer], length_s, self._length_s[layer], latest_s)
+
+    def check_all(self, offset_s: np.ndarray, length_s: np.ndarray, latest_s: float) -> None:
+        """``check`` for (frames, layers) arrays in which every layer plays a note at every frame."""
+        self.check(np.arange(offset_s.shape[1]), offset_s[0], length_s[0], latest_s)
+        self._compare(offset_s, self._offset_s, length_s, self._length_s, latest_s)
+
+    def _compare(self, offset_s: np.ndarray, expected_offset_s: np.ndarray, length_s: np.ndarray,
+                 expected_length_s: np.ndarray, latest_s: float) -> None:
+        # a note starts at (step - first) × seconds_per_step + offset: allow the rounding of that sum
+        tolerance = 1e-9 * max(self._step_s, 1.0) + 8 * np.finfo(np.float64).eps * abs(latest_s)
+        moved = np.abs(offset_s - expected_offset_s) > tolerance
+        if moved.any() or (np.abs(length_s - expected_length_s) > tolerance).any():
             raise RuntimeError("the mapping played notes at different places within their steps, or of "
                                "different lengths, for one layer; the plot draws one note per layer and step "
                                "at a fixed place and cannot show this mapping")
@@ -195,17 +207,21 @@ class _Block:
             layer = np.stack([e.notes.layer for e in events])
             if not (layer == np.arange(layers)).all():
                 raise RuntimeError("the mapping's notes are not in layer order; the plot cannot place them")
-            starts = np.stack([e.notes.start_s for e in events]) - np.array([e.start_s for e in events])[:, None]
-            lengths = np.stack([e.notes.duration_s for e in events])
-            shape.check(layer.reshape(-1), starts.reshape(-1), lengths.reshape(-1))
+            step_starts = np.array([e.start_s for e in events])
+            starts = np.stack([e.notes.start_s for e in events]) - step_starts[:, None]
+            shape.check_all(starts, np.stack([e.notes.duration_s for e in events]), float(np.abs(step_starts).max()))
         elif sizes.any():
             frame = np.repeat(np.arange(count), sizes)
             layer = np.concatenate([e.notes.layer for e in events]).astype(np.int64)
-            if np.unique(frame * layers + layer).size != layer.size:
-                raise RuntimeError("the mapping played two notes for one layer at one step; the plot draws one")
+            # within a step, layers strictly increase: no layer plays twice, each note has its own cell
+            if not ((np.diff(layer) > 0) | (np.diff(frame) > 0)).all():
+                raise RuntimeError("the mapping played two notes for one layer at one step, or out of layer "
+                                   "order; the plot draws one note per layer and step")
             pitch[frame, layer] = np.concatenate([e.notes.midi_note for e in events])
-            starts = np.concatenate([e.notes.start_s for e in events]) - np.repeat([e.start_s for e in events], sizes)
-            shape.check(layer, starts, np.concatenate([e.notes.duration_s for e in events]))
+            step_starts = np.array([e.start_s for e in events])
+            starts = np.concatenate([e.notes.start_s for e in events]) - np.repeat(step_starts, sizes)
+            shape.check(layer, starts, np.concatenate([e.notes.duration_s for e in events]),
+                        float(np.abs(step_starts).max()))
         for row, event in enumerate(events):
             for alarm in event.alarms:
                 alarms[row, alarm.layer] = ALARM_CODES[alarm.kind]

@@ -68,10 +68,10 @@ def note_name(note: int) -> str:
 def zero_floor(norms: np.ndarray) -> float:
     """Where norms of zero (or below) are drawn on the log axis: a decade under the smallest positive norm,
     rounded down to a power of ten (1e-3 when no norm is positive)."""
-    positive = norms[np.isfinite(norms) & (norms > 0)]
-    if positive.size == 0:
+    smallest = float(np.min(norms, initial=np.inf, where=(norms > 0) & (norms < np.inf)))  # NaN fails both
+    if smallest == np.inf:
         return 1e-3
-    return float(10.0 ** (math.floor(math.log10(float(positive.min()))) - 1))
+    return float(10.0 ** (math.floor(math.log10(smallest)) - 1))
 
 
 class Columns:
@@ -92,6 +92,17 @@ class Columns:
         if not self.decimated:
             return steps.astype(np.float64), np.where(np.isfinite(values), values, np.nan)
         low, high = min_max_columns(self.column, values)
+        return self._points(steps, values, low, high)
+
+    def lines(self, steps: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``series`` of each column of ``values`` (frames, series), decimated all at once."""
+        if not self.decimated:
+            return [self.series(steps, values[:, i]) for i in range(values.shape[1])]
+        low, high = min_max_columns(self.column, values)
+        return [self._points(steps, values[:, i], low[:, i], high[:, i]) for i in range(values.shape[1])]
+
+    def _points(self, steps: np.ndarray, values: np.ndarray, low: np.ndarray,
+                high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         first, second = np.minimum(low, high), np.maximum(low, high)
         rows = np.stack([first, second], axis=1)
         keep = np.stack([np.ones_like(first, dtype=bool), second != first], axis=1)
@@ -108,8 +119,7 @@ def draw_norms(ax: Axes, data: PlotData, cols: Columns, colours: np.ndarray) -> 
     ax.set_yscale("log")
     floor = zero_floor(data.norms)
     drawn_any = False
-    for layer in range(data.layer_count):
-        x, y = cols.series(data.steps, data.norms[:, layer])
+    for layer, (x, y) in enumerate(cols.lines(data.steps, data.norms)):
         y = np.where(y <= 0, floor, y)
         drawn_any = drawn_any or bool(np.isfinite(y).any())
         ax.plot(x, y, color=colours[layer], linewidth=0.9 if data.layer_count <= 20 else 0.6,
@@ -216,14 +226,14 @@ def draw_piano_roll(ax: Axes, data: PlotData, cols: Columns, colours: np.ndarray
     from matplotlib.collections import PolyCollection
 
     if cols.decimated:
-        pitch = np.where(data.note_pitch == NO_NOTE, np.nan, data.note_pitch.astype(np.float64))
-        low, high = min_max_columns(cols.column, pitch)
-        used, layer = np.nonzero(low >= 0)
+        high = np.maximum.reduceat(data.note_pitch, cols.starts, axis=0)  # NO_NOTE (-1) where none sounds
+        low = np.minimum.reduceat(np.where(data.note_pitch == NO_NOTE, np.int8(127), data.note_pitch), cols.starts,
+                                  axis=0)
+        used, layer = np.nonzero(high != NO_NOTE)
         first = float(data.steps[0])
         width = (float(data.steps[-1]) - first + 1) / cols.columns
         x0 = first + cols.column[cols.starts[used]] * width
-        bottom, top = pitch[low[used, layer], layer] - 0.4, pitch[high[used, layer], layer] + 0.4
-        verts = _rectangles(x0, x0 + width, bottom, top)
+        verts = _rectangles(x0, x0 + width, low[used, layer] - 0.4, high[used, layer] + 0.4)
         gid = "note-ranges"
     else:
         layer, start, note = data.note_starts()

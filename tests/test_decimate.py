@@ -35,7 +35,10 @@ def test_column_starts() -> None:
     assert column_starts(np.array([], dtype=np.int64)).tolist() == []
 
 
-def test_min_max_columns_finds_the_first_extreme_and_skips_non_finite() -> None:
+@pytest.mark.parametrize("chunk_cells", [1, 4, 1 << 18])
+def test_min_max_columns_finds_the_first_extreme_and_skips_non_finite(monkeypatch: pytest.MonkeyPatch,
+                                                                      chunk_cells: int) -> None:
+    monkeypatch.setattr("bridge.decimate._CHUNK_CELLS", chunk_cells)
     column = np.array([0, 0, 0, 1, 1, 2, 2])
     values = np.array([[3.0, np.nan],
                        [1.0, np.nan],
@@ -52,7 +55,10 @@ def test_min_max_columns_finds_the_first_extreme_and_skips_non_finite() -> None:
     assert high.tolist() == [[0, -1], [4, 3], [6, 6]]
 
 
-def test_min_max_columns_one_dimensional_matches_a_plain_loop() -> None:
+@pytest.mark.parametrize("chunk_cells", [1, 7, 64, 1 << 18])
+def test_min_max_columns_one_dimensional_matches_a_plain_loop(monkeypatch: pytest.MonkeyPatch,
+                                                              chunk_cells: int) -> None:
+    monkeypatch.setattr("bridge.decimate._CHUNK_CELLS", chunk_cells)  # a few columns at a time, or all at once
     rng = np.random.default_rng(3)
     values = rng.normal(size=1000)
     values[rng.choice(1000, 50, replace=False)] = np.nan

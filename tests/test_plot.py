@@ -334,3 +334,18 @@ def test_without_matplotlib_one_line_names_the_extra(small_run: Path, tmp_path: 
 
 def test_alarm_codes_cover_every_alarm_kind() -> None:
     assert set(ALARM_CODES) == {"nan", "+inf", "-inf"}
+
+
+def test_sequential_notes_sit_in_their_step_one_after_another(tmp_path: Path) -> None:
+    # perone2019 with 2 layers: a step lasts 2 x 10 ms + 20 ms = 40 ms; layer 1 starts 10 ms (a quarter) in
+    csv = tmp_path / "far.csv"
+    csv.write_text("step,a,b\n1000000000000,1.0,2.0\n1000000000001,0.5,4.0\n")
+    data = read_plot_data(csv, "perone2019")
+    assert data.seconds_per_step == pytest.approx(0.04)
+    assert data.note_offset_steps.tolist() == pytest.approx([0.0, 0.25])
+    assert data.note_length_steps.tolist() == pytest.approx([0.25, 0.25])
+    layer, start, pitch = data.note_starts()
+    assert layer.tolist() == [0, 1, 0, 1]
+    assert start.tolist() == pytest.approx([1e12, 1e12 + 0.25, 1e12 + 1, 1e12 + 1.25])
+    # 200 Hz + 100 Hz per unit: 300, 400, 250, 600 Hz -> nearest MIDI notes 62, 67, 59, 74
+    assert pitch.tolist() == [62, 67, 59, 74]
