@@ -112,7 +112,7 @@ def alarm_runs(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     kind = np.asarray(kind)
     if kind.ndim != 2:
         raise ValueError(f"kind must be a (frames, layers) array; got shape {kind.shape}")
-    rows, layers = kind.shape
+    rows = kind.shape[0]
     if rows == 0 or not kind.any():
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from bridge.errors import GradbridgeError
 from bridge.plot_data import PlotData, first_alarm_step, read_plot_data
 
@@ -112,8 +114,6 @@ def build_figure(data: PlotData, *, width_px: int = DEFAULT_WIDTH_PX, height_px:
     panels = ["norms"]
     if data.alarm_count:
         panels.append("alarms")
-    import numpy as np
-
     if np.isfinite(data.loss).any() or np.isfinite(data.lr).any():
         panels.append("loss")
     panels.append("roll")
@@ -135,7 +135,7 @@ def build_figure(data: PlotData, *, width_px: int = DEFAULT_WIDTH_PX, height_px:
             draw_piano_roll(ax, data, cols, colours)
     last = float(data.steps[-1]) + max(1.0, float(data.note_length_steps.max(initial=0.0)))
     axes[-1].set_xlim(float(data.steps[0]), last)
-    axes[-1].set_xlabel("step" + (f" (decimated: lowest and highest per pixel column)" if cols.decimated else ""))
+    axes[-1].set_xlabel("step" + (" (decimated: lowest and highest per pixel column)" if cols.decimated else ""))
     figure.suptitle(title_of(data))
     return figure
 

@@ -239,7 +239,7 @@ def test_long_runs_never_drop_an_alarm(tmp_path: Path) -> None:
 
 
 def test_long_runs_piano_roll_spans_each_columns_notes(tmp_path: Path) -> None:
-    path, steps, _ = decimation_run(tmp_path, steps_count=3000, layers=2)
+    path, _, _ = decimation_run(tmp_path, steps_count=3000, layers=2)
     data = read_plot_data(path)
     roll = artist(axes_named(build_figure(data, width_px=300, height_px=600), "roll"), "note-ranges")
     colours = layer_colours(2)
@@ -327,8 +327,8 @@ def test_without_matplotlib_one_line_names_the_extra(small_run: Path, tmp_path: 
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
-    assert out.stderr.splitlines() == ['gradbridge: error: gradbridge plot needs matplotlib, which is not '
-                                       'installed; install it with: pip install "gradbridge[plot]"']
+    assert out.stderr.splitlines() == [('gradbridge: error: gradbridge plot needs matplotlib, which is not '
+                                        'installed; install it with: pip install "gradbridge[plot]"')]
     assert not (tmp_path / "run.png").exists()
 
 
@@ -349,3 +349,14 @@ def test_sequential_notes_sit_in_their_step_one_after_another(tmp_path: Path) ->
     assert start.tolist() == pytest.approx([1e12, 1e12 + 0.25, 1e12 + 1, 1e12 + 1.25])
     # 200 Hz + 100 Hz per unit: 300, 400, 250, 600 Hz -> nearest MIDI notes 62, 67, 59, 74
     assert pitch.tolist() == [62, 67, 59, 74]
+
+
+def test_an_empty_run_and_an_unknown_preset_are_clear_errors(small_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("step,a,b\n")
+    assert main(["plot", str(empty), "-o", str(tmp_path / "empty.png")]) == 1
+    assert "empty.csv holds no steps; there is nothing to plot" in capsys.readouterr().err
+    assert main(["plot", str(small_run), "-o", str(tmp_path / "run.png"), "--mapping", "no-such-preset"]) == 1
+    assert "no-such-preset" in capsys.readouterr().err
+    assert not (tmp_path / "empty.png").exists() and not (tmp_path / "run.png").exists()
