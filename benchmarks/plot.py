@@ -6,7 +6,8 @@ NaN. It is written twice, as a CSV (``bridge.runcsv.write_csv``, what ``gradbrid
 a run log (``RunLogWriter``). Variants, interleaved, medians:
 
 - reading every frame through ``bridge.runlog.open_run`` (the baseline: what any command must do first);
-- ``read_plot_data``: reading and mapping every frame with the preset (``Mapping.map_frames``);
+- reading and mapping every frame with ``Mapping.map_frames`` in blocks, keeping nothing (run log only);
+- ``read_plot_data``: reading and mapping every frame, keeping the arrays a plot draws;
 - drawing only: ``build_figure`` and writing the PNG from the mapped run in memory (decimation included);
 - ``gradbridge plot RUN -o run.png`` as a subprocess, start-up included.
 
@@ -15,7 +16,7 @@ Also, on the first 100 000 rows of the CSV, where reading one goes: splitting li
 
 Checks (exit status): the PNG has the asked size; each layer's line holds, per pixel column, exactly the
 lowest and highest finite norm (checked with a plain loop on two layers); every alarm is drawn; the CSV and
-the run log give the same plot data. Run: ``python benchmarks/plot.py`` (about 7 minutes here) or
+the run log give the same plot data. Run: ``python benchmarks/plot.py`` (about 18 minutes here) or
 ``--quick`` (a smoke run: small sizes, checks only matter).
 """
 
@@ -89,6 +90,23 @@ def time_read(path: Path, steps: int) -> list[float]:
     return [took]
 
 
+def map_only(path: Path) -> None:
+    """Read every frame and map it in blocks, as ``read_plot_data`` does, keeping nothing."""
+    from bridge.mapping import Mapping
+    from bridge.plot_data import BLOCK_FRAMES
+
+    info, frames = open_run(path)
+    mapping = Mapping.load(PRESET)
+    mapping.arrange(info.layer_names)
+    block: list[Frame] = []
+    for frame in frames:
+        block.append(frame)
+        if len(block) == BLOCK_FRAMES:
+            mapping.map_frames(block)
+            block = []
+    mapping.map_frames(block)
+
+
 def time_call(function: Callable[[], object]) -> list[float]:
     start = time.perf_counter()
     function()
@@ -122,6 +140,7 @@ def bench(report: Report, folder: Path, steps: int, layers: int, rounds: int) ->
         "read + map CSV (read_plot_data)": lambda: time_call(lambda: read_plot_data(csv_path)),
         "gradbridge plot CSV -o run.png": lambda: time_command(csv_path, folder / "csv.png", reported["csv"]),
         "read run log (open_run, every frame)": lambda: time_read(log_path, steps),
+        "read + Mapping.map_frames run log (events dropped)": lambda: time_call(lambda: map_only(log_path)),
         "read + map run log (read_plot_data)": lambda: time_call(lambda: read_plot_data(log_path)),
         "gradbridge plot run log -o run.png": lambda: time_command(log_path, folder / "log.png", reported["log"]),
         "draw only (build_figure + PNG, from memory)": lambda: time_call(

@@ -204,12 +204,11 @@ class _Block:
         full = sizes == layers
         if full.all():  # every layer sounds a note at every step: the usual case
             pitch[:] = np.stack([e.notes.midi_note for e in events])
-            layer = np.stack([e.notes.layer for e in events])
-            if not (layer == np.arange(layers)).all():
-                raise RuntimeError("the mapping's notes are not in layer order; the plot cannot place them")
             step_starts = np.array([e.start_s for e in events])
             starts = np.stack([e.notes.start_s for e in events]) - step_starts[:, None]
-            shape.check_all(starts, np.stack([e.notes.duration_s for e in events]), float(np.abs(step_starts).max()))
+            shape.check_all(starts, _rows(events, "duration_s"), float(np.abs(step_starts).max()))
+            if not (_rows(events, "layer") == np.arange(layers)).all():
+                raise RuntimeError("the mapping's notes are not in layer order; the plot cannot place them")
         elif sizes.any():
             frame = np.repeat(np.arange(count), sizes)
             layer = np.concatenate([e.notes.layer for e in events]).astype(np.int64)
@@ -226,6 +225,15 @@ class _Block:
             for alarm in event.alarms:
                 alarms[row, alarm.layer] = ALARM_CODES[alarm.kind]
         return cls(steps, norms, loss, lr, pitch, alarms)
+
+
+def _rows(events: list[StepEvents], field: str) -> np.ndarray:
+    """One ``Notes`` field of every step, stacked, or the first step's alone when every step shares that
+    very array (the mapping shares its read-only per-layer constants between steps): the same values."""
+    first = getattr(events[0].notes, field)
+    if all(getattr(e.notes, field) is first for e in events) and not first.flags.writeable:
+        return first[np.newaxis, :]
+    return np.stack([getattr(e.notes, field) for e in events])
 
 
 def first_alarm_step(data: PlotData) -> int | None:

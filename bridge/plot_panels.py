@@ -240,9 +240,11 @@ def draw_piano_roll(ax: Axes, data: PlotData, cols: Columns, colours: np.ndarray
         end = start + np.maximum(data.note_length_steps[layer], 1e-3)
         verts = _rectangles(start, end, note - 0.4, note + 0.4)
         gid = "notes"
-    # edges in the face colour keep notes shorter than a pixel (perone2019's 10 ms in a 60 ms step) visible
-    ax.add_collection(PolyCollection(verts, facecolors=colours[layer], edgecolors=colours[layer], linewidths=0.5,
-                                     gid=gid))
+    if cols.decimated:  # bars a pixel column wide: no edges needed, and no antialiasing to blend them
+        bars = PolyCollection(verts, facecolors=colours[layer], edgecolors="none", antialiaseds=False, gid=gid)
+    else:  # edges in the face colour keep notes shorter than a pixel (perone2019's 10 ms in 60 ms) visible
+        bars = PolyCollection(verts, facecolors=colours[layer], edgecolors=colours[layer], linewidths=0.5, gid=gid)
+    ax.add_collection(bars)
     ax.autoscale_view()
     played = data.note_pitch[data.note_pitch != NO_NOTE]
     if played.size:
