@@ -1,7 +1,7 @@
-"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``export``, ``replay``, ``follow``, ``ports``,
-``mappings``.
+"""The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``plot``, ``export``, ``replay``, ``follow``,
+``ports``, ``mappings``.
 
-``render``, ``midi`` and ``export`` read a run log or a CSV of norms and never import torch.
+``render``, ``midi``, ``plot`` and ``export`` read a run log or a CSV of norms and never import torch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ EPILOG = """examples:
   gradbridge demo --optimizer sgd --lr 1.0 --batch-size 256 --steps 200   the post's diverging run
   gradbridge render demo.gbrun -o run.wav --mapping pentatonic
   gradbridge midi demo.gbrun -o run.mid --mapping daw
+  gradbridge plot demo.gbrun -o run.png            a picture: norms, alarms, loss, the notes played
   gradbridge export demo.gbrun -o norms.csv        a run log as CSV (render and midi read it back)
   gradbridge replay demo.gbrun --osc 127.0.0.1:57120 --speed 2   live, to SuperCollider / Max / Pd
   gradbridge replay demo.gbrun --midi "IAC Driver" --play          live, to a DAW and the speakers
@@ -133,6 +134,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     info, frames = open_run(args.run)
     rows = write_csv(args.output, info, frames)
     print(f"gradbridge: wrote {args.output}: {rows} steps x {len(info.layer_names)} layers", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw a run log or CSV: norms per layer, NaN/Inf alarms, loss and learning rate, and the notes played."""
+    from bridge.plot import plot_run
+
+    started = time.perf_counter()
+    data = plot_run(args.run, args.output, mapping=args.mapping, width_px=args.width, height_px=args.height,
+                    dpi=args.dpi)
+    print(f"gradbridge: wrote {args.output}: {data.frame_count} steps x {data.layer_count} layers, preset "
+          f"{data.mapping_name}, {data.alarm_count} NaN/Inf alarms, in {time.perf_counter() - started:.2f} s",
+          file=sys.stderr)
     return 0
 
 
@@ -295,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--format", choices=("int16", "float32"), default="int16",
                              help="WAV samples (default int16)")
         sub.set_defaults(func=func)
+
+    plot = verbs.add_parser("plot", help="draw a run log or CSV as a picture (PNG, SVG or PDF; needs matplotlib)",
+                            description=cmd_plot.__doc__ + " Needs matplotlib: pip install \"gradbridge[plot]\".")
+    plot.add_argument("run", help="a run log (.gbrun) or a CSV with a 'step' column and one column per layer")
+    plot.add_argument("-o", "--output", default="run.png",
+                      help="picture to write; .png, .svg or .pdf by its suffix (default run.png)")
+    plot.add_argument("-m", "--mapping", default=None,
+                      help="preset whose notes the piano roll shows (default: the run's own, else pentatonic)")
+    plot.add_argument("--width", type=int, default=1600, help="width in pixels (default 1600)")
+    plot.add_argument("--height", type=int, default=1000, help="height in pixels (default 1000)")
+    plot.add_argument("--dpi", type=int, default=100,
+                      help="dots per inch (default 100); SVG and PDF are width/dpi by height/dpi inches")
+    plot.set_defaults(func=cmd_plot)
 
     export = verbs.add_parser("export", help="write a run log as CSV", description=cmd_export.__doc__)
     export.add_argument("run", help="a run log (.gbrun)")

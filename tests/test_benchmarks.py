@@ -2,7 +2,8 @@
 
 Their timings on a quick run mean nothing and are not looked at; the checks (fast render equals the post's
 samples, the run log holds every frame and its size is the documented formula, the watch reads no norm per
-layer on the training thread) are what this test holds them to.
+layer on the training thread, the plot keeps each pixel column's lowest and highest norm and every alarm)
+are what this test holds them to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "render.py", "runlog.py", "throughput.py", "latency.py"])
+@pytest.mark.parametrize("script", ["overhead.py", "render.py", "runlog.py", "throughput.py", "latency.py", "plot.py"])
 def test_quick_benchmark_checks_pass(script: str) -> None:
     run = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True,
                          timeout=600, cwd=BENCHMARKS.parent)
