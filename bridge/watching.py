@@ -262,19 +262,22 @@ def watch(
         os.close(handle)
     writer = RunLogWriter(log_path, run_info)
     link = thread = None
+    description = ""
     try:
         builtin = spec.has_files or spec.has_live
         if builtin and process:
             link = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
+            description = link.description
         if sinks or (builtin and not process):
             own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate)
             outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks)
+            description = description or outputs.arrangement.description
             thread = FollowerThread(Follower(FileTail(writer.path), outputs)).start()
         capture = Capture(model, optimizer, found, writer.append, auto=auto, participation=part)
     except BaseException:
         _abandon(writer, link, thread, log_path if temporary else None)
         raise
-    description = link.description if link is not None else chosen.arrange(run_info.layer_names).description
+    description = description or Mapping(chosen.preset).arrange(run_info.layer_names).description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
     return Watch(capture, writer, process=link, thread=thread, temporary=temporary, description=description,
