@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -91,17 +90,28 @@ class OneParameter(nn.Module):
         self.weight = nn.Parameter(torch.zeros(size))
 
 
-@dataclass
 class Steps:
-    """What the loop measured: nanoseconds per step (whole body, and the hook's part), late steps, wall time."""
+    """What the loop measured: nanoseconds per step (whole body, and the hook's part), late steps, wall time.
 
-    step_ns: list[np.ndarray] = field(default_factory=list)
-    hook_ns: list[np.ndarray] = field(default_factory=list)
-    late: int = 0
-    seconds: float = 0.0
+    The arrays are made once, for ``capacity`` steps, before anything is measured: the measuring itself must
+    not move the resident memory it reports. ``blocks`` are the ends of each ``run`` in them.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.step_ns = np.full(capacity, 0, np.int64)  # written now (np.zeros would take its pages lazily)
+        self.hook_ns = np.full(capacity, 0, np.int64)
+        self.count = 0
+        self.blocks: list[int] = []
+        self.late = 0
+        self.seconds = 0.0
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate(self.step_ns), np.concatenate(self.hook_ns)
+        return self.step_ns[: self.count], self.hook_ns[: self.count]
+
+    def block(self, index: int) -> np.ndarray:
+        """The step times of the ``index``-th run."""
+        start = self.blocks[index - 1] if index else 0
+        return self.step_ns[start: self.blocks[index]]
 
 
 class StandInLoop:
@@ -148,8 +158,9 @@ class StandInLoop:
     def run(self, seconds: float, rate: float, into: Steps) -> None:
         """Run steps on the deadline schedule for ``seconds``; add their timings to ``into``."""
         period_ns, clock = 1e9 / rate, time.perf_counter_ns
-        capacity = int(seconds * rate) + 2
-        step_ns, hook_ns = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        first = into.count
+        capacity = min(int(seconds * rate) + 2, into.step_ns.shape[0] - first)
+        step_ns, hook_ns = into.step_ns[first:], into.hook_ns[first:]
         start = clock()
         end, index, late = start + int(seconds * 1e9), 0, 0
         while index < capacity:
@@ -169,8 +180,8 @@ class StandInLoop:
             index += 1
             self.step += 1
         into.seconds += (clock() - start) / 1e9
-        into.step_ns.append(step_ns[:index].copy())
-        into.hook_ns.append(hook_ns[:index].copy())
+        into.count += index
+        into.blocks.append(into.count)
         into.late += late
 
     def close(self) -> None:

@@ -105,24 +105,25 @@ def run(args: argparse.Namespace, report: Report, folder: Path, jack: str | None
     ours_while_watching = sorted(t.name for t in set(threading.enumerate()) - threads_before
                                  if t.name.startswith("gradbridge"))
     os_threads_running = native_threads()
-    steps = {name: Steps() for name in loops}
+    per_variant = int(args.seconds * rate) + 2 * len(ORDER) + 2  # half of each variant's blocks, and spare
+    steps = {name: Steps(per_variant) for name in loops}
     cpu: dict[str, dict[int, int]] = {name: {} for name in loops}
     for name in ("without", "with"):
-        loops[name].run(warmup_s, rate, Steps())
+        loops[name].run(warmup_s, rate, Steps(int(warmup_s * rate) + 2))
     drain(watch)
     rss = {"start": resident_bytes() / MIB}
     blocks = []
     for index, name in enumerate(ORDER + ORDER[::-1]):
         if name == "without":
             drain(watch)  # untimed: the follower catches up, so its work stays out of the without blocks
-        before, ran_before = thread_cpu_ns(), len(steps[name].step_ns)
+        before, ran_before = thread_cpu_ns(), len(steps[name].blocks)
         follower_before = process_cpu_ticks(follower) if follower is not None else 0
         loops[name].run(block_s, rate, steps[name])
         for tid, ns in thread_cpu_ns().items():
             cpu[name][tid] = cpu[name].get(tid, 0) + ns - before.get(tid, ns)
         if follower is not None:
             follower_ticks[name] += process_cpu_ticks(follower) - follower_before
-        body = steps[name].step_ns[ran_before]
+        body = steps[name].block(ran_before)
         blocks.append({"block": index + 1, "variant": name, "steps": len(body), "steps/s": len(body) / block_s,
                        "median µs": float(np.median(body)) / 1e3,
                        "p99 µs": float(np.percentile(body, 99)) / 1e3, "max µs": body.max() / 1e3})
