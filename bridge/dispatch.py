@@ -60,6 +60,7 @@ class DispatchStats:
         errors: failures per consumer name (at most one while handling, plus one at close).
         first_errors: the first failure per consumer, as ``"at step 12 (PortClosed: ...)"``.
         first_unreadable: the first ``resolve()`` failure, or ``None``.
+        notes: what a consumer that did not fail has to say instead of "ok" (e.g. the run's alarms).
     """
 
     frames_in: int = 0
@@ -70,6 +71,7 @@ class DispatchStats:
     errors: dict[str, int] = field(default_factory=dict)
     first_errors: dict[str, str] = field(default_factory=dict)
     first_unreadable: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """The stats in plain words, e.g. ``"200 frames in, 0 dropped; wav: ok; midi: failed at step 12 (...)"``."""
@@ -81,7 +83,7 @@ class DispatchStats:
             parts.append(f"{self.frames_unreadable} unreadable ({self.first_unreadable})")
         for name in self.consumers:
             first = self.first_errors.get(name)
-            parts.append(f"{name}: ok" if first is None else f"{name}: failed {first}")
+            parts.append(f"{name}: {self.notes.get(name, 'ok')}" if first is None else f"{name}: failed {first}")
         return "; ".join(parts)
 
 
@@ -133,7 +135,7 @@ class Dispatcher:
             s = self._stats
             return DispatchStats(
                 s.frames_in, s.frames_dropped, s.frames_done, s.frames_unreadable,
-                s.consumers, dict(s.errors), dict(s.first_errors), s.first_unreadable,
+                s.consumers, dict(s.errors), dict(s.first_errors), s.first_unreadable, dict(s.notes),
             )
 
     @property

@@ -21,15 +21,13 @@ from bridge.events import Alarm, Arrangement, LayerVoice, Notes, Spike, StepEven
 from bridge.frames import Frame
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset
 from bridge.reference import ReferenceLevels, reference_value
-from bridge.spikes import SpikeDetector
+from bridge.spikes import LOG_FLOOR, SpikeDetector, log_norms
 
 log = logging.getLogger("bridge")
 
 __all__ = ["LOG_FLOOR", "MELODIC_CHANNELS", "MIN_FREQUENCY_HZ", "Mapping", "apply_curve", "describe",
            "frequency_to_note", "note_to_frequency", "scale_notes"]
 
-#: Smallest norm the log curve distinguishes; zero and below sound like this.
-LOG_FLOOR = 1e-12
 
 #: Lowest frequency a note is given, in Hz (a norm can never make a silent or negative pitch).
 MIN_FREQUENCY_HZ = 1.0
@@ -268,10 +266,7 @@ class Mapping:
         the history."""
         if self._spikes is None:
             return None, None
-        usable = clean > LOG_FLOOR if finite is None else finite & (clean > LOG_FLOOR)
-        logs = np.where(usable, np.log10(np.maximum(clean, LOG_FLOOR)), np.nan)
-        spike, excess = self._spikes.detect(logs)
-        return spike, excess
+        return self._spikes.detect(log_norms(clean if finite is None else np.where(finite, clean, np.nan)))
 
     def _step_events(self, frame: Frame, norms: np.ndarray, start_s: float, starts: np.ndarray,
                      frequency: np.ndarray, midi_note: np.ndarray, velocity: np.ndarray, value: np.ndarray,

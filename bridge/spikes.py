@@ -15,7 +15,17 @@ import math
 
 import numpy as np
 
-__all__ = ["SpikeDetector", "median_of_finite"]
+__all__ = ["LOG_FLOOR", "SpikeDetector", "log_norms", "median_of_finite"]
+
+#: Smallest norm the log scale distinguishes; zero and below (and NaN, ±Inf) are no usable norm.
+LOG_FLOOR = 1e-12
+
+
+def log_norms(norms: np.ndarray) -> np.ndarray:
+    """log10 of each norm (any shape), NaN where a norm is not finite or not above ``LOG_FLOOR``: the input
+    of ``SpikeDetector.detect``."""
+    usable = np.isfinite(norms) & (norms > LOG_FLOOR)
+    return np.where(usable, np.log10(np.where(usable, norms, 1.0)), np.nan)
 
 
 def median_of_finite(values: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from bridge.capture import Capture, Layer, find_layers
 from bridge.dispatch import Dispatcher, DispatchStats
 from bridge.distributed import Participation, participation
 from bridge.frames import RunInfo
+from bridge.health import RunHealth
 from bridge.mapping import Mapping
 from bridge.outputs import file_sinks, live_sinks
 from bridge.outputs_process import OutputsSetup
@@ -50,7 +51,9 @@ class Watch:
     """
 
     def __init__(self, capture: Capture, dispatcher: Dispatcher, outputs: Outputs | None,
-                 description: str, announce: TextIO | None, process: OutputsProcess | None = None) -> None:
+                 description: str, announce: TextIO | None, process: OutputsProcess | None = None,
+                 health: RunHealth | None = None) -> None:
+        self._health = health
         self._capture = capture
         self._dispatcher = dispatcher
         self._outputs = outputs
@@ -95,6 +98,8 @@ class Watch:
                 stats = self._process.finish(stats)
             if self._outputs is not None:
                 stats = self._outputs.count_open_failures(stats)
+            if self._health is not None:  # the alarms and spikes of the run, in the closing summary
+                stats.notes[self._health.name] = self._health.summary()
             self._stats = stats
             if self._announce is not None:
                 print(f"gradbridge: {stats.summary()}", file=self._announce)
@@ -205,7 +210,8 @@ def watch(
     live = live_sinks(midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc, play=play) + list(sinks)
     writer = RunLogWriter(record, run_info, flush_every=flush_every) if record is not None else None
     outputs = build_outputs(chosen, run_info, files, record=writer, live_sinks=live, rate=rate)
-    dispatcher = Dispatcher(outputs.consumers, queue_size=queue_size).start()
+    health = RunHealth(run_info.layer_names, chosen.preset)
+    dispatcher = Dispatcher([*outputs.consumers, health], queue_size=queue_size).start()
     try:
         capture = Capture(model, optimizer, found, dispatcher.submit, auto=auto, participation=part)
     except BaseException:
@@ -214,7 +220,7 @@ def watch(
     description = outputs.arrangement.description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
-    return Watch(capture, dispatcher, outputs, description, announce)
+    return Watch(capture, dispatcher, outputs, description, announce, health=health)
 
 
 def _path_text(path: PathLike | None, field_name: str) -> str | None:
@@ -233,7 +239,8 @@ def _watch_in_process(model: torch.nn.Module, optimizer: torch.optim.Optimizer |
     child = OutputsProcess.start(setup)
     try:
         outputs = build_outputs(chosen, run_info, [], live_sinks=list(sinks), rate=rate)
-        dispatcher = Dispatcher([child.forwarder, *outputs.consumers], queue_size=queue_size).start()
+        health = RunHealth(run_info.layer_names, chosen.preset)
+        dispatcher = Dispatcher([child.forwarder, *outputs.consumers, health], queue_size=queue_size).start()
     except BaseException:
         child.finish(DispatchStats())
         raise
@@ -244,4 +251,4 @@ def _watch_in_process(model: torch.nn.Module, optimizer: torch.optim.Optimizer |
         raise
     if announce is not None:
         print(f"gradbridge: {child.description}", file=announce)
-    return Watch(capture, dispatcher, outputs, child.description, announce, child)
+    return Watch(capture, dispatcher, outputs, child.description, announce, child, health)

@@ -227,7 +227,7 @@ def test_process_outputs_equal_the_thread_outputs_for_the_same_training(tmp_path
             assert osc_steps(receiver) == list(range(steps))
         assert collector.steps == list(range(steps))
         assert (stats.frames_in, stats.frames_done, stats.frames_dropped, stats.errors) == (steps, steps, 0, {})
-        assert stats.consumers == ("run log", "wav", f"MIDI file {folder / 'run.mid'}", "osc", "collector")
+        assert stats.consumers == ("run log", "wav", f"MIDI file {folder / 'run.mid'}", "osc", "collector", "health")
         assert (pid is not None) == process
     assert gone(pid)
     info_p, frames_p = read_run(results[True] / "run.gbrun")
@@ -251,7 +251,7 @@ def test_a_missing_midi_port_is_reported_and_training_goes_on_with_explicit_step
         w.step(loss=0.25)
         model.zero_grad()
     stats = w.remove()
-    assert (stats.frames_in, stats.frames_done, stats.consumers) == (5, 5, ("run log",))
+    assert (stats.frames_in, stats.frames_done, stats.consumers) == (5, 5, ("run log", "health"))
     (name, first), = stats.first_errors.items()
     assert name.startswith("MIDI port") and first.startswith("at start (") and stats.errors == {name: 1}
     _, frames = read_run(tmp_path / "run.gbrun")
