@@ -67,10 +67,11 @@ def _pitch(p: Preset) -> str:
                 "higher pitch.")
     notes = f"{p.root} {p.scale.replace('_', ' ')} between MIDI notes {p.low_note} and {p.high_note}"
     if p.reference:
-        return (f"Pitch follows each layer's norm against its own reference, the median of its first "
-                f"{p.reference_steps} steps: {p.semitones_per_decade:g} semitones higher for each factor of ten "
-                f"above it, lower below it, around MIDI note {p.centre:g}, snapped to {notes}; an exploding layer "
-                "climbs and stays high, a vanishing one sinks, a steady one holds.")
+        return (f"Pitch follows each layer's norm against where that layer started (the median of its first "
+                f"{p.reference_steps} norms, or its first norm if lower, so no early spike can capture it): "
+                f"{p.semitones_per_decade:g} semitones higher for each factor of ten above it, lower below it, "
+                f"around MIDI note {p.centre:g}, snapped to {notes}; an exploding layer climbs and stays high, a "
+                "vanishing one sinks, a steady one holds.")
     if p.range is None:
         where = "its place between the lowest and highest norm that layer has had so far"
     else:
@@ -86,6 +87,6 @@ def _loudness(p: Preset, layer_count: int | None) -> str:
     if layer_count is not None and amplitude != p.amplitude:
         text += f" (the preset's {p.amplitude:g} scaled by √({FULL_VOICES}/{layer_count}) for {layer_count} voices)"
     if p.velocity == "value":
-        text += (", louder as the norm rises (MIDI velocity 40–127; in the synth 31–100 % of it, "
-                 "by the same rule as the pitch)")
+        text += (", louder as the norm rises by the same rule as the pitch (MIDI velocity 40–127; in the synth "
+                 "(velocity/127)² of it, 10 % to 100 %)")
     return f"{text}, {sound}, {p.sample_rate} Hz; the mix never exceeds -1 dBFS."

@@ -1,10 +1,12 @@
-"""Each layer's reference level for ``range = "reference"``: the median of its first norms.
+"""Each layer's reference level for ``range = "reference"``: where the layer started.
 
 A layer's pitch is placed by the ratio of its norm to this reference, in semitones around a centre
-note, so one early spike cannot capture the range: the reference is the median (robust) of the layer's
-first ``steps`` finite norms above the log floor, and then holds for the rest of the run. Until that
-many have come, it is the median of those seen so far (the first norm sounds at the centre). Levels
-are log10 norms; blocks of steps and single steps give the same levels, bit for bit.
+note. The reference is the median of the layer's first ``steps`` finite norms above the log floor, or
+its first such norm when that is lower, and then holds for the rest of the run. The median keeps one
+early spike from capturing it (a spike at the first step included); the first norm keeps a run that
+explodes from its second step on from capturing it, so that run is heard climbing. Until ``steps``
+norms have come, the median is of those seen so far (the first norm sounds at the centre). Levels are
+log10 norms; blocks of steps and single steps give the same levels, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ __all__ = ["ReferenceLevels", "reference_value"]
 
 
 class ReferenceLevels:
-    """Running reference levels (log10 norms) of ``layers`` layers, fixed after ``steps`` usable norms each."""
+    """Running reference levels (log10 norms) of ``layers`` layers, fixed after ``steps`` usable norms each:
+    the median of those norms, or the first of them when it is lower."""
 
     def __init__(self, layers: int, steps: int) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -46,7 +49,8 @@ class ReferenceLevels:
             layers = np.flatnonzero(joining[step])
             self._samples[self._count[layers], layers] = logs[step, layers]
             self._count[layers] += 1
-            self._level[layers] = median_of_finite(self._samples[:, layers].T)
+            # the median of the norms so far, or the first norm (row 0) when it is lower
+            self._level[layers] = np.minimum(median_of_finite(self._samples[:, layers].T), self._samples[0, layers])
             out[step:, layers] = self._level[layers]
         return out
 

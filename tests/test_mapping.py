@@ -356,13 +356,20 @@ def reference_one_layer(**pitch: object) -> Mapping:
 
 def test_reference_rule_worked_example() -> None:
     mapping = reference_one_layer()
-    norms = [1.0, 100.0, 10.0, 1000.0, 0.01, 0.0, math.nan, 10.0]
+    norms = [10.0, 1.0, 1.0, 100.0, 1.0, 0.1, 0.0, math.nan]
     events = mapping.map_frames([Frame(s, 0.0, [n]) for s, n in enumerate(norms)])
-    # reference (log10): 0 (first norm: the centre), then median(0, 2) = 1, then median(0, 2, 1) = 1, fixed.
-    # semitones 66 + 6 (log - reference): 66, 72, 66, 78 -> 72 (clamped), 48 -> 60, zero: lowest, NaN: alarm, 66
-    assert [list(e.notes.midi_note) for e in events] == [[66], [72], [66], [72], [60], [60], [], [66]]
-    assert [list(e.notes.value) for e in events] == [[0.5], [1.0], [0.5], [1.0], [0.0], [0.0], [], [0.5]]
-    assert [list(e.notes.velocity) for e in events] == [[84], [127], [84], [127], [40], [40], [], [84]]  # 40 + 87 v
+    # reference (log10): the first norm, 1 (the centre); then median(1, 0) = 0.5; then median(1, 0, 0) = 0, held:
+    # the high first step does not capture it. Semitones 66 + 6 (log - reference): 66, 63, 66, 78 -> 72 (the top),
+    # 66, 60; zero sounds lowest; NaN is an alarm
+    assert [list(e.notes.midi_note) for e in events] == [[66], [63], [66], [72], [66], [60], [60], []]
+    assert [list(e.notes.value) for e in events] == [[0.5], [0.25], [0.5], [1.0], [0.5], [0.0], [0.0], []]
+    assert [list(e.notes.velocity) for e in events] == [[84], [62], [84], [127], [84], [40], [40], []]  # 40 + 87 v
+
+
+def test_a_run_exploding_from_its_second_step_is_heard_climbing() -> None:
+    # the median of the first three norms would be 10 (log 1), the exploded level; the first norm is lower
+    events = reference_one_layer().map_frames([Frame(s, 0.0, [n]) for s, n in enumerate([1.0, 10.0, 10.0, 10.0])])
+    assert [int(e.notes.midi_note[0]) for e in events] == [66, 72, 72, 72]  # 66 + 6 × log10(10 / 1)
 
 
 def test_one_early_spike_does_not_capture_the_range() -> None:
@@ -380,7 +387,7 @@ def test_one_early_spike_does_not_capture_the_range() -> None:
 def test_centre_note_and_the_preset_errors_of_the_reference_rule() -> None:
     mapping = reference_one_layer(centre_note=62)
     assert [list(e.notes.midi_note) for e in mapping.map_frames([Frame(0, 0.0, [5.0]), Frame(1, 0.0, [50.0])])] == [
-        [62], [65]]  # median(log 5, log 50) = log 5 + 0.5: 62 + 6 × 0.5 = 65
+        [62], [68]]  # the first norm, 5, is below median(5, 50): 50 sounds 62 + 6 × log10(50 / 5) = 68
     for pitch, match in [
         ({"range": "reference", "curve": "sqrt"}, r'range = "reference" .* needs curve = "log", got "sqrt"'),
         ({"range": "auto", "reference_steps": 4}, r'\[pitch\] reference_steps: applies only when range = "reference"'),
@@ -426,13 +433,13 @@ def test_loudness_follows_the_value_and_many_voices_are_scaled_down() -> None:
     mapping.arrange(NAMES)
     notes = mapping.map_frames([Frame(0, 0.0, [1.0] * 4), Frame(1, 0.0, [1.0, 10.0, 0.1, 1.0])])[1].notes
     # reference median(1, 1 or 10 or 0.1): the layers at 10 and 0.1 sit 6 semitones above and below the centre
-    assert list(notes.amplitude) == pytest.approx(list(0.12 * notes.velocity / 127))
+    assert list(notes.amplitude) == pytest.approx(list(0.12 * (notes.velocity / 127) ** 2))
     assert notes.velocity[1] > notes.velocity[0] > notes.velocity[2]
     wide = Mapping.load("pentatonic")
     arrangement = wide.arrange([f"layer{i}" for i in range(64)])
     full = wide.map_frame(Frame(0, 0.0, [1.0] * 64)).notes
-    # sqrt(8 / 64) of 0.12 per voice, times velocity / 127 (every layer at its reference: value 0.5, velocity 84)
-    assert list(full.amplitude) == pytest.approx([0.12 * math.sqrt(8 / 64) * 84 / 127] * 64)
+    # sqrt(8 / 64) of 0.12 per voice, times (velocity / 127)² (every layer at its reference: value 0.5, velocity 84)
+    assert list(full.amplitude) == pytest.approx([0.12 * math.sqrt(8 / 64) * (84 / 127) ** 2] * 64)
     assert "Amplitude 0.0424 per voice (the preset's 0.12 scaled by √(8/64) for 64 voices)" in arrangement.description
     perone = Mapping.load("perone2019")
     perone.arrange(NAMES)
