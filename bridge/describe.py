@@ -88,5 +88,5 @@ def _loudness(p: Preset, layer_count: int | None) -> str:
         text += f" (the preset's {p.amplitude:g} scaled by √({FULL_VOICES}/{layer_count}) for {layer_count} voices)"
     if p.velocity == "value":
         text += (", louder as the norm rises by the same rule as the pitch (MIDI velocity 40–127; in the synth "
-                 "(velocity/127)² of it, 10 % to 100 %)")
+                 "velocity/127 of it)")
     return f"{text}, {sound}, {p.sample_rate} Hz; the mix never exceeds -1 dBFS."

@@ -305,13 +305,11 @@ class Mapping:
                           loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms, spikes=spikes)
 
     def _amplitude(self, velocity: np.ndarray) -> np.ndarray:
-        """Each layer's synth amplitude: the voice amplitude, times (velocity / 127)² when the velocity follows
-        the norm, as a synth's velocity curve does (velocity 40 is 10 dB below 127): loudness follows the
-        same rule as the pitch, and the layers that climb stand out."""
+        """Each layer's synth amplitude: the voice amplitude, times velocity / 127 when the velocity follows the
+        norm (velocity 40 sounds 10 dB below 127), so loudness follows the same rule as the pitch."""
         if self.preset.velocity != "value":
             return self._amplitudes
-        scaled = velocity / 127.0
-        return scaled * scaled * self._voice_amplitude
+        return velocity * (self._voice_amplitude / 127.0)
 
     def _reference_positions(self, curved: np.ndarray, informative: np.ndarray | None) -> np.ndarray:
         """Each (steps, layers) log10 norm's place 0–1 by its ratio to its layer's reference level

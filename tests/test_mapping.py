@@ -433,13 +433,13 @@ def test_loudness_follows_the_value_and_many_voices_are_scaled_down() -> None:
     mapping.arrange(NAMES)
     notes = mapping.map_frames([Frame(0, 0.0, [1.0] * 4), Frame(1, 0.0, [1.0, 10.0, 0.1, 1.0])])[1].notes
     # reference median(1, 1 or 10 or 0.1): the layers at 10 and 0.1 sit 6 semitones above and below the centre
-    assert list(notes.amplitude) == pytest.approx(list(0.12 * (notes.velocity / 127) ** 2))
+    assert list(notes.amplitude) == pytest.approx(list(0.12 * notes.velocity / 127))
     assert notes.velocity[1] > notes.velocity[0] > notes.velocity[2]
     wide = Mapping.load("pentatonic")
     arrangement = wide.arrange([f"layer{i}" for i in range(64)])
     full = wide.map_frame(Frame(0, 0.0, [1.0] * 64)).notes
-    # sqrt(8 / 64) of 0.12 per voice, times (velocity / 127)² (every layer at its reference: value 0.5, velocity 84)
-    assert list(full.amplitude) == pytest.approx([0.12 * math.sqrt(8 / 64) * (84 / 127) ** 2] * 64)
+    # sqrt(8 / 64) of 0.12 per voice, times velocity / 127 (every layer at its reference: value 0.5, velocity 84)
+    assert list(full.amplitude) == pytest.approx([0.12 * math.sqrt(8 / 64) * 84 / 127] * 64)
     assert "Amplitude 0.0424 per voice (the preset's 0.12 scaled by √(8/64) for 64 voices)" in arrangement.description
     perone = Mapping.load("perone2019")
     perone.arrange(NAMES)

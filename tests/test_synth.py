@@ -127,8 +127,10 @@ def test_waveform_shapes_follow_their_formulas(waveform: str, phase: str) -> Non
                      frequency_hz=[f, 2 * f], amplitude=amplitude)
     in_turn = render_events(arrangement, [step])[:, 0]
     k = np.arange(2205)
-    for out, frequency in ((alone, f), (in_turn[:2205], f), (in_turn[2205:], 2 * f)):
-        cycles = k * frequency / SR
+    # with continuous phase, layer i starts at i × (√5 − 1) / 2 cycles: layer 1's first note starts there
+    start = (math.sqrt(5) - 1) / 2 if phase == "continuous" else 0.0
+    for out, frequency, phase0 in ((alone, f, 0.0), (in_turn[:2205], f, 0.0), (in_turn[2205:], 2 * f, start)):
+        cycles = phase0 + k * frequency / SR
         expected = amplitude * reference_wave(waveform, cycles)
         away_from_jumps = np.abs((cycles % 0.5) - 0.25) < 0.2499  # saw and square jump at 0.5 cycles
         assert np.max(np.abs(out - expected)[away_from_jumps]) < 1e-5

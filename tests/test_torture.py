@@ -286,7 +286,7 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
             assert same(norm, f32(frame.norms[index]))
             assert 0.0 <= value <= 1.0 and 0 <= note <= 127 and 1 <= velocity <= 127
             assert 0.0 < frequency <= f32(preset.max_frequency_hz)
-            loudness = (velocity / 127) ** 2 if preset.velocity == "value" else 1.0
+            loudness = velocity / 127 if preset.velocity == "value" else 1.0
             assert amplitude == pytest.approx(voice_amplitude(preset, len(names)) * loudness, rel=1e-6)
             assert -1.0 <= pan <= 1.0
             assert duration == f32(preset.note_s)

@@ -38,6 +38,7 @@ SPIKE_AMPLITUDE = 0.2
 MAX_TIME_S = 1e9
 
 _CYCLE = 2.0 ** 64  # one cycle in fixed point: phases are uint64 counts of 2^-64 cycle, wrapping at 1
+_GOLDEN = np.uint64(11400714819323198485)  # (sqrt(5) - 1) / 2 cycles in fixed point: evenly spread phases
 _NOTE_FIELDS = ("start_s", "duration_s", "frequency_hz", "amplitude")
 #: Sample indices that stand for "no note" in ``NoteBatch.step_spans``: beyond any note's start or end.
 NOTHING_BEFORE, NOTHING_AFTER = -(1 << 62), 1 << 62
@@ -116,7 +117,10 @@ class Voicing:
         self._slot_of_layer[[v.index for v in a.voices]] = np.arange(len(a.voices))
         self._wave_of_slot = np.array([WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
         self._gain_of_slot = np.stack([pan_gains(v.pan, self.audio_channels) for v in a.voices], axis=1)
-        self._phase = np.zeros(len(a.voices), dtype=np.uint64)  # each layer's phase, 2^-64 cycles
+        # each layer's phase, 2^-64 cycles; with continuous phase the layers start spread over the cycle
+        # (voice i at i × 0.618… cycles), so layers on one note do not add up in phase into one loud voice
+        self._phase = (np.arange(len(a.voices), dtype=np.uint64) * _GOLDEN if self.continuous
+                       else np.zeros(len(a.voices), dtype=np.uint64))
         self._layers_key: tuple[str, bytes] | None = None  # the last chunk's Notes.layer, and its slots
         self._layers_slot = np.zeros(0, dtype=np.int64)
         self._layers_single = True  # no slot twice in the last chunk's layers
