@@ -3,10 +3,11 @@ notes and alarms from the MIDI file (read with mido), loudness-weighted.
 
     from measure import wav_pitch, midi_notes, tone_pitches
 
-``wav_pitch`` is the loudness-weighted median pitch of a WAV: the MIDI pitch below which half of the
-spectral energy between 50 Hz and 1250 Hz lies, over the whole file (the alarm and spike beeps, at 1320 Hz
-and above, are left out). Loud voices weigh more, as they do for the ear: under ``pentatonic`` and ``daw``
-a layer gets louder as its norm rises. ``tone_pitches`` reads ``perone2019``'s 10 ms tones one by one.
+``wav_pitch`` is the median over time of a WAV's pitch: in each window of 4096 samples (93 ms) that
+sounds, the MIDI pitch below which half of the spectral energy between 50 Hz and 1250 Hz lies (loud
+voices weigh more within a moment, as they do for the ear; the alarm and spike beeps, at 1320 Hz and
+above, are left out), then the median of those over the windows. ``tone_pitches`` reads
+``perone2019``'s 10 ms tones one by one.
 """
 
 from __future__ import annotations
@@ -38,21 +39,25 @@ def frequency_to_pitch(frequency_hz: np.ndarray | float) -> np.ndarray:
     return 69.0 + 12.0 * np.log2(np.asarray(frequency_hz, dtype=np.float64) / 440.0)
 
 
-def wav_pitch(path: Path) -> float:
-    """The loudness-weighted median MIDI pitch of a WAV (see the module docstring); NaN when it is silent."""
+def window_pitches(path: Path) -> np.ndarray:
+    """Each sounding window's energy-median MIDI pitch (see the module docstring), in time order."""
     samples, rate = read_wav(path)
     usable = samples.shape[0] // WINDOW * WINDOW
-    if usable == 0:
-        return float("nan")
     frames = samples[:usable].reshape(-1, WINDOW) * np.hanning(WINDOW)
-    energy = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).sum(axis=0)
     frequency = np.fft.rfftfreq(WINDOW, 1.0 / rate)
     band = (frequency >= BAND_HZ[0]) & (frequency <= BAND_HZ[1])
-    weights, pitches = energy[band], frequency_to_pitch(frequency[band])
-    if weights.sum() <= 0:
-        return float("nan")
-    cumulative = np.cumsum(weights)
-    return float(pitches[np.searchsorted(cumulative, cumulative[-1] / 2.0)])
+    energy = (np.abs(np.fft.rfft(frames, axis=1)) ** 2)[:, band]
+    totals = energy.sum(axis=1)
+    sounding = totals > 1e-6 * totals.max(initial=0.0)  # windows with notes (silence between steps left out)
+    cumulative = np.cumsum(energy[sounding], axis=1)
+    middle = (cumulative < cumulative[:, -1:] / 2.0).sum(axis=1)
+    return frequency_to_pitch(frequency[band][middle])
+
+
+def wav_pitch(path: Path) -> float:
+    """The median over time of a WAV's pitch, as a MIDI pitch (see the module docstring); NaN when silent."""
+    pitches = window_pitches(path)
+    return float(np.median(pitches)) if pitches.size else float("nan")
 
 
 def peak(path: Path) -> float:

@@ -8,8 +8,8 @@ a learning rate that explodes (lr 0.7). Every run log is then rendered in every 
 and a MIDI file, and measured from those files alone (``examples/measure.py``):
 
 - pitch: for ``perone2019`` the median pitch of its 10 ms tones (FFT peak of each, NaN slots left out),
-  as a MIDI note; for the musical presets the loudness-weighted median pitch of the WAV (FFT) and the
-  velocity-weighted median note of the MIDI file (mido);
+  as a MIDI pitch; for the musical presets the median over time of the WAV's pitch (FFT, each moment's
+  energy-median pitch); and for all, the velocity-weighted median note of the MIDI file (mido);
 - alarms: the MIDI file's percussion notes: NaN/Inf alarms (notes 49, 52) and spike alarms (56);
 - peak: the WAV's loudest sample, dBFS.
 
@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     directions = {name: direction(path) for name, (_, path) in logs.items()}
     heard = [hear(path, preset, group) for name, (group, path) in logs.items() for preset in builtin_names()]
     print(f"\n{'run':<18} {'norms':<9} {'preset':<11} {'WAV pitch':>9} {'MIDI note':>9} {'NaN/Inf':>8} "
-          f"{'spikes':>7} {'peak dBFS':>9}    (pitch: median MIDI pitch, loudness- or velocity-weighted)")
+          f"{'spikes':>7} {'peak dBFS':>9}")
+    print("(WAV pitch: the median over time of each moment's pitch, by FFT; MIDI note: the velocity-weighted median "
+          "note; both MIDI note numbers, 60 = C4)")
     for h in heard:
         print(f"{h.run:<18} {directions[h.run]:<9} {h.preset:<11} {h.wav_pitch:>9.1f} {h.midi_pitch:>9.1f} "
               f"{h.alarms:>8} {h.spikes:>7} {h.peak_dbfs:>9.1f}")
