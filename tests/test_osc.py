@@ -502,3 +502,20 @@ def test_max_patch_is_valid_json_wired_to_our_addresses() -> None:
     assert ([route, 3], [by_text["print gradbridge-norms"], 0]) in wires
     for (source, outlet), (destination, inlet) in wires:
         assert outlet < boxes[source]["numoutlets"] and inlet < boxes[destination]["numinlets"]
+
+
+def test_oscdump_decodes_a_spike_after_the_alarms(oscdump: Peer) -> None:
+    # pentatonic, one layer: four steps at 1, then 8 (8 times the median of the window: above 5, a spike)
+    mapping = Mapping.load("pentatonic")
+    sink = OscSink("127.0.0.1", oscdump.port)
+    sink.open(mapping.arrange(["fc1", "fc2"]))
+    for step, norms in enumerate([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [8.0, math.nan]]):
+        sink.send(mapping.map_frame(Frame(step, 0.0, norms)))
+    lines = oscdump.wait_for(lambda seen: sum("/gradbridge/norms" in line for line in seen) == 5)
+    sink.close()
+    last = [rest for _, rest in map(split_oscdump, lines)][-4:]
+    # step 4 at 0.5 s: fc1 8 is 12 × log10(8) = 10.8 semitones above the centre, 66 → 76.8: value (76.8 - 48) / 36
+    assert last[0].startswith("/gradbridge/layer isfffiiffff 0 \"fc1\" 8.000000 0.801")
+    assert last[1] == '/gradbridge/alarm issff 1 "fc2" "nan" 0.120000 0.000000'
+    assert last[2] == '/gradbridge/spike isfff 0 "fc1" 8.000000 0.120000 0.000000'  # ratio 8 / median(1, 1, 1, 1)
+    assert last[3] == "/gradbridge/norms ff 8.000000 nan"
