@@ -20,6 +20,7 @@ import struct
 import subprocess
 import threading
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +29,9 @@ import pytest
 from pythonosc.osc_bundle import OscBundle
 
 from bridge.errors import SinkError
-from bridge.frames import Frame
+from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
+from bridge.replay import replay
 from bridge.sinks.base import Sink
 from bridge.sinks.osc import OscSink, pack_bundles, parse_osc_target, seconds_to_timetag
 from tests.conftest import end_process
@@ -519,3 +521,61 @@ def test_oscdump_decodes_a_spike_after_the_alarms(oscdump: Peer) -> None:
     assert last[1] == '/gradbridge/alarm issff 1 "fc2" "nan" 0.120000 0.000000'
     assert last[2] == '/gradbridge/spike isfff 0 "fc1" 8.000000 0.120000 0.000000'  # ratio 8 / median(1, 1, 1, 1)
     assert last[3] == "/gradbridge/norms ff 8.000000 nan"
+
+
+def run_sclang_with_server(tmp_path: Path, script: Path, steps: int) -> tuple[list[str], Path, int]:
+    """Boot scsynth (on the test's JACK server) from sclang with the patch loaded, record the server's output,
+    replay ``steps`` perone2019 steps to the patch at musical time; sclang's output lines, the recording and
+    the number of synths the patch scheduled."""
+    port = free_udp_port()
+    recording = tmp_path / "played.wav"
+    wrapper = tmp_path / "run.scd"
+    wrapper.write_text(
+        f"~gradbridgePort = {port}; ~gradbridgeBoot = true;\n{json.dumps(str(script))}.load;\n"
+        "s.doWhenBooted({ fork { 1.wait; s.recHeaderFormat = \"wav\"; s.recSampleFormat = \"int16\";\n"
+        f"  s.record({json.dumps(str(recording))}); 0.5.wait; \"gradbridge test: recording\".postln }} }});\n"
+        "OSCdef(\\testReport, { fork { s.stopRecording; 0.5.wait;\n"
+        "  (\"gradbridge test: scheduled \" ++ ~gradbridgeScheduled).postln; s.quit } }, '/gradbridge-test/report');\n")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(runtime), QT_QPA_PLATFORM="offscreen",
+               QTWEBENGINE_DISABLE_SANDBOX="1")
+    peer = Peer(["sclang", "-u", str(free_udp_port()), str(wrapper)], env=env)
+    try:
+        peer.wait_for(lambda lines: "gradbridge test: recording" in lines, timeout_s=30)
+        mapping = Mapping.load("perone2019")
+        frames = [Frame(s, 0.0, [1.0, 2.0, 0.5, 3.0]) for s in range(steps)]
+        stats = replay(frames, RunInfo(tuple(NAMES)), mapping, [OscSink("127.0.0.1", port)])
+        assert stats.frames_done == steps and not stats.errors
+        time.sleep(1.0)  # the last synths play s.latency (0.2 s) after their step
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"/gradbridge-test/report\x00" + b",\x00\x00\x00", ("127.0.0.1", port))
+        lines = peer.wait_for(lambda seen: any(line.startswith("gradbridge test: scheduled") for line in seen),
+                              timeout_s=10)
+        time.sleep(0.5)  # the server quits
+    finally:
+        peer.stop()
+    count = next(line for line in lines if line.startswith("gradbridge test: scheduled")).split()[-1]
+    return lines, recording, int(count) if count.isdigit() else -1
+
+
+def test_sclang_schedules_with_server_latency_so_scsynth_plays_every_tone_in_time(tmp_path: Path,
+                                                                                     jack_server: str) -> None:
+    need("sclang")
+    need("scsynth")
+    lines, recording, scheduled = run_sclang_with_server(tmp_path, EXAMPLES / "supercollider" / "gradbridge.scd", 60)
+    assert [line for line in lines if line.startswith("late ")] == []  # scsynth posts "late 0.0123" otherwise
+    assert not [line for line in lines if line.startswith("ERROR")]
+    assert scheduled == 60 * 4  # one synth per layer per step
+    # what the server played: 60 steps of four 10 ms tones (300, 400, 250, 500 Hz) one after another, then
+    # 20 ms of silence. Each tone has its envelope (1 ms up, 7 ms held, 2 ms down), so in 1 ms windows it is
+    # about 8-9 ms above 20 % of its level, with a dip between tones (a few dips fall inside one window):
+    # about 240 bursts, 2.0-2.2 s in all. Late bundles play a step's four tones at once: 60 bursts, 0.5 s
+    with wave.open(str(recording)) as f:
+        rate = f.getframerate()
+        played = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2").reshape(-1, f.getnchannels())[:, 0] / 32767
+    window = rate // 1000  # 1 ms
+    loud = np.abs(played[: played.size // window * window]).reshape(-1, window).max(axis=1) > 0.02
+    bursts = int((np.diff(loud.astype(int)) == 1).sum())
+    assert 200 <= bursts <= 240
+    assert 1800 <= int(loud.sum()) <= 2400
