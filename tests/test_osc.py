@@ -487,23 +487,50 @@ def test_sclang_runs_the_supercollider_file(tmp_path: Path) -> None:
     assert lines[-1] == "gradbridge norms [ 2.0, nan, inf, -inf ]"
 
 
-def test_max_patch_is_valid_json_wired_to_our_addresses() -> None:
-    patcher = json.loads((EXAMPLES / "max" / "gradbridge.maxpat").read_text())["patcher"]
+def max_patcher(name: str) -> tuple[dict[str, dict], dict[str, str], list[tuple[list, list]]]:
+    """A Max patch's boxes by id, the ids of its objects by text, and its wires; every wire joins an existing
+    outlet to an existing inlet."""
+    patcher = json.loads((EXAMPLES / "max" / name).read_text())["patcher"]
     boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
-    by_text = {b.get("text", ""): box_id for box_id, b in boxes.items() if b["maxclass"] == "newobj"}
-    receive = by_text["udpreceive 57120"]
-    route = by_text["route /gradbridge/layer /gradbridge/step /gradbridge/alarm /gradbridge/norms"]
+    by_text = {b.get("text", ""): box_id for box_id, b in boxes.items() if b["maxclass"] in ("newobj", "message")}
     wires = [(w["patchline"]["source"], w["patchline"]["destination"]) for w in patcher["lines"]]
+    for (source, outlet), (destination, inlet) in wires:
+        assert outlet < boxes[source]["numoutlets"] and inlet < boxes[destination]["numinlets"]
+    return boxes, by_text, wires
+
+
+def test_max_patch_is_valid_json_wired_to_our_addresses() -> None:
+    boxes, by_text, wires = max_patcher("gradbridge.maxpat")
+    receive = by_text["udpreceive 57120"]
+    route = by_text["route /gradbridge/layer /gradbridge/step /gradbridge/alarm /gradbridge/norms /gradbridge/spike"]
     assert ([receive, 0], [route, 0]) in wires
     # each route outlet feeds the unpack for that message's type tags (s = string) and a print
     for outlet, unpack, printer in [(0, "unpack i s f f f i i f f f f", "print gradbridge-layer"),
                                     (1, "unpack i f f f i f", "print gradbridge-step"),
-                                    (2, "unpack i s s f f", "print gradbridge-alarm")]:
+                                    (2, "unpack i s s f f", "print gradbridge-alarm"),
+                                    (4, "unpack i s f f f", "print gradbridge-spike")]:
         assert ([route, outlet], [by_text[unpack], 0]) in wires
         assert ([route, outlet], [by_text[printer], 0]) in wires
     assert ([route, 3], [by_text["print gradbridge-norms"], 0]) in wires
-    for (source, outlet), (destination, inlet) in wires:
-        assert outlet < boxes[source]["numoutlets"] and inlet < boxes[destination]["numinlets"]
+    # polyphonic: every layer's frequency, amplitude, pan, duration and offset go, as a "note", to a free voice of
+    # [poly~ gradbridge-voice 64], both of whose outlets reach the speaker
+    layer, pack, poly = by_text["unpack i s f f f i i f f f f"], by_text["pack f f f f f"], by_text["poly~ gradbridge-voice 64"]
+    assert ([layer, 4], [pack, 0]) in wires and ([layer, 7], [pack, 1]) in wires and ([layer, 8], [pack, 2]) in wires
+    assert ([pack, 0], [by_text["prepend note"], 0]) in wires and ([by_text["prepend note"], 0], [poly, 0]) in wires
+    dac = next(box_id for box_id, b in boxes.items() if b["maxclass"] == "ezdac~")
+    assert ([poly, 0], [dac, 0]) in wires and ([poly, 1], [dac, 1]) in wires
+    voice_boxes, voice, voice_wires = max_patcher("gradbridge-voice.maxpat")
+    assert (boxes[poly]["numinlets"], boxes[poly]["numoutlets"]) == (
+        sum(b.get("text", "").startswith("in ") for b in voice_boxes.values()),
+        sum(b.get("text", "").startswith("out~ ") for b in voice_boxes.values()))
+    # the voice is busy (thispoly~ 1) from arrival, and free (0) after its offset, duration and 5 ms of release
+    assert ([voice["1"], 0], [voice["thispoly~"], 0]) in voice_wires and ([voice["0"], 0], [voice["thispoly~"], 0]) in voice_wires
+    # the sine, times its envelope, then its two pan gains, reaches out~ 1 and out~ 2
+    enveloped = [d for src, (d, _) in voice_wires if src == [voice["cycle~"], 0]]
+    assert [voice_boxes[d]["text"] for d in enveloped] == ["*~"]
+    panned = [d for src, (d, _) in voice_wires if src == [enveloped[0], 0]]
+    outs = sorted(voice_boxes[d]["text"] for p in panned for src, (d, _) in voice_wires if src == [p, 0])
+    assert outs == ["out~ 1", "out~ 2"]
 
 
 def test_oscdump_decodes_a_spike_after_the_alarms(oscdump: Peer) -> None:
@@ -579,3 +606,27 @@ def test_sclang_schedules_with_server_latency_so_scsynth_plays_every_tone_in_tim
     bursts = int((np.diff(loud.astype(int)) == 1).sum())
     assert 200 <= bursts <= 240
     assert 1800 <= int(loud.sum()) <= 2400
+
+
+def test_pd_patch_prints_a_spike_and_has_a_voice_per_layer(tmp_path: Path) -> None:
+    need("pd")
+    shipped = (EXAMPLES / "pd" / "gradbridge.pd").read_text()
+    port = free_udp_port()
+    patch = tmp_path / "gradbridge.pd"
+    patch.write_text(shipped.replace("gradbridge-osc 57120;", f"gradbridge-osc {port};"))
+    assert "clone gradbridge-voice 128;" in (EXAMPLES / "pd" / "gradbridge-osc.pd").read_text()
+    peer = Peer(["pd", "-nogui", "-nosound", "-stderr", "-path", str(EXAMPLES / "pd"), "-open", str(patch)])
+    try:
+        peer.wait_ready(port, PD_READY, "gradbridge-norms: -1")
+        mapping = Mapping.load("pentatonic")
+        sink = OscSink("127.0.0.1", port)
+        sink.open(mapping.arrange(["fc1", "fc2"]))
+        for step, norms in enumerate([[1.0, 1.0]] * 4 + [[8.0, 1.0]]):  # 8 times its median: a spike
+            sink.send(mapping.map_frame(Frame(step, 0.0, norms)))
+        sink.close()
+        lines = peer.wait_for(lambda seen: sum(line.startswith("gradbridge-norms") for line in seen) == 5)
+    finally:
+        peer.stop()
+    assert [line for line in lines if "spike" in line] == ["gradbridge-spike: 0 fc1 8 0.12 0"]
+    problems = [line for _, line in peer.seen if "error" in line.lower() or "couldn't create" in line]
+    assert problems == []
