@@ -20,8 +20,8 @@ log. Where a run started is its total norm at the first step, or the median of i
 above 3 times where it started for most of the run, *explodes*: it must sound higher than every healthy
 run of its group (a higher WAV pitch, and a MIDI note, a whole number, no lower) and sound more alarms
 (NaN/Inf and spike alarms) than each. One whose total norm stays below a third of it for most of the run
-*vanishes*: it must sound lower than every healthy run. Exit status 1 when an order fails. ``--quick`` (for tests) trains the healthy and the exploding runs only, 20 post steps and
-the GPT's 60.
+*vanishes*: it must sound lower than every healthy run. Exit status 1 when an order fails. ``--quick``
+(for tests) trains the healthy and the exploding runs only, 20 post steps and the GPT's 60.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ def make_text(sentences: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor([ALPHABET.index(c) for c in text], dtype=torch.long)
 
 
-def batches(text: torch.Tensor, batch_size: int, block_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(text: torch.Tensor, batch_size: int, block_size: int,
+            seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An endless source of (tokens, targets) batches of random windows of ``text``."""
     generator = torch.Generator().manual_seed(seed)
     while True:

@@ -27,7 +27,8 @@ def test_counts_alarms_and_spikes_per_layer_from_their_first_step() -> None:
     health.add(2, alarms=[(0, "+inf"), (3, "nan")], spikes=[2, 1])
     health.add(3, alarms=[(0, "nan"), (3, "nan")])
     assert (health.steps, health.alarm_count, health.spike_count) == (4, 4, 3)
-    assert (health.layers[0].alarms, health.layers[0].first_alarm, health.layers[0].alarm_kinds) == (2, 2, ["+inf", "nan"])
+    first = health.layers[0]
+    assert (first.alarms, first.first_alarm, first.alarm_kinds) == (2, 2, ["+inf", "nan"])
     assert (health.layers[2].spikes, health.layers[2].first_spike) == (2, 1)
     assert health.summary() == ("4 NaN/Inf alarms in 2 of 4 layers (conv1: 2 from step 2, +inf, nan; fc2: 2 from "
                                 "step 2, nan); 3 spikes in 2 layers (fc1: 2 from step 1; conv2: 1 at step 2), "

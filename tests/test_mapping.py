@@ -268,7 +268,8 @@ def test_map_frames_in_chunks_equals_map_frame_one_by_one(name: str, layers: int
 @settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(rows=st.lists(st.lists(st.sampled_from(HOSTILE) | st.floats(1e-6, 1e6), min_size=3, max_size=3),
                      min_size=1, max_size=30),
-       cuts=st.lists(st.integers(0, 30), max_size=4), name=st.sampled_from(["perone2019", "pentatonic", "log-fixed", "log-reference"]))
+       cuts=st.lists(st.integers(0, 30), max_size=4),
+       name=st.sampled_from(["perone2019", "pentatonic", "log-fixed", "log-reference"]))
 def test_map_frames_split_anywhere_equals_map_frame(rows: list[list[float]], cuts: list[int], name: str) -> None:
     frames = [Frame(step, 0.0, norms) for step, norms in enumerate(rows)]
     one_by_one = arranged(PRESETS[name], 3)

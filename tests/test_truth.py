@@ -45,7 +45,8 @@ def synthetic(kind: str, layers: int = 4, steps: int = STEPS, seed: int = 0) -> 
     return [Frame(s, 1.7e9 + s, norms[s], loss=1.0, lr=0.1) for s in range(steps)]
 
 
-def render(tmp_path: Path, name: str, preset: str, frames: list[Frame], names: tuple[str, ...] = NAMES) -> tuple[Path, Path]:
+def render(tmp_path: Path, name: str, preset: str, frames: list[Frame],
+           names: tuple[str, ...] = NAMES) -> tuple[Path, Path]:
     wav, mid = tmp_path / f"{name}.{preset}.wav", tmp_path / f"{name}.{preset}.mid"
     render_frames(frames, Mapping.load(preset), RunInfo(names), [WavSink(wav), MidiFileSink(mid)])
     return wav, mid

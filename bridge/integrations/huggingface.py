@@ -14,6 +14,8 @@ Needs transformers 4.45 or later, which has the ``on_pre_optimizer_step`` event,
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from collections.abc import Mapping as MappingType
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +30,6 @@ if not hasattr(_transformers.TrainerCallback, "on_pre_optimizer_step"):
         'GradbridgeTrainerCallback needs (transformers 4.45 or later); upgrade it: pip install --upgrade '
         '"transformers>=4.45"'
     )
-
-import logging
-from collections.abc import Callable
 
 import torch
 
