@@ -27,7 +27,7 @@ after the warm-up, in the middle and at the end; threads.
 
 Checks (exit status 1 if one fails): every frame captured is in the run log, with the norms the loop wrote;
 the WAV (``wave``) lasts exactly frames x seconds per step; the MIDI file's chunks are whole, it has a
-track per layer, and (read by ``midicsv``) a layer that never alarms has one note a step; OSC arrived; no
+track per layer, and (read by ``midicsv``) a chord starts at every step's time; OSC arrived; no
 output error; no thread of ours in the training process while watching (``--thread`` aside) and none
 left after close. Timing and memory goals are reported, never enforced.
 
@@ -68,7 +68,6 @@ MIB = 1024 * 1024
 STALL_FACTOR = 5.0  # a step longer than this many times the ``without`` median is a stall
 RATE_RATIO, P99_RATIO, MAX_GROWTH_MIB = 0.95, 1.5, 4.0
 ORDER = ("without", "with", "with", "without")
-QUIET_LAYER = 2  #: a stand-in layer that never alarms (layer 0 has NaN, layer 1 Inf): one note every step
 
 
 def percentiles_row(name: str, steps: Steps, stall_ns: float) -> dict[str, object]:
@@ -235,17 +234,21 @@ def output_costs(folder: Path, layers: int, preset: Path, jack: str | None, fram
     return rows
 
 
-def midi_notes_per_track(path: Path, track: int) -> int | None:
-    """Note-ons (velocity > 0) on ``track`` (1-based, as ``midicsv`` numbers them), read by ``midicsv``;
-    ``None`` when midicsv is not installed."""
+def midi_note_times(path: Path) -> int | None:
+    """How many distinct times hold a melodic note-on (velocity > 0, not on the percussion channel) in the
+    MIDI file, read by ``midicsv``: one a step, each step's chord starting at its own tick (``None``: midicsv
+    is not installed). Layers that share a channel and a pitch at one tick strike it once, so this counts
+    the steps, not the notes."""
     if shutil.which("midicsv") is None:
         return None
-    count, prefix = 0, f"{track}, "
+    times: set[int] = set()
     with subprocess.Popen(["midicsv", str(path)], stdout=subprocess.PIPE, text=True, encoding="latin-1") as reader:
         for line in reader.stdout:  # type: ignore[union-attr]
-            if line.startswith(prefix) and ", Note_on_c, " in line and not line.rstrip().endswith(", 0"):
-                count += 1
-    return count
+            if ", Note_on_c, " in line:
+                _, at, _, channel, _, velocity = line.split(", ")
+                if int(velocity) > 0 and int(channel) != 9:
+                    times.add(int(at))
+    return len(times)
 
 
 def judge(report: Report, rows: list[dict[str, object]], stats: DispatchStats, paths: dict[str, Path], layers: int,
@@ -283,13 +286,13 @@ def judge(report: Report, rows: list[dict[str, object]], stats: DispatchStats, p
     report.check("the WAV lasts exactly frames x seconds per step (0 missing)", wav_frames == count * STEP_SAMPLES,
                  f"{wav_frames} sample frames, {count * STEP_SAMPLES} expected ({STEP_SAMPLES} a step)")
     tracks = midi_track_count(paths["midi_file"])
-    notes = midi_notes_per_track(paths["midi_file"], QUIET_LAYER + 2)  # track 1 is the tempo track
+    chords = midi_note_times(paths["midi_file"])
     detail = f"{tracks} tracks, {paths['midi_file'].stat().st_size / MIB:.1f} MiB"
-    whole = tracks in (1 + layers, 2 + layers)  # tempo, a track per layer, alarms if any sounded
-    if notes is not None:
-        detail += f"; midicsv: {notes} notes on layer {QUIET_LAYER}'s track, {count} steps"
-        whole = whole and notes == count
-    report.check("the MIDI file is whole, a track per layer, a note every step (0 missing)", whole, detail)
+    whole = 1 + layers <= tracks <= 3 + layers  # tempo, a track per layer, alarms and spikes if any sounded
+    if chords is not None:
+        detail += f"; midicsv: notes start at {chords} distinct times, {count} steps"
+        whole = whole and chords == count
+    report.check("the MIDI file is whole, a track per layer, a chord every step (0 missing)", whole, detail)
     report.check("OSC arrived", osc_packets > 0, f"{osc_packets} datagrams")
     report.check("no thread of ours in the training process while watching", not ours, str(ours or "none"))
     report.check("no thread left after close", not left and os_left <= 0,

@@ -74,6 +74,11 @@ def find_layers(
     layer (first matching group wins; a group sits where its first module sits); ``depth`` merges modules
     by the first ``depth`` dot-separated parts of their name. Raises ``ValueError`` when nothing matches.
 
+    A parameter shared by several modules (tied, like a language model's output layer and its embedding)
+    is measured once, in the layer of the first module (in registration order) that owns it; a module
+    whose parameters are all measured elsewhere is no layer of its own. A warning on the ``"bridge"``
+    logger names each such parameter and its layer.
+
     Wrapped models give the unwrapped model's names: a ``DistributedDataParallel`` wrapper is looked
     through, FSDP1's ``_fsdp_wrapped_module`` parts are dropped, and the original parameters inside
     FSDP1 flat parameters are measured in their own modules (FSDP2 keeps names as they are).
@@ -102,6 +107,8 @@ def find_layers(
     flat_members = distributed.fsdp1_layout(model).members
     candidates: list[str] = []
     merged: dict[str, tuple[list[str], list[Any]]] = {}
+    first_owner: dict[int, tuple[str, str]] = {}  # id of a parameter measured -> (its name, its layer)
+    ties: list[tuple[str, str, str]] = []  # (a later owner's name for it, the first owner's, the layer)
     for qualified, module in model.named_modules():
         qualified = distributed.clean_name(qualified)
         owned = [
@@ -115,11 +122,22 @@ def find_layers(
         candidates.append(name)
         if include_re is not None and not include_re.search(name):
             continue
-        names, tensors = merged.setdefault(_group_of(name, group_res, depth), ([], []))
+        layer = _group_of(name, group_res, depth)
+        fresh = []
         for pname, p in owned:
-            if not any(p is t for t in tensors):  # a shared (tied) parameter counts once per layer
-                names.append(f"{qualified}.{pname}" if qualified else pname)
-                tensors.append(p)
+            full = f"{qualified}.{pname}" if qualified else pname
+            if id(p) in first_owner:  # shared (tied) with a module before: measured once, there
+                ties.append((full, *first_owner[id(p)]))
+            else:
+                first_owner[id(p)] = (full, layer)
+                fresh.append((full, p))
+        if not fresh:  # every parameter it owns is measured in an earlier module's layer
+            continue
+        names, tensors = merged.setdefault(layer, ([], []))
+        for full, p in fresh:
+            names.append(full)
+            tensors.append(p)
+    _say_ties(ties)
 
     if not merged:
         shown = candidates or [n or type(m).__name__ for n, m in model.named_modules()]
@@ -131,6 +149,16 @@ def find_layers(
             "loosen include, use params='all', or set requires_grad on the parameters to measure"
         )
     return [Layer(n, tuple(pn), tuple(ps)) for n, (pn, ps) in merged.items()]
+
+
+def _say_ties(ties: list[tuple[str, str, str]]) -> None:
+    """Say, once per call, which parameters are shared by several modules and where each is measured."""
+    if not ties:
+        return
+    listed = "; ".join(f"{later} is {first} (layer {layer!r})" for later, first, layer in ties[:5])
+    more = f"; and {len(ties) - 5} more" if len(ties) > 5 else ""
+    logger.warning("%d parameter(s) shared by several modules (tied) are measured once, in the layer of the "
+                   "first module that owns them: %s%s", len(ties), listed, more)
 
 
 def _scalar_of(value: Any, what: str) -> float | torch.Tensor:

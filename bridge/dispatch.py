@@ -44,6 +44,7 @@ class DispatchStats:
         errors: failures per output (at most one while handling, plus one at close, plus one at open).
         first_errors: the first failure per output, as ``"at step 12 (PortClosed: ...)"``.
         first_unreadable: the first unreadable frame or record, in words, or ``None``.
+        notes: what an output that did not fail has to say instead of "ok" (e.g. the run's alarms).
         remarks: further facts for the closing line (the follower's lag, a kept run log, ...).
     """
 
@@ -55,6 +56,7 @@ class DispatchStats:
     errors: dict[str, int] = field(default_factory=dict)
     first_errors: dict[str, str] = field(default_factory=dict)
     first_unreadable: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
     remarks: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -64,7 +66,7 @@ class DispatchStats:
             parts.append(f"{self.frames_unreadable} unreadable ({self.first_unreadable})")
         for name in self.consumers:
             first = self.first_errors.get(name)
-            parts.append(f"{name}: ok" if first is None else f"{name}: failed {first}")
+            parts.append(f"{name}: {self.notes.get(name, 'ok')}" if first is None else f"{name}: failed {first}")
         parts.extend(self.remarks)
         return "; ".join(parts)
 

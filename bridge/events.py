@@ -1,4 +1,5 @@
-"""The events every sink consumes: an ``Arrangement`` once per run, then ``StepEvents`` per frame.
+"""The events every sink consumes: an ``Arrangement`` once per run, then ``StepEvents`` per frame: notes,
+NaN/Inf ``Alarm``s and ``Spike`` alarms.
 
 Times are *musical*: seconds from the start of the run, ``step × seconds_per_step``, so a run sounds the
 same however fast it trained. Live sinks may play events as they arrive instead.
@@ -133,6 +134,27 @@ class Alarm:
 
 
 @dataclass(frozen=True)
+class Spike:
+    """A layer whose norm jumped far above its recent history at this step (its note sounds as well).
+
+    Attributes:
+        layer: layer index.
+        ratio: the norm divided by the median of the layer's recent norms (above the preset's threshold).
+        start_s: musical start time in seconds (the layer's note's start).
+        duration_s: how long the spike alarm sounds, seconds.
+        midi_note: General MIDI percussion note on ``PERCUSSION_CHANNEL``.
+        velocity: MIDI velocity, 1–127.
+    """
+
+    layer: int
+    ratio: float
+    start_s: float
+    duration_s: float
+    midi_note: int
+    velocity: int
+
+
+@dataclass(frozen=True)
 class StepEvents:
     """Everything one frame sounds like.
 
@@ -146,6 +168,7 @@ class StepEvents:
         norms: the raw norms, float64, one per layer (NaN/Inf kept as measured).
         notes: the notes this step plays.
         alarms: the NaN/Inf alarms this step sounds.
+        spikes: the spike alarms this step sounds (layers whose norm jumped above their recent history).
     """
 
     step: int
@@ -157,6 +180,7 @@ class StepEvents:
     norms: np.ndarray
     notes: Notes
     alarms: tuple[Alarm, ...]
+    spikes: tuple[Spike, ...] = ()
 
     @property
     def end_s(self) -> float:

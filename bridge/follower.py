@@ -113,7 +113,7 @@ class Follower:
         finally:
             stats = self._delivery.close()
             done_s = time.time()
-            self.outputs.count_open_failures(stats)
+            self.outputs.finish_stats(stats)
             tail.close()
         return self._report(stats, reason or "stopped", done_s)
 

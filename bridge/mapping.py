@@ -1,7 +1,9 @@
 """The mapping: ``Frame`` → ``StepEvents``, vectorised over layers, driven by a preset.
 
-The mapping is a pure function of the frames it has seen: its only state is each layer's running range
-(for ``range = "auto"``) and the first step (time zero). Replaying the same frames gives the same events.
+The mapping is a pure function of the frames it has seen. Its state: each layer's reference level
+(``range = "reference"``, ``bridge.reference``) or running range (``range = "auto"``), the recent norms
+the spike detector compares with (``bridge.spikes``), and the first step (time zero). Replaying the same
+frames gives the same events, whether they come one at a time (``map_frame``) or in blocks (``map_frames``).
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.events import PERCUSSION_CHANNEL, Alarm, Arrangement, LayerVoice, Notes, StepEvents
+from bridge.channels import MELODIC_CHANNELS, plan_channels
+from bridge.describe import describe, voice_amplitude
+from bridge.events import Alarm, Arrangement, LayerVoice, Notes, Spike, StepEvents
 from bridge.frames import Frame
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset
+from bridge.reference import ReferenceLevels, reference_value
+from bridge.spikes import LOG_FLOOR, SpikeDetector, log_norms
 
 log = logging.getLogger("bridge")
 
-#: The 15 melodic MIDI channels (0-based), channel 10 (index 9) left to percussion.
-MELODIC_CHANNELS: tuple[int, ...] = tuple(c for c in range(16) if c != PERCUSSION_CHANNEL)
+__all__ = ["LOG_FLOOR", "MELODIC_CHANNELS", "MIN_FREQUENCY_HZ", "Mapping", "apply_curve", "describe",
+           "frequency_to_note", "note_to_frequency", "scale_notes"]
 
-#: Smallest norm the log curve distinguishes; zero and below sound like this.
-LOG_FLOOR = 1e-12
 
 #: Lowest frequency a note is given, in Hz (a norm can never make a silent or negative pitch).
 MIN_FREQUENCY_HZ = 1.0
@@ -99,13 +103,18 @@ class Mapping:
         return self._arrangement
 
     def arrange(self, layer_names: tuple[str, ...] | list[str]) -> Arrangement:
-        """Assign each layer a MIDI channel, program, waveform and pan; reset the running state."""
+        """Assign each layer a MIDI channel, program, waveform and pan; reset the running state.
+
+        Channels follow the preset's ``[midi] channels`` (``bridge.channels``): with more than 15 layers,
+        layers of one module share a channel, and every channel has one program.
+        """
         names = tuple(str(n) for n in layer_names)
         if not names:
             raise ValueError("a mapping needs at least one layer; got no layer names")
         p = self.preset
         count = len(names)
-        if count > len(MELODIC_CHANNELS):
+        plan = plan_channels(names, p.midi_channels)
+        if plan.how and p.midi_channels == "cycle":
             log.warning("%d layers share the %d melodic MIDI channels (layer %d plays on the channel of layer 1, "
                         "and so on); every layer still has its own track in the MIDI file. To give each its own "
                         "channel, group layers (watch(..., groups=... or depth=...)).",
@@ -114,14 +123,14 @@ class Mapping:
             pans = np.linspace(-0.8, 0.8, count)
         else:
             pans = np.zeros(count)
+        slots = [g % len(MELODIC_CHANNELS) for g in plan.group_of_layer]  # a channel's program: its slot's
         voices = tuple(
-            LayerVoice(index=i, name=name, channel=MELODIC_CHANNELS[i % len(MELODIC_CHANNELS)],
-                       program=p.programs[i % len(p.programs)], waveform=p.waveforms[i % len(p.waveforms)],
-                       pan=float(pans[i]))
-            for i, name in enumerate(names)
+            LayerVoice(index=i, name=name, channel=channel, program=p.programs[slot % len(p.programs)],
+                       waveform=p.waveforms[i % len(p.waveforms)], pan=float(pans[i]))
+            for i, (name, channel, slot) in enumerate(zip(names, plan.channels, slots))
         )
         self._arrangement = Arrangement(
-            voices=voices, mapping_name=p.name, description=describe(p, count),
+            voices=voices, mapping_name=p.name, description=describe(p, count, names),
             sample_rate=p.sample_rate, audio_channels=p.channels, seconds_per_step=p.seconds_per_step(count),
             tempo_bpm=p.tempo_bpm, attack_s=p.attack_s, release_s=p.release_s, phase=p.phase,
             max_frequency_hz=p.max_frequency_hz, midi_mode=p.midi_mode, midi_cc=p.cc,
@@ -132,7 +141,8 @@ class Mapping:
         return self._arrangement
 
     def _set_layers(self, count: int) -> None:
-        """Empty running ranges and the per-layer constants for ``count`` layers.
+        """Empty running state (ranges, references, spike history) and the per-layer constants for ``count``
+        layers.
 
         The layer indices, durations and amplitudes are shared, read-only, by the notes of every step in
         which all layers sound (a sink that wrote into them would raise at once).
@@ -143,10 +153,14 @@ class Mapping:
         self._low = np.full(count, np.inf)
         self._high = np.full(count, -np.inf)
         self._durations = np.full(count, p.note_s)
-        self._amplitudes = np.full(count, p.amplitude)
+        self._voice_amplitude = voice_amplitude(p, count)
+        self._amplitudes = np.full(count, self._voice_amplitude)
         for shared in (self._layers, self._durations, self._amplitudes):
             shared.setflags(write=False)
         self._halves = np.full(count, 0.5)
+        self._references = ReferenceLevels(count, p.reference_steps) if p.reference else None
+        self._spikes = SpikeDetector(count, ratio=p.spike_ratio, window=p.spike_window,
+                                     warmup=p.spike_warmup) if p.spike_detect else None
 
     def map_frame(self, frame: Frame) -> StepEvents:
         """One frame → its events. NaN, ±Inf, zero, negative and huge norms all give valid events."""
@@ -170,27 +184,37 @@ class Mapping:
             # the usual case: every norm finite (and, under a log curve, above the floor), so every layer
             # sounds a note and joins its running range
             clean = norms if lowest > 0.0 else np.maximum(norms, 0.0)  # a negative "norm" (bad CSV) sounds as zero
-            value = self._position(apply_curve(p.curve, clean), None)
+            curved = apply_curve(p.curve, clean)
+            if self._references is not None:
+                value = self._reference_positions(curved[np.newaxis], None)[0]
+            else:
+                value = self._position(curved, None)
             frequency, midi_note = self._pitch(clean, value)
+            spiking = self._detect_spikes(clean[np.newaxis], None)
             return self._step_events(frame, norms, start_s, start_s + self._offsets, frequency, midi_note,
-                                     self._velocity(value), value, None)
+                                     self._velocity(value), value, None, *spiking)
         finite = np.isfinite(norms)
         clean = np.where(finite, np.maximum(norms, 0.0), 0.0)  # a negative "norm" (bad CSV) sounds as zero
         # a zero norm under a log curve sounds lowest but does not stretch the running range down to 1e-12
         informative = finite & (clean > LOG_FLOOR) if p.curve == "log" else finite
-        value = np.where(finite & ~informative, 0.0, self._position(apply_curve(p.curve, clean), informative))
+        if self._references is not None:
+            placed = self._reference_positions(apply_curve(p.curve, clean)[np.newaxis], informative[np.newaxis])[0]
+        else:
+            placed = self._position(apply_curve(p.curve, clean), informative)
+        value = np.where(finite & ~informative, 0.0, placed)
         with np.errstate(over="ignore"):  # a huge norm's linear pitch overflows to +Inf, then the top frequency
             frequency, midi_note = self._pitch(clean, value)
+        spiking = self._detect_spikes(clean[np.newaxis], finite[np.newaxis])
         return self._step_events(frame, norms, start_s, start_s + self._offsets, frequency, midi_note,
-                                 self._velocity(value), value, None if bool(finite.all()) else finite)
+                                 self._velocity(value), value, None if bool(finite.all()) else finite, *spiking)
 
     def map_frames(self, frames: Sequence[Frame]) -> list[StepEvents]:
         """Frames in step order → their events, at once: what ``[self.map_frame(f) for f in frames]`` gives.
 
-        The same events value for value, and the same state afterwards (running ranges, time zero), so blocks
-        of any size may follow each other and single frames. Computed over a (steps, layers) array, running
-        ranges included; for offline outputs, which take blocks of tens of frames. A frame with the wrong
-        number of norms raises ``map_frame``'s error after the frames before it were mapped.
+        The same events value for value, and the same state afterwards (running ranges, references, spike
+        history, time zero), so blocks of any size may follow each other and single frames. Computed over
+        a (steps, layers) array; for offline outputs, which take blocks of tens of frames. A frame with the
+        wrong number of norms raises ``map_frame``'s error after the frames before it were mapped.
         """
         frames = list(frames)
         if not frames:
@@ -212,31 +236,65 @@ class Mapping:
         finite = np.isfinite(norms)
         clean = np.where(finite, np.maximum(norms, 0.0), 0.0)
         informative = finite & (clean > LOG_FLOOR) if p.curve == "log" else finite
-        value = np.where(finite & ~informative, 0.0, self._positions(apply_curve(p.curve, clean), informative))
+        curved = apply_curve(p.curve, clean)
+        if self._references is not None:
+            placed = self._reference_positions(curved, informative)
+        else:
+            placed = self._positions(curved, informative)
+        value = np.where(finite & ~informative, 0.0, placed)
         with np.errstate(over="ignore"):  # as in map_frame
             frequency, midi_note = self._pitch(clean, value)
         velocity = self._velocity(value)
+        spike, excess = self._detect_spikes(clean, finite)
         all_finite = finite.all(axis=1).tolist()
-        return [self._step_events(frame, row, start_s, *per_layer, None if every else finite_layers)
-                for frame, row, start_s, every, finite_layers, *per_layer
-                in zip(frames, rows, start_list, all_finite, finite, starts, frequency, midi_note, velocity, value)]
+        if spike is None:
+            return [self._step_events(frame, row, start_s, *per_layer, None if every else finite_layers)
+                    for frame, row, start_s, every, finite_layers, *per_layer
+                    in zip(frames, rows, start_list, all_finite, finite, starts, frequency, midi_note, velocity,
+                           value)]
+        return [self._step_events(frame, row, start_s, *per_layer, None if every else finite_layers, spikes, ratios)
+                for frame, row, start_s, every, finite_layers, spikes, ratios, *per_layer
+                in zip(frames, rows, start_list, all_finite, finite, spike, excess, starts, frequency, midi_note,
+                       velocity, value)]
+
+    def _detect_spikes(self, clean: np.ndarray, finite: np.ndarray | None) -> tuple[np.ndarray | None,
+                                                                                    np.ndarray | None]:
+        """Spikes of (steps, layers) clean norms (``finite``: which were finite; None: all): whether each
+        spikes and its log10 ratio to its recent median, or ``(None, None)`` when the preset detects none.
+
+        On log10 norms whatever the preset's curve; zero, tiny and non-finite norms neither spike nor join
+        the history."""
+        if self._spikes is None:
+            return None, None
+        return self._spikes.detect(log_norms(clean if finite is None else np.where(finite, clean, np.nan)))
 
     def _step_events(self, frame: Frame, norms: np.ndarray, start_s: float, starts: np.ndarray,
                      frequency: np.ndarray, midi_note: np.ndarray, velocity: np.ndarray, value: np.ndarray,
-                     finite: np.ndarray | None) -> StepEvents:
+                     finite: np.ndarray | None, spike: np.ndarray | None = None,
+                     excess: np.ndarray | None = None) -> StepEvents:
         """One step's ``StepEvents`` from its per-layer arrays; ``finite`` marks the layers that sound as notes
-        (``None``: all), the others sound alarms."""
+        (``None``: all), the others sound alarms; ``spike`` (with each layer's log10 ratio ``excess``) marks
+        the layers that sound a spike alarm besides their note."""
         p = self.preset
         step_s = self.arrangement.seconds_per_step
+        if spike is not None and spike.ndim == 2:  # a single step's (1, layers) row
+            spike, excess = spike[0], excess[0]  # type: ignore[index]
+        spikes: tuple[Spike, ...] = ()
+        if spike is not None and bool(spike.any()):
+            ratios = [float(e) for e in excess[spike]]  # type: ignore[index]
+            spikes = tuple(Spike(layer=int(i), ratio=10.0 ** e if e < 308.0 else math.inf, start_s=float(starts[i]),
+                                 duration_s=p.note_s, midi_note=p.spike_note, velocity=p.alarm_velocity)
+                           for i, e in zip(np.flatnonzero(spike), ratios))
+        amplitude = self._amplitude(velocity)
         if finite is None:
             notes = Notes(layer=self._layers, start_s=starts, duration_s=self._durations,
                           frequency_hz=frequency, midi_note=midi_note, velocity=velocity,
-                          amplitude=self._amplitudes, value=value)
+                          amplitude=amplitude, value=value)
             return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
-                              loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=())
+                              loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=(), spikes=spikes)
         notes = Notes(layer=self._layers[finite], start_s=starts[finite], duration_s=self._durations[finite],
                       frequency_hz=frequency[finite], midi_note=midi_note[finite], velocity=velocity[finite],
-                      amplitude=self._amplitudes[finite], value=value[finite])
+                      amplitude=amplitude[finite], value=value[finite])
         alarms = tuple(
             Alarm(layer=int(i), kind="nan" if math.isnan(norms[i]) else ("+inf" if norms[i] > 0 else "-inf"),
                   start_s=float(starts[i]), duration_s=p.note_s,
@@ -244,7 +302,24 @@ class Mapping:
             for i in np.flatnonzero(~finite)
         )
         return StepEvents(step=frame.step, start_s=start_s, duration_s=step_s, wall_time_s=frame.time_s,
-                          loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms)
+                          loss=frame.loss, lr=frame.lr, norms=norms, notes=notes, alarms=alarms, spikes=spikes)
+
+    def _amplitude(self, velocity: np.ndarray) -> np.ndarray:
+        """Each layer's synth amplitude: the voice amplitude, times velocity / 127 when the velocity follows the
+        norm (velocity 40 sounds 10 dB below 127), so loudness follows the same rule as the pitch."""
+        if self.preset.velocity != "value":
+            return self._amplitudes
+        return velocity * (self._voice_amplitude / 127.0)
+
+    def _reference_positions(self, curved: np.ndarray, informative: np.ndarray | None) -> np.ndarray:
+        """Each (steps, layers) log10 norm's place 0–1 by its ratio to its layer's reference level
+        (``range = "reference"``); ``informative`` (None: all) marks the norms that may join a reference."""
+        p = self.preset
+        usable = np.ones(curved.shape, dtype=bool) if informative is None else informative
+        levels = self._references.update(curved, usable)  # type: ignore[union-attr]
+        with np.errstate(invalid="ignore"):  # a layer with no usable norm yet has no level: placed at 0
+            position = reference_value(curved, levels, p.centre, p.semitones_per_decade, p.low_note, p.high_note)
+        return np.where(np.isnan(position), 0.0, position)
 
     def _pitch(self, clean: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frequency in Hz (float64) and MIDI note (int64) of each clean norm (finite, >= 0) at ``value`` (0–1)."""
@@ -316,49 +391,3 @@ class Mapping:
         -Inf), so for them nothing here can overflow or divide by zero."""
         span = high - low
         return np.divide(curved - low, span, out=position, where=span > 0)
-
-
-def describe(preset: Preset, layer_count: int | None = None) -> str:
-    """The preset in plain words, so a listener knows what they hear."""
-    p = preset
-    head = f"{p.name}: {p.description}" if p.description else p.name
-    sentences = [head if head.endswith((".", "!", "?")) else head + "."]
-    tone = f"{p.note_s * 1000:g} ms {'/'.join(sorted(set(p.waveforms), key=p.waveforms.index))} tone"
-    if p.layout == "sequential":
-        sentences.append(f"Each optimizer step plays every layer in turn, a {tone} per layer, then "
-                         f"{p.gap_s * 1000:g} ms of silence.")
-    else:
-        sentences.append(f"Each optimizer step lasts {p.seconds_per_step(1) * 1000:g} ms "
-                         f"({p.tempo_bpm:g} BPM); every layer plays a {tone} at once.")
-    if p.range is None:
-        where = "its place between the lowest and highest norm that layer has had so far"
-    else:
-        where = f"its place in the fixed range {p.range[0]:g}–{p.range[1]:g}"
-    if p.mode == "linear_hz":
-        sentences.append(f"Pitch is {p.base_hz:g} Hz + {p.hz_per_unit:g} Hz per unit of gradient norm: "
-                         "higher norm, higher pitch.")
-    else:
-        sentences.append(f"Pitch follows the norm on a {p.curve} curve ({where}), snapped to "
-                         f"{p.root} {p.scale.replace('_', ' ')} between MIDI notes {p.low_note} and {p.high_note}.")
-    sound = "stereo, layers spread left to right" if p.channels == 2 and p.pan == "spread" else (
-        "stereo, centred" if p.channels == 2 else "mono")
-    sentences.append(f"Amplitude {p.amplitude:g} per voice, {sound}, {p.sample_rate} Hz.")
-    if p.midi_mode == "cc":
-        sentences.append(f"MIDI: each layer's channel sends controller {p.cc} (0–127) following the norm.")
-    elif p.midi_mode == "cc14":
-        sentences.append(f"MIDI: each layer's channel sends 14-bit controller {p.cc}/{p.cc + 32} following the norm.")
-    elif p.midi_mode == "pitchbend":
-        sentences.append("MIDI: each layer's channel sends pitch bend following the norm.")
-    if p.every > 1 or p.max_fps > 0:
-        limits = [f"every {p.every} steps"] if p.every > 1 else []
-        limits += [f"at most {p.max_fps:g} steps a second"] if p.max_fps > 0 else []
-        sentences.append(f"Live outputs sound {' and '.join(limits)}, the {p.aggregate} of the steps in between.")
-    if p.osc_latency_s > 0:
-        sentences.append(f"OSC bundles are timetagged {p.osc_latency_s * 1000:g} ms ahead.")
-    if layer_count is not None:
-        channels = min(layer_count, len(MELODIC_CHANNELS))
-        sentences.append(f"{layer_count} layer(s) on MIDI channels 1–{MELODIC_CHANNELS[channels - 1] + 1} "
-                         "(channel 10 kept for alarms).")
-    sentences.append(f"A NaN norm sounds an alarm (MIDI percussion note {p.nan_note} on channel 10), an infinite "
-                     f"one another (note {p.inf_note}).")
-    return " ".join(sentences)

@@ -84,9 +84,19 @@ class _Group:
 
     @property
     def norm_dtype(self) -> torch.dtype | None:
-        """Accumulation dtype of the norms: float32 for float16/bfloat16 (whose norms overflow above
-        65504 and lose digits), else the gradients' own."""
-        return torch.float32 if self.dtype in _LOW_PRECISION else None
+        """Accumulation dtype of the norms (see ``norm_dtype_for``)."""
+        return norm_dtype_for(self.device, self.dtype)
+
+
+def norm_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a gradient's squares are summed in: float64 for every real floating dtype (float32 sums
+    overflow once a norm passes about 1.8e19, float16 ones at 256), complex128 for complex gradients, and
+    float32 on Apple's MPS, which has no float64. ``None``: the gradient's own dtype."""
+    if device.type == "mps":
+        return torch.float32 if dtype in _LOW_PRECISION else None
+    if dtype.is_complex:
+        return torch.complex128
+    return torch.float64 if dtype.is_floating_point else None
 
 
 def _fast_reader(group: _Group) -> Callable[[], torch.Tensor]:
@@ -173,7 +183,7 @@ class NormReader:
     The usual case costs one ``_foreach_norm`` (on a CPU, small parameters of the same shape are stacked
     and reduced at once instead, which is cheaper than one norm per tensor) and a stack: gradients are
     not inspected one by one unless that fails on them (a missing or sparse gradient). Each parameter's
-    norm is ``p.grad.norm()``'s to within float rounding (float16 and bfloat16 are summed in float32).
+    norm is ``p.grad.norm()``'s to within float rounding, summed in float64 (see ``norm_dtype_for``).
     """
 
     def __init__(self, layers: Sequence[Layer], *, share: Callable[[Any], float] | None = None) -> None:
@@ -279,14 +289,15 @@ class NormReader:
         if len(present) == len(grads) and all(g.layout == torch.strided for g in present):
             group.irregular = False  # all back to normal: the next read tries the fast path straight away
         norms = iter(self._present_norms(group, present))
-        zero = self._zero(group.device, group.norm_dtype or group.dtype.to_real())
+        accumulated = group.norm_dtype or group.dtype
+        zero = self._zero(group.device, accumulated.to_real())
         return torch.stack([zero if g is None else next(norms) for g in grads])
 
     def read_parameters(self) -> tuple[torch.Tensor, np.ndarray | None]:
         """Return the gradient norms before they are combined per layer, and the layer of each.
 
         The cheapest read: the fused ops alone, no host sync. Gives ``(norms, layer_of)``: with all
-        parameters on one device and dtype, ``norms`` holds one norm per parameter (float32 or float64,
+        parameters on one device and dtype, ``norms`` holds one norm per parameter (float64; float32 on MPS,
         0 where the gradient is missing), in read order (the parameters read one by one, then the stacks
         of same-shape ones), and ``layer_of`` (int64 NumPy array, same length) each one's layer index, or
         None when that order is one parameter per layer in layer order; otherwise ``read()`` and None.

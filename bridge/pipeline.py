@@ -18,6 +18,7 @@ from bridge.dispatch import Consumer, Delivery, DispatchStats
 from bridge.errors import SinkError
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
+from bridge.health import RunHealth
 from bridge.mapping import Mapping
 from bridge.rate import RateControl
 from bridge.sinks.base import Sink
@@ -144,16 +145,26 @@ class BlockSinkConsumer:
 
 @dataclass
 class Outputs:
-    """The consumers of a run, and the outputs that could not even be opened (reported, left out)."""
+    """The consumers of a run, the outputs that could not even be opened (reported, left out), and the
+    run's ``health`` (its alarms and spikes, counted from every frame for the closing summary)."""
 
     consumers: list[Consumer]
     arrangement: Arrangement
     failed_to_open: dict[str, str] = field(default_factory=dict)
+    health: RunHealth | None = None
 
-    def count_open_failures(self, stats: DispatchStats) -> DispatchStats:
-        """``stats`` with each output that could not be opened counted as one error "at start"."""
+    @property
+    def sinks_open(self) -> int:
+        """How many outputs were opened (the run's health aside)."""
+        return sum(consumer is not self.health for consumer in self.consumers)
+
+    def finish_stats(self, stats: DispatchStats) -> DispatchStats:
+        """``stats`` with each output that could not be opened counted as one error "at start", and what the
+        run's health says in place of its "ok"."""
         for name, text in self.failed_to_open.items():
             stats.add_error(name, f"at start ({text})")
+        if self.health is not None:
+            stats.notes[self.health.name] = self.health.summary()
         return stats
 
 
@@ -164,11 +175,13 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
     ``sinks`` (files) take every frame at musical time, in blocks of ``FILE_BLOCK_STEPS``. ``live_sinks``
     (MIDI port, OSC, speakers) take, one by one, the frames ``rate`` lets through, mapped by their own copy
     of the mapping, since the running ranges of a rate-limited stream differ from the full one's. A sink that
-    fails to open (port missing, file unwritable) is reported once and left out; the others go on.
+    fails to open (port missing, file unwritable) is reported once and left out; the others go on. Last comes
+    the run's ``health``, which counts the alarms and spikes of every frame.
     ``bridge.outputs.open_outputs`` makes the sinks a user asked for and calls this.
     """
     shared = SharedMapping(mapping, run_info.layer_names)
-    outputs = Outputs(consumers=[], arrangement=shared.arrangement)
+    outputs = Outputs(consumers=[], arrangement=shared.arrangement,
+                      health=RunHealth(run_info.layer_names, mapping.preset))
     groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer | SinkConsumer]]] = [
         (shared, sinks, BlockSinkConsumer)]
     if live_sinks:
@@ -184,6 +197,7 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
                 log.warning("output %r could not be opened (%s); going on without it", sink.name, text)
                 continue
             outputs.consumers.append(consumer(sink, group))
+    outputs.consumers.append(outputs.health)
     return outputs
 
 

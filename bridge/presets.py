@@ -6,10 +6,16 @@ A preset has four tables (every key optional; defaults below):
 ``[timing]``   layout ("sequential": layers one after another within a step; "chord": all at once),
                note_s, gap_s (sequential), step_s or steps_per_beat (chord), tempo_bpm
 ``[pitch]``    mode ("linear_hz": base_hz + hz_per_unit × norm; "scale": the norm's place in its range,
-               through a curve, quantised to a scale), curve, range, and the mode's own keys
+               through a curve, quantised to a scale), curve, range ("reference": semitones from each
+               layer's own reference, the median of its first reference_steps norms, semitones_per_decade
+               per factor of ten, around centre_note; "auto": between the layer's lowest and highest norm
+               so far; [low, high]: fixed), and the mode's own keys
 ``[sound]``    sample_rate, channels, waveforms, amplitude, attack_s, release_s, phase, pan, max_frequency_hz
 ``[midi]``     mode ("notes", or continuous control for DAW automation: "cc", "cc14", "pitchbend"), cc,
-               velocity, programs, nan_note, inf_note, alarm_velocity
+               velocity, programs, nan_note, inf_note, spike_note, alarm_velocity, channels ("auto":
+               more than 15 layers share channels by module; "cycle": layer i on melodic channel i mod 15)
+``[spike]``    detect, ratio, window, warmup: a spike alarm when a layer's norm exceeds ratio × the median
+               of its norms over the window steps before (once it has warmup of them)
 ``[live]``     every (sound every Nth step), max_fps (at most this many steps a second), aggregate
                ("max" or "mean" of what falls between): rate control for live outputs only
 ``[osc]``      latency_s (0: bundles play on arrival; > 0: timetag = send time + latency_s)
@@ -29,6 +35,7 @@ from typing import Any, Callable
 
 from bridge.errors import PresetError
 from bridge.events import WAVEFORMS
+from bridge.preset_checks import Bad, boolean, choice, integer, list_of, number, text, type_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +67,7 @@ PHASES = ("reset", "continuous")
 PANS = ("center", "spread")
 MIDI_MODES = ("notes", "cc", "cc14", "pitchbend")
 AGGREGATES = ("max", "mean")
+MIDI_CHANNEL_MODES = ("auto", "cycle")
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,11 @@ class Preset:
     # [pitch]
     mode: str = "scale"
     curve: str = "log"
-    range: tuple[float, float] | None = None  # None: automatic, from each layer's running min and max
+    range: tuple[float, float] | None = None  # None: automatic (see reference), else fixed [low, high]
+    reference: bool = False  # range = "reference": place each norm against its layer's own reference level
+    reference_steps: int = 16  # the reference is the median of a layer's first this many (finite, > 0) norms
+    semitones_per_decade: float = 12.0  # semitones a norm ten times its reference sounds above the centre
+    centre_note: int | None = None  # where a norm equal to its reference sounds; None: midway low–high
     base_hz: float = 200.0
     hz_per_unit: float = 100.0
     scale: str = "major_pentatonic"
@@ -103,13 +115,30 @@ class Preset:
     programs: tuple[int, ...] = (0,)
     nan_note: int = 49  # GM percussion: Crash Cymbal 1
     inf_note: int = 52  # GM percussion: Chinese Cymbal
+    spike_note: int = 56  # GM percussion: Cowbell
     alarm_velocity: int = 120
+    midi_channels: str = "auto"  # "auto": group layers by module to fit 15 channels; "cycle": i mod 15
+    # [spike]
+    spike_detect: bool = True
+    spike_ratio: float = 5.0  # a spike: norm > ratio × median of the layer's norms over the window before
+    spike_window: int = 10  # steps
+    spike_warmup: int = 3  # finite, positive norms in the window before a spike can sound
     # [live]
     every: int = 1
     max_fps: float = 0.0  # 0: no limit
     aggregate: str = "max"
     # [osc]
     osc_latency_s: float = 0.0
+
+    @property
+    def placement(self) -> str:
+        """How a norm is placed in its range: ``"reference"``, ``"auto"`` or ``"fixed"``."""
+        return "reference" if self.reference else ("auto" if self.range is None else "fixed")
+
+    @property
+    def centre(self) -> float:
+        """The MIDI note a norm equal to its reference sounds at (``range = "reference"``)."""
+        return (self.low_note + self.high_note) / 2.0 if self.centre_note is None else float(self.centre_note)
 
     def seconds_per_step(self, layer_count: int) -> float:
         """Musical length of one optimizer step in seconds, for ``layer_count`` layers."""
@@ -121,87 +150,24 @@ class Preset:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Schema: (table, key) -> checker. A checker turns the TOML value into the Preset's value or raises _Bad.
+# Schema: (table, key) -> checker. A checker turns the TOML value into the Preset's value or raises Bad.
 
 
-class _Bad(Exception):
-    def __init__(self, allowed: str, fix: str) -> None:
-        super().__init__(allowed)
-        self.allowed = allowed
-        self.fix = fix
+_REFERENCE = "reference"  # what _range returns for range = "reference" (parse_preset sets the fields)
 
 
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _number(low: float, high: float, *, low_open: bool = False, unit: str = "") -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        left = "(" if low_open else "["
-        allowed = f"a number in {left}{low:g}, {high:g}]{(' ' + unit) if unit else ''}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Bad(allowed, f"write a number without quotes, e.g. {max(low, 0) if not low_open else high:g}")
-        v = float(value)
-        if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
-            raise _Bad(allowed, "choose a value inside that range")
-        return v
-    return check
-
-
-def _integer(low: int, high: int, unit: str = "") -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        allowed = f"an integer in [{low}, {high}]{(' ' + unit) if unit else ''}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(allowed, f"write a whole number without quotes or decimals, e.g. {low}")
-        if not low <= value <= high:
-            raise _Bad(allowed, "choose a value inside that range")
-        return int(value)
-    return check
-
-
-def _choice(options: tuple[str, ...] | list[str]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        allowed = "one of " + ", ".join(f'"{o}"' for o in options)
-        if not isinstance(value, str):
-            raise _Bad(allowed, f'write it as a quoted string, e.g. "{options[0]}"')
-        if value not in options:
-            close = difflib.get_close_matches(value, options, n=1)
-            raise _Bad(allowed, f'did you mean "{close[0]}"?' if close else "pick one of those")
-        return value
-    return check
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad("a string", 'write it in quotes, e.g. "my preset"')
-    return value
-
-
-def _list_of(item: Callable[[Any], Any], what: str, example: str) -> Callable[[Any], tuple[Any, ...]]:
-    def check(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list) or not value:
-            raise _Bad(f"a non-empty list of {what}", f"write it as a list in brackets, e.g. {example}")
-        out = []
-        for i, element in enumerate(value):
-            try:
-                out.append(item(element))
-            except _Bad as bad:
-                raise _Bad(f"a list of {what}; item {i} is not {bad.allowed}", bad.fix) from None
-        return tuple(out)
-    return check
-
-
-def _range(value: Any) -> tuple[float, float] | None:
-    allowed = '"auto" or [low, high] in units of gradient norm, 0 <= low < high'
+def _range(value: Any) -> tuple[float, float] | str | None:
+    allowed = '"reference", "auto" or [low, high] in units of gradient norm, 0 <= low < high'
     if value == "auto":
         return None
+    if value == "reference":
+        return _REFERENCE
     if (not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise _Bad(allowed, 'write range = "auto" or range = [0.001, 10.0]')
+        raise Bad(allowed, 'write range = "reference", range = "auto" or range = [0.001, 10.0]')
     low, high = float(value[0]), float(value[1])
     if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
-        raise _Bad(allowed, "make low smaller than high, both finite and not negative")
+        raise Bad(allowed, "make low smaller than high, both finite and not negative")
     return (low, high)
 
 
@@ -209,71 +175,86 @@ def _velocity(value: Any) -> int | str:
     if value == "value":
         return "value"
     try:
-        return _integer(1, 127)(value)
-    except _Bad:
-        raise _Bad('an integer in [1, 127], or "value" (louder as the norm rises)',
+        return integer(1, 127)(value)
+    except Bad:
+        raise Bad('an integer in [1, 127], or "value" (louder as the norm rises)',
                    "write e.g. velocity = 100") from None
 
 
 def _root(value: Any) -> str:
-    return _choice(tuple(NOTE_NAMES))(value)
+    return choice(tuple(NOTE_NAMES))(value)
 
 
 _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
     # table -> key -> (Preset field, checker)
-    "preset": {"name": ("name", _text), "description": ("description", _text)},
+    "preset": {"name": ("name", text), "description": ("description", text)},
     "timing": {
-        "layout": ("layout", _choice(LAYOUTS)),
-        "note_s": ("note_s", _number(0.0, 60.0, low_open=True, unit="seconds")),
-        "gap_s": ("gap_s", _number(0.0, 60.0, unit="seconds")),
-        "step_s": ("step_s", _number(0.0, 60.0, low_open=True, unit="seconds")),
-        "steps_per_beat": ("steps_per_beat", _integer(1, 64)),
-        "tempo_bpm": ("tempo_bpm", _number(20.0, 400.0, unit="beats per minute")),
+        "layout": ("layout", choice(LAYOUTS)),
+        "note_s": ("note_s", number(0.0, 60.0, low_open=True, unit="seconds")),
+        "gap_s": ("gap_s", number(0.0, 60.0, unit="seconds")),
+        "step_s": ("step_s", number(0.0, 60.0, low_open=True, unit="seconds")),
+        "steps_per_beat": ("steps_per_beat", integer(1, 64)),
+        "tempo_bpm": ("tempo_bpm", number(20.0, 400.0, unit="beats per minute")),
     },
     "pitch": {
-        "mode": ("mode", _choice(PITCH_MODES)),
-        "curve": ("curve", _choice(CURVES)),
+        "mode": ("mode", choice(PITCH_MODES)),
+        "curve": ("curve", choice(CURVES)),
         "range": ("range", _range),
-        "base_hz": ("base_hz", _number(0.0, 20000.0, unit="Hz")),
-        "hz_per_unit": ("hz_per_unit", _number(0.0, 100000.0, unit="Hz per unit of norm")),
-        "scale": ("scale", _choice(tuple(SCALES))),
+        "base_hz": ("base_hz", number(0.0, 20000.0, unit="Hz")),
+        "hz_per_unit": ("hz_per_unit", number(0.0, 100000.0, unit="Hz per unit of norm")),
+        "scale": ("scale", choice(tuple(SCALES))),
         "root": ("root", _root),
-        "low_note": ("low_note", _integer(0, 127, "(MIDI note)")),
-        "high_note": ("high_note", _integer(0, 127, "(MIDI note)")),
+        "low_note": ("low_note", integer(0, 127, "(MIDI note)")),
+        "high_note": ("high_note", integer(0, 127, "(MIDI note)")),
+        "reference_steps": ("reference_steps", integer(1, 10_000, "steps")),
+        "semitones_per_decade": ("semitones_per_decade", number(0.0, 128.0, low_open=True,
+                                                                unit="semitones per factor of ten in norm")),
+        "centre_note": ("centre_note", integer(0, 127, "(MIDI note)")),
     },
     "sound": {
-        "sample_rate": ("sample_rate", _integer(8000, 192000, "Hz")),
-        "channels": ("channels", _integer(1, 2, "(1 mono, 2 stereo)")),
-        "waveforms": ("waveforms", _list_of(_choice(WAVEFORMS), "waveform names " + "/".join(WAVEFORMS),
+        "sample_rate": ("sample_rate", integer(8000, 192000, "Hz")),
+        "channels": ("channels", integer(1, 2, "(1 mono, 2 stereo)")),
+        "waveforms": ("waveforms", list_of(choice(WAVEFORMS), "waveform names " + "/".join(WAVEFORMS),
                                            '["sine", "triangle"]')),
-        "amplitude": ("amplitude", _number(0.0, 1.0, low_open=True)),
-        "attack_s": ("attack_s", _number(0.0, 10.0, unit="seconds")),
-        "release_s": ("release_s", _number(0.0, 10.0, unit="seconds")),
-        "phase": ("phase", _choice(PHASES)),
-        "pan": ("pan", _choice(PANS)),
-        "max_frequency_hz": ("max_frequency_hz", _number(20.0, 96000.0, unit="Hz")),
+        "amplitude": ("amplitude", number(0.0, 1.0, low_open=True)),
+        "attack_s": ("attack_s", number(0.0, 10.0, unit="seconds")),
+        "release_s": ("release_s", number(0.0, 10.0, unit="seconds")),
+        "phase": ("phase", choice(PHASES)),
+        "pan": ("pan", choice(PANS)),
+        "max_frequency_hz": ("max_frequency_hz", number(20.0, 96000.0, unit="Hz")),
     },
     "midi": {
-        "mode": ("midi_mode", _choice(MIDI_MODES)),
-        "cc": ("cc", _integer(0, 119, "(MIDI controller number)")),
+        "mode": ("midi_mode", choice(MIDI_MODES)),
+        "cc": ("cc", integer(0, 119, "(MIDI controller number)")),
         "velocity": ("velocity", _velocity),
-        "programs": ("programs", _list_of(_integer(0, 127), "General MIDI programs 0–127", "[0, 48]")),
-        "nan_note": ("nan_note", _integer(0, 127, "(GM percussion note)")),
-        "inf_note": ("inf_note", _integer(0, 127, "(GM percussion note)")),
-        "alarm_velocity": ("alarm_velocity", _integer(1, 127)),
+        "programs": ("programs", list_of(integer(0, 127), "General MIDI programs 0–127", "[0, 48]")),
+        "nan_note": ("nan_note", integer(0, 127, "(GM percussion note)")),
+        "inf_note": ("inf_note", integer(0, 127, "(GM percussion note)")),
+        "spike_note": ("spike_note", integer(0, 127, "(GM percussion note)")),
+        "alarm_velocity": ("alarm_velocity", integer(1, 127)),
+        "channels": ("midi_channels", choice(MIDI_CHANNEL_MODES)),
+    },
+    "spike": {
+        "detect": ("spike_detect", boolean),
+        "ratio": ("spike_ratio", number(1.0, 1e6, low_open=True, unit="times the running median")),
+        "window": ("spike_window", integer(1, 10_000, "steps")),
+        "warmup": ("spike_warmup", integer(1, 10_000, "norms")),
     },
     "live": {
-        "every": ("every", _integer(1, 1_000_000, "steps")),
-        "max_fps": ("max_fps", _number(0.0, 10000.0, unit="steps per second (0: no limit)")),
-        "aggregate": ("aggregate", _choice(AGGREGATES)),
+        "every": ("every", integer(1, 1_000_000, "steps")),
+        "max_fps": ("max_fps", number(0.0, 10000.0, unit="steps per second (0: no limit)")),
+        "aggregate": ("aggregate", choice(AGGREGATES)),
     },
     "osc": {
-        "latency_s": ("osc_latency_s", _number(0.0, 10.0, unit="seconds")),
+        "latency_s": ("osc_latency_s", number(0.0, 10.0, unit="seconds")),
     },
 }
 
 #: Keys that belong to one pitch mode only.
-_MODE_KEYS = {"linear_hz": {"base_hz", "hz_per_unit"}, "scale": {"scale", "root", "low_note", "high_note"}}
+_MODE_KEYS = {"linear_hz": {"base_hz", "hz_per_unit"},
+              "scale": {"scale", "root", "low_note", "high_note", "centre_note"}}
+#: Keys of the reference rule (range = "reference").
+_REFERENCE_KEYS = {"reference_steps", "semitones_per_decade", "centre_note"}
 
 
 def _fail(source: str, where: str, message: str, fix: str) -> PresetError:
@@ -291,7 +272,7 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
                         + ", ".join(f"[{t}]" for t in _SCHEMA), hint)
         if not isinstance(content, dict):
             raise _fail(source, f"{table}", f"must be a table ([{table}] on its own line), "
-                        f"got {_type_name(content)}", f"write [{table}] and put its keys below it")
+                        f"got {type_name(content)}", f"write [{table}] and put its keys below it")
         for key, value in content.items():
             if key not in _SCHEMA[table]:
                 close = difflib.get_close_matches(key, list(_SCHEMA[table]), n=1)
@@ -301,14 +282,35 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
             field_name, check = _SCHEMA[table][key]
             try:
                 values[field_name] = check(value)
-            except _Bad as bad:
+            except Bad as bad:
                 raise _fail(source, f"[{table}] {key} = {value!r}", f"expected {bad.allowed}, "
-                            f"got {_type_name(value)} {value!r}", bad.fix) from None
+                            f"got {type_name(value)} {value!r}", bad.fix) from None
+    if values.get("range") == _REFERENCE:
+        values["range"], values["reference"] = None, True
     values.setdefault("name", Path(source).stem)
     values.setdefault("description", "")
     preset = Preset(source=source, **values)
     _check_together(preset, data.get("pitch", {}), data.get("timing", {}), source)
+    _check_reference_and_spikes(preset, data.get("pitch", {}), source)
     return preset
+
+
+def _check_reference_and_spikes(preset: Preset, pitch: dict[str, Any], source: str) -> None:
+    """The reference rule's and the spike detector's rules that involve more than one key."""
+    if not preset.reference:
+        for key in _REFERENCE_KEYS & set(pitch):
+            raise _fail(source, f"[pitch] {key}", 'applies only when range = "reference"',
+                        f'remove {key}, or set range = "reference"')
+    elif preset.curve != "log":
+        raise _fail(source, "[pitch] curve", f'range = "reference" places a norm by its ratio to the layer\'s '
+                    f'reference on a log scale, so it needs curve = "log", got "{preset.curve}"',
+                    'set curve = "log", or range = "auto" for another curve')
+    if preset.centre_note is not None and not preset.low_note <= preset.centre_note <= preset.high_note:
+        raise _fail(source, "[pitch] centre_note", f"{preset.centre_note} is outside low_note–high_note "
+                    f"({preset.low_note}–{preset.high_note})", "choose a note inside that range")
+    if preset.spike_warmup > preset.spike_window:
+        raise _fail(source, "[spike] warmup", f"{preset.spike_warmup} norms can never be in a window of "
+                    f"{preset.spike_window} steps", f"make warmup <= window ({preset.spike_window})")
 
 
 def _check_together(preset: Preset, pitch: dict[str, Any], timing: dict[str, Any], source: str) -> None:

@@ -34,8 +34,8 @@ def replay(frames: Iterable[Frame], outputs: Outputs, *, speed: float = 1.0) -> 
     Raises ``SinkError`` when no output could be opened (there would be nothing to hear). Ctrl-C stops
     the replay; every output is closed first, so no note is left hanging.
     """
-    if not outputs.consumers:
+    if not outputs.sinks_open:
         detail = "; ".join(f"{name}: {text}" for name, text in outputs.failed_to_open.items())
         raise SinkError(f"no output could be opened ({detail})")
     step_s = outputs.arrangement.seconds_per_step
-    return outputs.count_open_failures(Delivery(outputs.consumers).run(paced(frames, step_s, speed)))
+    return outputs.finish_stats(Delivery(outputs.consumers).run(paced(frames, step_s, speed)))

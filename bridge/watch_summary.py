@@ -71,6 +71,8 @@ def _merge(stats: DispatchStats, report: FollowReport) -> None:
     for name, count in theirs.errors.items():
         stats.errors[name] = stats.errors.get(name, 0) + count
         stats.first_errors.setdefault(name, theirs.first_errors.get(name, ""))
+    for name, note in theirs.notes.items():
+        stats.notes.setdefault(name, note)
     if report.damaged_records:
         stats.frames_unreadable += report.damaged_records
         stats.first_unreadable = stats.first_unreadable or theirs.first_unreadable

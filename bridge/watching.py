@@ -264,11 +264,11 @@ def watch(
     link = thread = None
     description = ""
     try:
-        builtin = spec.has_files or spec.has_live
-        if builtin and process:
+        # a follower runs even with no output asked for: it reads the log to say what the run's alarms were
+        if process:
             link = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
             description = link.description
-        if sinks or (builtin and not process):
+        if sinks or not process:
             own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate)
             outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks)
             description = description or outputs.arrangement.description

@@ -175,13 +175,28 @@ def test_frames_of_mixed_dtypes_are_combined_on_the_device() -> None:
     assert frame_norms(model) == [13.0, 25.0]
 
 
-def test_tied_parameter_counts_once_in_a_group() -> None:
+def test_tied_parameter_is_measured_once_in_its_first_owners_layer(caplog: pytest.LogCaptureFixture) -> None:
     shared = linear([[3.0, 4.0]])
     other = nn.Linear(2, 1, bias=False)
     other.weight = shared.weight
     model = nn.Sequential(shared, other)
-    assert read(model) == [5.0, 5.0]  # each module measures it
+    with caplog.at_level(logging.WARNING, logger="bridge"):
+        layers = find_layers(model)
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 parameter(s) shared by several modules (tied) are measured once, in the layer of the first module "
+        "that owns them: 1.weight is 0.weight (layer '0')"]
+    # "1" owns nothing else: it is no layer of its own, and the weight is not counted twice
+    assert [(layer.name, layer.parameter_names) for layer in layers] == [("0", ("0.weight",))]
+    assert read(model) == [5.0]
     assert read(model, groups={"both": "."}) == [5.0]  # not sqrt(50)
+    # a later owner with parameters of its own keeps them in its own layer
+    head = nn.Linear(2, 1)
+    head.weight = shared.weight
+    head.bias.grad = torch.tensor([12.0])
+    assert read(nn.Sequential(shared, head)) == [5.0, 12.0]
+    # an owner left out by include: the first included owner measures it
+    assert [(layer.name, layer.parameter_names) for layer in find_layers(model, include="1")] == [
+        ("1", ("1.weight",))]
 
 
 def test_find_layers_errors_explain_what_exists() -> None:

@@ -72,7 +72,7 @@ def test_close_is_idempotent_and_a_closed_delivery_refuses_frames() -> None:
     delivery.deliver(frame(0))
     first, second = delivery.close(), delivery.close()
     assert rec.closed == 1
-    assert first == second == DispatchStats(1, 0, 1, 0, ("rec",), {}, {}, None, [])
+    assert first == second == DispatchStats(1, 0, 1, 0, ("rec",), {}, {}, None, {}, [])
     with pytest.raises(RuntimeError, match="make a new one"):
         delivery.deliver(frame(1))
 

@@ -240,14 +240,17 @@ class HFReference(transformers.TrainerCallback):  # type: ignore[misc,name-defin
 
 
 def train_hf(tmp_path: Path, callback: GradbridgeTrainerCallback, accumulate: int = 1,
-             model_class: type[TinyModel] = TinyModel, max_grad_norm: float = 0.0) -> tuple[Any, HFReference, Any]:
+             model_class: type[TinyModel] = TinyModel, max_grad_norm: float = 0.0,
+             learning_rate: float = 0.1) -> tuple[Any, HFReference, Any]:
+    """Train for one epoch; the Trainer logs (``trainer.state.log_history``) every step."""
     model = model_class(TinyConfig())
     reference = HFReference()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH_SIZE, num_train_epochs=1,
-        gradient_accumulation_steps=accumulate, learning_rate=0.1, lr_scheduler_type="constant", optim="sgd",
-        max_grad_norm=max_grad_norm, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, seed=0)
+        gradient_accumulation_steps=accumulate, learning_rate=learning_rate, lr_scheduler_type="constant",
+        optim="sgd", max_grad_norm=max_grad_norm, report_to=[], save_strategy="no", logging_strategy="steps",
+        logging_steps=1, use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+        seed=0)
     x, y = data()
     dataset = [{"x": x[i], "labels": y[i]} for i in range(len(x))]
     trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, reference])
@@ -269,17 +272,33 @@ def test_hugging_face_one_frame_per_optimizer_step_with_the_norms_and_loss_of_th
     check_files(tmp_path, steps, ["fc1", "fc2"])
 
 
-def test_hugging_face_loss_normalised_by_item_count_is_summed_and_clipped_norms_are_heard(tmp_path: Path) -> None:
+def logged_grad_norms(trainer: Any) -> list[float]:
+    """The pre-clip total gradient norm the Trainer itself logged at each step."""
+    return [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_hugging_face_hears_the_norms_before_clipping_the_trainers_own_grad_norm(tmp_path: Path,
+                                                                                 accumulate: int) -> None:
     callback = GradbridgeTrainerCallback(record=tmp_path / "run.gbrun", announce=None)
-    model, reference, _ = train_hf(tmp_path, callback, 2, TinyTokenModel, max_grad_norm=0.05)
+    model, reference, trainer = train_hf(tmp_path, callback, accumulate, TinyTokenModel, max_grad_norm=0.05,
+                                         learning_rate=1.0)
+    steps = BATCHES // accumulate
     _, frames = read_run(tmp_path / "run.gbrun")
-    assert len(frames) == 4
+    assert len(frames) == steps
     # each micro-batch loss is its share of the step's summed loss: the step's loss is their sum
-    np.testing.assert_allclose([f.loss for f in frames], np.asarray(model.losses).reshape(4, 2).sum(axis=1),
-                               rtol=1e-6)
-    np.testing.assert_allclose([f.norms for f in frames], reference.norms, rtol=1e-6)
-    # the Trainer clips before the event: the total norm heard is at most max_grad_norm
-    assert max(float(np.linalg.norm(f.norms)) for f in frames) <= 0.05 * (1 + 1e-5)
+    np.testing.assert_allclose([f.loss for f in frames],
+                               np.asarray(model.losses).reshape(steps, accumulate).sum(axis=1), rtol=1e-6)
+    totals = logged_grad_norms(trainer)
+    assert len(totals) == steps and min(totals) > 0.05  # every step clipped: the Trainer would flatten them all
+    # the total norm heard is the pre-clip norm the Trainer logged, not max_grad_norm
+    np.testing.assert_allclose([float(np.linalg.norm(f.norms)) for f in frames], totals, rtol=1e-6)
+    # global clipping scales every layer by max_norm / (total + 1e-6) (torch's clip_grad_norm_): undone, the
+    # layers the optimizer saw are the layers heard
+    scale = [0.05 / (total + 1e-6) for total in totals]
+    np.testing.assert_allclose([f.norms for f in frames], np.asarray(reference.norms) / np.asarray(scale)[:, None],
+                               rtol=1e-5)
+    assert callback.stats is not None and callback.stats.frames_in == steps
 
 
 def test_hugging_face_measures_the_model_given_and_skips_other_processes(tmp_path: Path) -> None:

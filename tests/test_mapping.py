@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.errors import PresetError
 from bridge.events import PERCUSSION_CHANNEL, StepEvents
 from bridge.frames import Frame
 from bridge.mapping import Mapping, frequency_to_note, note_to_frequency, scale_notes
@@ -122,14 +123,36 @@ def test_scale_mode_fixed_range() -> None:
     assert list(notes.start_s) == [0.0, 0.0, 0.0]
 
 
-def test_more_than_fifteen_layers_share_channels_and_skip_percussion(caplog: pytest.LogCaptureFixture) -> None:
-    mapping = Mapping.load("daw")
-    arrangement = mapping.arrange([f"layer{i}" for i in range(17)])
+def test_more_than_fifteen_layers_cycle_over_the_channels_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    preset = parse_preset({"midi": {"channels": "cycle", "programs": [0, 11, 48]}}, "test")
+    arrangement = Mapping(preset).arrange([f"layer{i}" for i in range(17)])
     channels = [v.channel for v in arrangement.voices]
     assert PERCUSSION_CHANNEL not in channels
     assert channels[:10] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10]
     assert channels[15:] == [0, 1]
+    # one program per channel: layers 16 and 17 take the programs of layers 1 and 2, whose channels they share
+    assert [v.program for v in arrangement.voices][15:] == [0, 11]
     assert "17 layers share the 15 melodic MIDI channels" in caplog.text
+
+
+def test_more_than_fifteen_layers_are_grouped_by_module_one_program_per_channel() -> None:
+    # a 4-block transformer: 2 + 4 × 6 + 1 = 27 layers; cut to 3 name parts: wte, wpe, h.0 … h.3, ln_f
+    blocks = [f"transformer.h.{b}.{part}" for b in range(4)
+              for part in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
+    names = ["transformer.wte", "transformer.wpe", *blocks, "transformer.ln_f"]
+    arrangement = Mapping.load("daw").arrange(names)
+    channels = [v.channel for v in arrangement.voices]
+    assert channels == [0, 1] + [2] * 6 + [3] * 6 + [4] * 6 + [5] * 6 + [6]
+    programs = {}
+    for voice in arrangement.voices:
+        assert programs.setdefault(voice.channel, voice.program) == voice.program
+    assert ("27 layers share 7 MIDI channels, grouped by module (the first 3 parts of each layer's name): "
+            "1 transformer.wte, 2 transformer.wpe, 3 transformer.h.0 (6 layers), 4 transformer.h.1 (6 layers), "
+            "5 transformer.h.2 (6 layers), 6 transformer.h.3 (6 layers), 7 transformer.ln_f") in arrangement.description
+    # flat names that no cut groups below 16: 15 runs of consecutive layers (i × 15 // 17)
+    flat = Mapping.load("daw").arrange([f"layer{i}" for i in range(17)])
+    assert [v.channel for v in flat.voices] == [0, 0, 1, 2, 3, 4, 5, 6, 7, 7, 8, 10, 11, 12, 13, 14, 15]
+    assert "in 15 runs of consecutive layers: 1 layer0 … layer1 (2 layers), 2 layer2," in flat.description
 
 
 def test_stereo_spread_and_timbres() -> None:
@@ -184,6 +207,12 @@ PRESETS.update({f"{curve}-{kind}": chord_preset(curve, pitch_range, velocity)
                 for kind, pitch_range, velocity in (("auto", "auto", "value"), ("fixed", [0.01, 10.0], 64),
                                                     ("narrow", [1e-300, 2e-300], "value"))})
 PRESETS.update({f"hz-{curve}": linear_hz_preset(curve) for curve in ("linear", "log", "sqrt")})
+PRESETS["log-reference"] = parse_preset({
+    "timing": {"layout": "chord", "step_s": 0.25, "note_s": 0.2},
+    "pitch": {"mode": "scale", "curve": "log", "range": "reference", "reference_steps": 5, "scale": "dorian",
+              "root": "D", "low_note": 30, "high_note": 90, "semitones_per_decade": 7.5},
+    "midi": {"velocity": "value"}, "spike": {"ratio": 2.0, "window": 4, "warmup": 2},
+}, "test")
 
 
 def assert_same_events(actual: list[StepEvents], expected: list[StepEvents]) -> None:
@@ -192,6 +221,7 @@ def assert_same_events(actual: list[StepEvents], expected: list[StepEvents]) -> 
     for got, want in zip(actual, expected):
         assert (got.step, got.start_s, got.duration_s, got.alarms) == (want.step, want.start_s, want.duration_s,
                                                                        want.alarms)
+        assert got.spikes == want.spikes
         for name in ("wall_time_s", "loss", "lr"):
             assert np.float64(getattr(got, name)).tobytes() == np.float64(getattr(want, name)).tobytes()
         assert got.norms.tobytes() == want.norms.tobytes()
@@ -238,7 +268,8 @@ def test_map_frames_in_chunks_equals_map_frame_one_by_one(name: str, layers: int
 @settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(rows=st.lists(st.lists(st.sampled_from(HOSTILE) | st.floats(1e-6, 1e6), min_size=3, max_size=3),
                      min_size=1, max_size=30),
-       cuts=st.lists(st.integers(0, 30), max_size=4), name=st.sampled_from(["perone2019", "pentatonic", "log-fixed"]))
+       cuts=st.lists(st.integers(0, 30), max_size=4),
+       name=st.sampled_from(["perone2019", "pentatonic", "log-fixed", "log-reference"]))
 def test_map_frames_split_anywhere_equals_map_frame(rows: list[list[float]], cuts: list[int], name: str) -> None:
     frames = [Frame(step, 0.0, norms) for step, norms in enumerate(rows)]
     one_by_one = arranged(PRESETS[name], 3)
@@ -303,3 +334,114 @@ def test_huge_linear_norms_reach_the_top_frequency_without_warnings() -> None:
     for events in (single, block):
         assert list(events.notes.frequency_hz) == [20000.0, 300.0, 20000.0, 250.0]
         assert list(events.notes.midi_note) == [127, 62, 127, 59]
+
+
+# --- the reference rule, spikes and loudness ------------------------------------------------------------------
+
+
+def reference_one_layer(**pitch: object) -> Mapping:
+    """One layer, chromatic 60..72 (13 notes, centre 66), range = "reference" over its first 3 norms, 6 semitones
+    per decade, no spike detection."""
+    preset = parse_preset({
+        "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.5},
+        "pitch": {"mode": "scale", "curve": "log", "range": "reference", "reference_steps": 3,
+                  "semitones_per_decade": 6.0, "scale": "chromatic", "root": "C", "low_note": 60, "high_note": 72,
+                  **pitch},
+        "midi": {"velocity": "value"}, "spike": {"detect": False},
+        "sound": {"attack_s": 0.0, "release_s": 0.0},
+    }, "test")
+    mapping = Mapping(preset)
+    mapping.arrange(["a"])
+    return mapping
+
+
+def test_reference_rule_worked_example() -> None:
+    mapping = reference_one_layer()
+    norms = [10.0, 1.0, 1.0, 100.0, 1.0, 0.1, 0.0, math.nan]
+    events = mapping.map_frames([Frame(s, 0.0, [n]) for s, n in enumerate(norms)])
+    # reference (log10): the first norm, 1 (the centre); then median(1, 0) = 0.5; then median(1, 0, 0) = 0, held:
+    # the high first step does not capture it. Semitones 66 + 6 (log - reference): 66, 63, 66, 78 -> 72 (the top),
+    # 66, 60; zero sounds lowest; NaN is an alarm
+    assert [list(e.notes.midi_note) for e in events] == [[66], [63], [66], [72], [66], [60], [60], []]
+    assert [list(e.notes.value) for e in events] == [[0.5], [0.25], [0.5], [1.0], [0.5], [0.0], [0.0], []]
+    assert [list(e.notes.velocity) for e in events] == [[84], [62], [84], [127], [84], [40], [40], []]  # 40 + 87 v
+
+
+def test_a_run_exploding_from_its_second_step_is_heard_climbing() -> None:
+    # the median of the first three norms would be 10 (log 1), the exploded level; the first norm is lower
+    events = reference_one_layer().map_frames([Frame(s, 0.0, [n]) for s, n in enumerate([1.0, 10.0, 10.0, 10.0])])
+    assert [int(e.notes.midi_note[0]) for e in events] == [66, 72, 72, 72]  # 66 + 6 × log10(10 / 1)
+
+
+def test_one_early_spike_does_not_capture_the_range() -> None:
+    # after a jump to 1e6 at step 1, the layer steadies at 1, then explodes to 10 and 100 and stays there
+    norms = [1.0, 1e6, 1.0, 1.0, 1.0, 10.0, 100.0, 100.0, 100.0]
+    frames = [Frame(s, 0.0, [n]) for s, n in enumerate(norms)]
+    reference = reference_one_layer().map_frames(frames)
+    auto = chromatic_one_layer().map_frames(frames)
+    # reference: median(0, 6, 0) = 0, so 10 and 100 sound 6 and 12 semitones above the centre (72: the top)
+    assert [int(e.notes.midi_note[0]) for e in reference] == [66, 72, 66, 66, 66, 72, 72, 72, 72]
+    # the running range keeps 1e6 as its top: 10 and 100 sound a sixth and a third of the way up
+    assert [int(e.notes.midi_note[0]) for e in auto] == [66, 72, 60, 60, 60, 62, 64, 64, 64]
+
+
+def test_centre_note_and_the_preset_errors_of_the_reference_rule() -> None:
+    mapping = reference_one_layer(centre_note=62)
+    assert [list(e.notes.midi_note) for e in mapping.map_frames([Frame(0, 0.0, [5.0]), Frame(1, 0.0, [50.0])])] == [
+        [62], [68]]  # the first norm, 5, is below median(5, 50): 50 sounds 62 + 6 × log10(50 / 5) = 68
+    for pitch, match in [
+        ({"range": "reference", "curve": "sqrt"}, r'range = "reference" .* needs curve = "log", got "sqrt"'),
+        ({"range": "auto", "reference_steps": 4}, r'\[pitch\] reference_steps: applies only when range = "reference"'),
+        ({"range": "reference", "centre_note": 90}, r"centre_note: 90 is outside low_note–high_note \(48–84\)"),
+        ({"range": "top"}, r'expected "reference", "auto" or \[low, high\]'),
+    ]:
+        with pytest.raises(PresetError, match=match):
+            parse_preset({"pitch": pitch}, "bad.toml")
+    with pytest.raises(PresetError, match=r"\[spike\] warmup: 5 norms can never be in a window of 4 steps"):
+        parse_preset({"spike": {"window": 4, "warmup": 5}}, "bad.toml")
+    with pytest.raises(PresetError, match=r"\[spike\] detect = 'yes': expected true or false"):
+        parse_preset({"spike": {"detect": "yes"}}, "bad.toml")
+
+
+def test_spikes_worked_example() -> None:
+    preset = parse_preset({
+        "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.25},
+        "pitch": {"mode": "scale", "range": "auto", "scale": "chromatic", "low_note": 60, "high_note": 72},
+        "spike": {"ratio": 3.0, "window": 4, "warmup": 2}, "midi": {"spike_note": 39, "alarm_velocity": 110},
+    }, "test")
+    norms = [1.0, 1.0, 1.0, 5.0, 1.0, 2.9, 100.0, 0.0, math.nan, 1.0]
+    frames = [Frame(s, 0.0, [n, 1.0]) for s, n in enumerate(norms)]  # a second, steady layer never spikes
+    one_by_one = Mapping(preset)
+    one_by_one.arrange(["a", "b"])
+    events = [one_by_one.map_frame(frame) for frame in frames]
+    # step 3: 5 > 3 × median(1, 1, 1); step 5: 2.9 is not above 3 × 1; step 6: 100 against the window 1, 5, 1, 2.9,
+    # whose median (of logs) is sqrt(1 × 2.9); step 9: its window holds 2.9 and 100 (0 and NaN do not count)
+    assert [[(s.layer, s.start_s, s.duration_s, s.midi_note, s.velocity) for s in e.spikes] for e in events] == [
+        [], [], [], [(0, 1.5, 0.25, 39, 110)], [], [], [(0, 3.0, 0.25, 39, 110)], [], [], []]
+    assert events[3].spikes[0].ratio == pytest.approx(5.0, rel=1e-12)
+    assert events[6].spikes[0].ratio == pytest.approx(100.0 / math.sqrt(2.9), rel=1e-12)
+    assert [a.kind for a in events[8].alarms] == ["nan"]
+    blocks = Mapping(preset)
+    blocks.arrange(["a", "b"])
+    assert_same_events(blocks.map_frames(frames[:5]) + blocks.map_frames(frames[5:]), events)
+    off = Mapping(load_preset("perone2019"))
+    off.arrange(["a", "b"])
+    assert all(e.spikes == () for e in off.map_frames(frames))  # perone2019 detects none: the post had none
+
+
+def test_loudness_follows_the_value_and_many_voices_are_scaled_down() -> None:
+    mapping = Mapping.load("pentatonic")
+    mapping.arrange(NAMES)
+    notes = mapping.map_frames([Frame(0, 0.0, [1.0] * 4), Frame(1, 0.0, [1.0, 10.0, 0.1, 1.0])])[1].notes
+    # reference median(1, 1 or 10 or 0.1): the layers at 10 and 0.1 sit 6 semitones above and below the centre
+    assert list(notes.amplitude) == pytest.approx(list(0.12 * notes.velocity / 127))
+    assert notes.velocity[1] > notes.velocity[0] > notes.velocity[2]
+    wide = Mapping.load("pentatonic")
+    arrangement = wide.arrange([f"layer{i}" for i in range(64)])
+    full = wide.map_frame(Frame(0, 0.0, [1.0] * 64)).notes
+    # sqrt(8 / 64) of 0.12 per voice, times velocity / 127 (every layer at its reference: value 0.5, velocity 84)
+    assert list(full.amplitude) == pytest.approx([0.12 * math.sqrt(8 / 64) * 84 / 127] * 64)
+    assert "Amplitude 0.0424 per voice (the preset's 0.12 scaled by √(8/64) for 64 voices)" in arrangement.description
+    perone = Mapping.load("perone2019")
+    perone.arrange(NAMES)
+    assert list(perone.map_frame(Frame(0, 0.0, [1.0, 2.0, 3.0, 4.0])).notes.amplitude) == [0.1] * 4

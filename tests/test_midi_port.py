@@ -325,3 +325,26 @@ def test_bad_arguments_are_named() -> None:
         MidiPortSink("x", api="oss")
     with pytest.raises(SinkError, match="not open"):
         MidiPortSink("x").send(step_events(0.0, [0.0], [0.1], [60]))
+
+
+def test_layers_sharing_a_channel_strike_a_pitch_once_and_a_spike_rings_on_channel_10(
+        midi_dump: Callable[..., MidiDump]) -> None:
+    dump = midi_dump()
+    mapping = Mapping.load("daw")
+    # 16 layers of two modules: more than 15, so each module gets one channel (1 and 2), with one program
+    arrangement = mapping.arrange([f"{module}.{i}" for module in ("a", "b") for i in range(8)])
+    assert [v.channel for v in arrangement.voices] == [0] * 8 + [1] * 8
+    with MidiPortSink(dump.port, api="jack") as sink:
+        sink.open(arrangement)
+        for step in range(5):  # steady at 1: every layer at the centre, C4; then layer a.0 jumps tenfold
+            norms = np.ones(16)
+            norms[0] = 10.0 if step == 4 else 1.0
+            sink.send(mapping.map_frame(Frame(step, time.time(), norms)))
+            time.sleep(0.15)
+    got = [m for _, m in dump.wait_for(lambda ms: sum(m[:2] == (0xB1, 123) for m in ms) == 1)]
+    assert [m for m in got if m[0] & 0xF0 == 0xC0] == [(0xC0, 0), (0xC1, 0)]  # one program per channel
+    note_ons = [(m[0] & 0x0F, m[1]) for m in got if m[0] & 0xF0 == 0x90 and m[0] & 0x0F != 9]
+    # each step one C4 per channel, not eight; at the last step a.0 climbs an octave (12 semitones per decade)
+    assert note_ons == [(0, 60), (1, 60)] * 4 + [(0, 72), (0, 60), (1, 60)]
+    # the jump is 10 times the median of a.0's window: a spike, GM cowbell (56) on channel 10
+    assert [m for m in got if m[0] == 0x99] == [(0x99, 56, 120)]

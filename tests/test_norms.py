@@ -76,6 +76,21 @@ def test_huge_float32_gradients_do_not_overflow() -> None:
     assert norms[1] == pytest.approx(math.sqrt(2.0) * big, rel=1e-15)
 
 
+def test_gradients_of_1e20_give_a_finite_norm_on_every_path() -> None:
+    # Each element 1e20 (a float32: 100000002004087734272). Summed in float32 the squares (1e40) overflow to
+    # inf; summed in float64 a (2, 2) weight gives 2e20 and a bias of 3 elements sqrt(3)·1e20.
+    element = float(np.float32(1e20))
+    single = nn.Sequential(linear([[1e20, 1e20], [1e20, 1e20]], [1e20, 1e20]), linear([[1e20] * 3]))
+    for path in all_paths(single):  # stacked (same shapes), and one parameter per layer
+        assert path == pytest.approx([element * math.sqrt(6.0), element * math.sqrt(3.0)], rel=1e-12)
+    big = nn.Linear(STACK_MAX_NUMEL + 1, 1, bias=False)  # too large to stack: the fused pass itself
+    big.weight.grad = torch.full_like(big.weight, 1e20)
+    assert read(big) == pytest.approx([element * math.sqrt(STACK_MAX_NUMEL + 1)], rel=1e-12)
+    # norms up to float64's range: 1e150 per element (float64 gradients) squares to 1e300
+    wide = linear([[1e150, 1e150]], dtype=torch.float64)
+    assert read(wide) == pytest.approx([1e150 * math.sqrt(2.0)], rel=1e-15)
+
+
 def test_half_precision_norm_above_float16_range() -> None:
     layer = nn.Linear(3, 1, bias=False).half()
     layer.weight.grad = torch.full((1, 3), 60000.0, dtype=torch.float16)  # each element fits float16

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import threading
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +29,10 @@ import pytest
 from pythonosc.osc_bundle import OscBundle
 
 from bridge.errors import SinkError
-from bridge.frames import Frame
+from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
+from bridge.pipeline import build_outputs
+from bridge.replay import replay
 from bridge.sinks.base import Sink
 from bridge.sinks.osc import OscSink, pack_bundles, parse_osc_target, seconds_to_timetag
 from tests.conftest import end_process
@@ -485,20 +488,149 @@ def test_sclang_runs_the_supercollider_file(tmp_path: Path) -> None:
     assert lines[-1] == "gradbridge norms [ 2.0, nan, inf, -inf ]"
 
 
-def test_max_patch_is_valid_json_wired_to_our_addresses() -> None:
-    patcher = json.loads((EXAMPLES / "max" / "gradbridge.maxpat").read_text())["patcher"]
+def max_patcher(name: str) -> tuple[dict[str, dict], dict[str, str], list[tuple[list, list]]]:
+    """A Max patch's boxes by id, the ids of its objects by text, and its wires; every wire joins an existing
+    outlet to an existing inlet."""
+    patcher = json.loads((EXAMPLES / "max" / name).read_text())["patcher"]
     boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
-    by_text = {b.get("text", ""): box_id for box_id, b in boxes.items() if b["maxclass"] == "newobj"}
-    receive = by_text["udpreceive 57120"]
-    route = by_text["route /gradbridge/layer /gradbridge/step /gradbridge/alarm /gradbridge/norms"]
+    by_text = {b.get("text", ""): box_id for box_id, b in boxes.items() if b["maxclass"] in ("newobj", "message")}
     wires = [(w["patchline"]["source"], w["patchline"]["destination"]) for w in patcher["lines"]]
+    for (source, outlet), (destination, inlet) in wires:
+        assert outlet < boxes[source]["numoutlets"] and inlet < boxes[destination]["numinlets"]
+    return boxes, by_text, wires
+
+
+def test_max_patch_is_valid_json_wired_to_our_addresses() -> None:
+    boxes, by_text, wires = max_patcher("gradbridge.maxpat")
+    receive = by_text["udpreceive 57120"]
+    route = by_text["route /gradbridge/layer /gradbridge/step /gradbridge/alarm /gradbridge/norms /gradbridge/spike"]
     assert ([receive, 0], [route, 0]) in wires
     # each route outlet feeds the unpack for that message's type tags (s = string) and a print
     for outlet, unpack, printer in [(0, "unpack i s f f f i i f f f f", "print gradbridge-layer"),
                                     (1, "unpack i f f f i f", "print gradbridge-step"),
-                                    (2, "unpack i s s f f", "print gradbridge-alarm")]:
+                                    (2, "unpack i s s f f", "print gradbridge-alarm"),
+                                    (4, "unpack i s f f f", "print gradbridge-spike")]:
         assert ([route, outlet], [by_text[unpack], 0]) in wires
         assert ([route, outlet], [by_text[printer], 0]) in wires
     assert ([route, 3], [by_text["print gradbridge-norms"], 0]) in wires
-    for (source, outlet), (destination, inlet) in wires:
-        assert outlet < boxes[source]["numoutlets"] and inlet < boxes[destination]["numinlets"]
+    # polyphonic: every layer's frequency, amplitude, pan, duration and offset go, as a "note", to a free voice of
+    # [poly~ gradbridge-voice 64], both of whose outlets reach the speaker
+    layer, pack = by_text["unpack i s f f f i i f f f f"], by_text["pack f f f f f"]
+    poly = by_text["poly~ gradbridge-voice 64"]
+    assert ([layer, 4], [pack, 0]) in wires and ([layer, 7], [pack, 1]) in wires and ([layer, 8], [pack, 2]) in wires
+    assert ([pack, 0], [by_text["prepend note"], 0]) in wires and ([by_text["prepend note"], 0], [poly, 0]) in wires
+    dac = next(box_id for box_id, b in boxes.items() if b["maxclass"] == "ezdac~")
+    assert ([poly, 0], [dac, 0]) in wires and ([poly, 1], [dac, 1]) in wires
+    voice_boxes, voice, voice_wires = max_patcher("gradbridge-voice.maxpat")
+    assert (boxes[poly]["numinlets"], boxes[poly]["numoutlets"]) == (
+        sum(b.get("text", "").startswith("in ") for b in voice_boxes.values()),
+        sum(b.get("text", "").startswith("out~ ") for b in voice_boxes.values()))
+    # the voice is busy (thispoly~ 1) from arrival, and free (0) after its offset, duration and 5 ms of release
+    busy = [voice_boxes[source]["text"] for (source, _), (dest, _) in voice_wires if dest == voice["thispoly~"]]
+    assert sorted(busy) == ["0", "1"]
+    # the sine, times its envelope, then its two pan gains, reaches out~ 1 and out~ 2
+    enveloped = [d for src, (d, _) in voice_wires if src == [voice["cycle~"], 0]]
+    assert [voice_boxes[d]["text"] for d in enveloped] == ["*~"]
+    panned = [d for src, (d, _) in voice_wires if src == [enveloped[0], 0]]
+    outs = sorted(voice_boxes[d]["text"] for p in panned for src, (d, _) in voice_wires if src == [p, 0])
+    assert outs == ["out~ 1", "out~ 2"]
+
+
+def test_oscdump_decodes_a_spike_after_the_alarms(oscdump: Peer) -> None:
+    # pentatonic, one layer: four steps at 1, then 8 (8 times the median of the window: above 5, a spike)
+    mapping = Mapping.load("pentatonic")
+    sink = OscSink("127.0.0.1", oscdump.port)
+    sink.open(mapping.arrange(["fc1", "fc2"]))
+    for step, norms in enumerate([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [8.0, math.nan]]):
+        sink.send(mapping.map_frame(Frame(step, 0.0, norms)))
+    lines = oscdump.wait_for(lambda seen: sum("/gradbridge/norms" in line for line in seen) == 5)
+    sink.close()
+    last = [rest for _, rest in map(split_oscdump, lines)][-4:]
+    # step 4 at 0.5 s: fc1 8 is 12 × log10(8) = 10.8 semitones above the centre, 66 → 76.8: value (76.8 - 48) / 36
+    assert last[0].startswith("/gradbridge/layer isfffiiffff 0 \"fc1\" 8.000000 0.801")
+    assert last[1] == '/gradbridge/alarm issff 1 "fc2" "nan" 0.120000 0.000000'
+    assert last[2] == '/gradbridge/spike isfff 0 "fc1" 8.000000 0.120000 0.000000'  # ratio 8 / median(1, 1, 1, 1)
+    assert last[3] == "/gradbridge/norms ff 8.000000 nan"
+
+
+def run_sclang_with_server(tmp_path: Path, script: Path, steps: int) -> tuple[list[str], Path, int]:
+    """Boot scsynth (on the test's JACK server) from sclang with the patch loaded, record the server's output,
+    replay ``steps`` perone2019 steps to the patch at musical time; sclang's output lines, the recording and
+    the number of synths the patch scheduled."""
+    port = free_udp_port()
+    recording = tmp_path / "played.wav"
+    wrapper = tmp_path / "run.scd"
+    wrapper.write_text(
+        f"~gradbridgePort = {port}; ~gradbridgeBoot = true;\n{json.dumps(str(script))}.load;\n"
+        "s.doWhenBooted({ fork { 1.wait; s.recHeaderFormat = \"wav\"; s.recSampleFormat = \"int16\";\n"
+        f"  s.record({json.dumps(str(recording))}); 0.5.wait; \"gradbridge test: recording\".postln }} }});\n"
+        "OSCdef(\\testReport, { fork { s.stopRecording; 0.5.wait;\n"
+        "  (\"gradbridge test: scheduled \" ++ ~gradbridgeScheduled).postln; s.quit } }, '/gradbridge-test/report');\n")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(runtime), QT_QPA_PLATFORM="offscreen",
+               QTWEBENGINE_DISABLE_SANDBOX="1")
+    peer = Peer(["sclang", "-u", str(free_udp_port()), str(wrapper)], env=env)
+    try:
+        peer.wait_for(lambda lines: "gradbridge test: recording" in lines, timeout_s=30)
+        mapping = Mapping.load("perone2019")
+        frames = [Frame(s, 0.0, [1.0, 2.0, 0.5, 3.0]) for s in range(steps)]
+        outputs = build_outputs(mapping, RunInfo(tuple(NAMES)), [], live_sinks=[OscSink("127.0.0.1", port)])
+        stats = replay(frames, outputs)
+        assert stats.frames_done == steps and not stats.errors
+        time.sleep(1.0)  # the last synths play s.latency (0.2 s) after their step
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"/gradbridge-test/report\x00" + b",\x00\x00\x00", ("127.0.0.1", port))
+        lines = peer.wait_for(lambda seen: any(line.startswith("gradbridge test: scheduled") for line in seen),
+                              timeout_s=10)
+        time.sleep(0.5)  # the server quits
+    finally:
+        peer.stop()
+    count = next(line for line in lines if line.startswith("gradbridge test: scheduled")).split()[-1]
+    return lines, recording, int(count) if count.isdigit() else -1
+
+
+def test_sclang_schedules_with_server_latency_so_scsynth_plays_every_tone_in_time(tmp_path: Path,
+                                                                                     jack_server: str) -> None:
+    need("sclang")
+    need("scsynth")
+    lines, recording, scheduled = run_sclang_with_server(tmp_path, EXAMPLES / "supercollider" / "gradbridge.scd", 60)
+    assert [line for line in lines if line.startswith("late ")] == []  # scsynth posts "late 0.0123" otherwise
+    assert not [line for line in lines if line.startswith("ERROR")]
+    assert scheduled == 60 * 4  # one synth per layer per step
+    # what the server played: 60 steps of four 10 ms tones (300, 400, 250, 500 Hz) one after another, then
+    # 20 ms of silence. Each tone has its envelope (1 ms up, 7 ms held, 2 ms down), so in 1 ms windows it is
+    # about 8-9 ms above 20 % of its level, with a dip between tones (a few dips fall inside one window):
+    # about 240 bursts, 2.0-2.2 s in all. Late bundles play a step's four tones at once: 60 bursts, 0.5 s
+    with wave.open(str(recording)) as f:
+        rate = f.getframerate()
+        played = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2").reshape(-1, f.getnchannels())[:, 0] / 32767
+    window = rate // 1000  # 1 ms
+    loud = np.abs(played[: played.size // window * window]).reshape(-1, window).max(axis=1) > 0.02
+    bursts = int((np.diff(loud.astype(int)) == 1).sum())
+    assert 200 <= bursts <= 240
+    assert 1800 <= int(loud.sum()) <= 2400
+
+
+def test_pd_patch_prints_a_spike_and_has_a_voice_per_layer(tmp_path: Path) -> None:
+    need("pd")
+    shipped = (EXAMPLES / "pd" / "gradbridge.pd").read_text()
+    port = free_udp_port()
+    patch = tmp_path / "gradbridge.pd"
+    patch.write_text(shipped.replace("gradbridge-osc 57120;", f"gradbridge-osc {port};"))
+    assert "clone gradbridge-voice 128;" in (EXAMPLES / "pd" / "gradbridge-osc.pd").read_text()
+    peer = Peer(["pd", "-nogui", "-nosound", "-stderr", "-path", str(EXAMPLES / "pd"), "-open", str(patch)])
+    try:
+        peer.wait_ready(port, PD_READY, "gradbridge-norms: -1")
+        mapping = Mapping.load("pentatonic")
+        sink = OscSink("127.0.0.1", port)
+        sink.open(mapping.arrange(["fc1", "fc2"]))
+        for step, norms in enumerate([[1.0, 1.0]] * 4 + [[8.0, 1.0]]):  # 8 times its median: a spike
+            sink.send(mapping.map_frame(Frame(step, 0.0, norms)))
+        sink.close()
+        lines = peer.wait_for(lambda seen: sum(line.startswith("gradbridge-norms") for line in seen) == 5)
+    finally:
+        peer.stop()
+    assert [line for line in lines if "spike" in line] == ["gradbridge-spike: 0 fc1 8 0.12 0"]
+    problems = [line for _, line in peer.seen if "error" in line.lower() or "couldn't create" in line]
+    assert problems == []

@@ -63,7 +63,8 @@ def frames(count: int, first: int = 0) -> list[Frame]:
 def test_a_file_sink_gets_full_blocks_then_the_rest_at_close() -> None:
     sink = StepRecorder(batched=True)
     outputs = build_outputs(Mapping.load("pentatonic"), RunInfo(LAYERS, {}), [sink])
-    (consumer,) = outputs.consumers
+    consumer, health = outputs.consumers  # the run's health counts every frame, after the outputs
+    assert health is outputs.health
     for frame in frames(150):
         consumer.handle(frame)
     assert sink.calls == [64, 64]  # 150 = 2 full blocks of 64 + 22 waiting
@@ -112,7 +113,8 @@ def test_live_sinks_still_get_every_frame_as_it_comes() -> None:
     mapping = Mapping.load("pentatonic")
     rate = OutputSpec(every=1).rate_for(mapping)
     outputs = build_outputs(mapping, RunInfo(LAYERS, {}), [], live_sinks=[live], rate=rate)
-    (consumer,) = outputs.consumers
+    consumer, health = outputs.consumers  # the run's health counts every frame, after the outputs
+    assert health is outputs.health
     for frame in frames(3):
         consumer.handle(frame)
     assert live.calls == [1, 1, 1]

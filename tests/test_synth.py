@@ -127,8 +127,10 @@ def test_waveform_shapes_follow_their_formulas(waveform: str, phase: str) -> Non
                      frequency_hz=[f, 2 * f], amplitude=amplitude)
     in_turn = render_events(arrangement, [step])[:, 0]
     k = np.arange(2205)
-    for out, frequency in ((alone, f), (in_turn[:2205], f), (in_turn[2205:], 2 * f)):
-        cycles = k * frequency / SR
+    # with continuous phase, layer i starts at i × (√5 − 1) / 2 cycles: layer 1's first note starts there
+    start = (math.sqrt(5) - 1) / 2 if phase == "continuous" else 0.0
+    for out, frequency, phase0 in ((alone, f, 0.0), (in_turn[:2205], f, 0.0), (in_turn[2205:], 2 * f, start)):
+        cycles = phase0 + k * frequency / SR
         expected = amplitude * reference_wave(waveform, cycles)
         away_from_jumps = np.abs((cycles % 0.5) - 0.25) < 0.2499  # saw and square jump at 0.5 cycles
         assert np.max(np.abs(out - expected)[away_from_jumps]) < 1e-5
@@ -233,7 +235,7 @@ def test_mono_has_no_pan_gain() -> None:
     assert np.max(np.abs(out - 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(2205) / SR))) < 1e-6
 
 
-def test_chord_mixes_notes_of_any_length_and_clips_the_sum() -> None:
+def test_chord_mixes_notes_of_any_length_and_limits_the_sum() -> None:
     arrangement = make_arrangement(3, waveform=["sine", "triangle", "sine"])
     step = make_step(0, 0.0, 0.05, layer=[0, 1, 2], note_start_s=0.0, note_duration_s=[0.05, 0.05, 0.02],
                      frequency_hz=[220.0, 330.0, 550.0], amplitude=[0.5, 0.4, 0.6])
@@ -241,8 +243,11 @@ def test_chord_mixes_notes_of_any_length_and_clips_the_sum() -> None:
     k = np.arange(2205)
     expected = (0.5 * reference_wave("sine", 220.0 * k / SR) + 0.4 * reference_wave("triangle", 330.0 * k / SR)
                 + np.where(k < 882, 0.6 * reference_wave("sine", 550.0 * k / SR), 0.0))
-    assert np.max(np.abs(out - np.clip(expected, -1.0, 1.0))) < 1e-5
-    assert expected.max() > 1.0 and out.max() == 1.0
+    peak = 10 ** (-1 / 20)
+    assert np.max(np.abs(out - limited(expected))) < 1e-5
+    assert expected.max() > 1.0 and 0.85 < out.max() <= peak  # never above -1 dBFS
+    quiet = np.abs(expected) <= 0.5
+    assert np.max(np.abs(out[quiet] - expected[quiet])) < 1e-5  # below the knee: untouched
 
 
 # -- robustness -------------------------------------------------------------------------------------------
@@ -266,8 +271,15 @@ def test_infinite_frequency_plays_at_the_maximum_and_nan_amplitude_is_silent() -
     assert np.max(np.abs(out)) == pytest.approx(0.3, abs=1e-3)
     assert np.all(one_note(arrangement, 440.0, 0.1, math.nan) == 0.0)
     assert np.all(one_note(arrangement, math.nan, 0.1, 0.5) == 0.0)
-    loud = one_note(arrangement, 440.0, 0.1, math.inf)[:, 0]  # amplitude clipped to 1
-    assert np.max(np.abs(loud - np.sin(2 * np.pi * 440.0 * np.arange(4410) / SR))) < 1e-5
+    loud = one_note(arrangement, 440.0, 0.1, math.inf)[:, 0]  # amplitude clipped to 1, then the limiter
+    assert np.max(np.abs(loud - limited(np.sin(2 * np.pi * 440.0 * np.arange(4410) / SR)))) < 1e-5
+
+
+def limited(x: np.ndarray) -> np.ndarray:
+    """The synth's limiter, worked out: the identity up to 0.5, then 0.5 + h·tanh((|x| - 0.5) / h) with
+    h = 10^(-1/20) - 0.5, sign kept."""
+    h = 10 ** (-1 / 20) - 0.5
+    return np.where(np.abs(x) <= 0.5, x, np.sign(x) * (0.5 + h * np.tanh((np.abs(x) - 0.5) / h)))
 
 
 def alarm_step(note_amplitude: float) -> StepEvents:

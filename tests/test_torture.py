@@ -25,15 +25,17 @@ from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage
 from scipy.io import wavfile
 
+from bridge.channels import plan_channels
+from bridge.describe import voice_amplitude
 from bridge.errors import PresetError
-from bridge.events import PERCUSSION_CHANNEL, WAVEFORMS
+from bridge.events import PERCUSSION_CHANNEL, WAVEFORMS, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
 from bridge.pipeline import build_outputs, render_frames
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset, parse_preset
 from bridge.sinks.midi_file import MidiFileSink
 from bridge.sinks.osc import OscSink
-from bridge.sinks.synth import render_events
+from bridge.sinks.synth import PEAK, render_events
 from bridge.sinks.wav import WavSink
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
@@ -77,7 +79,11 @@ def preset_tables(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
 
     pitch: dict[str, Any] = {"mode": draw(st.sampled_from(["linear_hz", "scale"])),
                              "curve": draw(st.sampled_from(["linear", "log", "sqrt"]))}
-    if draw(st.booleans()):
+    if pitch["curve"] == "log" and draw(st.booleans()):
+        pitch["range"] = "reference"
+        pitch["reference_steps"] = draw(st.integers(1, 4))
+        pitch["semitones_per_decade"] = draw(st.floats(0.5, 48.0))
+    elif draw(st.booleans()):
         pitch["range"] = "auto"
     elif draw(st.booleans()):
         pitch["range"] = draw(st.sampled_from([[1e-300, 1e300], [1e-30, 1e30], [1e-6, 3e38], [0.5, 0.5000001]]))
@@ -109,11 +115,15 @@ def preset_tables(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
         "velocity": draw(st.one_of(st.just("value"), st.integers(1, 127))),
         "programs": draw(st.lists(st.integers(0, 127), min_size=1, max_size=8)),
         "nan_note": draw(st.integers(0, 127)), "inf_note": draw(st.integers(0, 127)),
-        "alarm_velocity": draw(st.integers(1, 127)),
+        "spike_note": draw(st.integers(0, 127)), "alarm_velocity": draw(st.integers(1, 127)),
+        "channels": draw(st.sampled_from(["auto", "cycle"])),
     }
+    window = draw(st.integers(1, 6))
+    spike = {"detect": draw(st.booleans()), "ratio": draw(st.sampled_from([1.01, 2.0, 5.0, 1e5])),
+             "window": window, "warmup": draw(st.integers(1, window))}
     osc = {"latency_s": draw(st.sampled_from([0.0, 0.0, 0.25, 10.0]))}
     return {"preset": {"name": "torture"}, "timing": timing, "pitch": pitch, "sound": sound, "midi": midi,
-            "osc": osc}
+            "spike": spike, "osc": osc}
 
 
 @st.composite
@@ -137,27 +147,57 @@ def runs(draw: st.DrawFn, max_layers: int = 18, max_steps: int = 8) -> tuple[tup
 
 # -- what the outputs must hold, worked out from the preset and the norms ------------------------------------
 
-def expected_alarm_notes(preset: Preset, frames: list[Frame]) -> int:
-    """Alarm note-ons in the MIDI file: one per NaN/Inf layer; in a chord, layers of one step with the same
-    alarm note strike together, which is one note."""
+def mapped(preset: Preset, names: tuple[str, ...], frames: list[Frame]) -> list[StepEvents]:
+    """The events the sinks were given: the spikes and pitches the file's notes must match."""
+    mapping = Mapping(preset)
+    mapping.arrange(names)
+    return mapping.map_frames(frames)
+
+
+def expected_alarm_notes(preset: Preset, frames: list[Frame], events: list[StepEvents]) -> int:
+    """Alarm note-ons in the MIDI file: one per NaN/Inf layer and per spike; in a chord, layers of one step
+    with the same alarm note strike together, which is one note."""
     struck = set()
-    for frame in frames:
+    for frame, step in zip(frames, events):
         for layer, norm in enumerate(frame.norms):
             if not math.isfinite(norm):
                 note = preset.nan_note if math.isnan(norm) else preset.inf_note
                 struck.add((frame.step, layer if preset.layout == "sequential" else -1, note))
+        for spike in step.spikes:
+            struck.add((frame.step, spike.layer if preset.layout == "sequential" else -1, preset.spike_note))
     return len(struck)
+
+
+def expected_note_ons(names: tuple[str, ...], channels: tuple[int, ...], events: list[StepEvents]) -> list[int]:
+    """Note-ons of each layer's track: one per sounding note, except that a pitch struck at one moment by
+    several layers of one channel is written once, in the first one's track."""
+    ons = [0] * len(names)
+    for step in events:
+        struck = set()
+        for layer, start, note in zip(step.notes.layer.tolist(), step.notes.start_s.tolist(),
+                                      step.notes.midi_note.tolist()):
+            key = (channels[layer], start, note)
+            if key not in struck:
+                struck.add(key)
+                ons[layer] += 1
+    return ons
 
 
 def check_midi_file(path: Path, preset: Preset, names: tuple[str, ...], frames: list[Frame]) -> None:
     midi = mido.MidiFile(str(path))  # mido refuses data bytes > 127 and bad channels while parsing
     assert midi.type == 1 and midi.ticks_per_beat == 960
-    norms = np.array([f.norms for f in frames])
-    alarms = expected_alarm_notes(preset, frames)
+    events = mapped(preset, names, frames)
+    alarms = expected_alarm_notes(preset, frames, events)
     assert len(midi.tracks) == 1 + len(names) + (1 if alarms else 0)
+    channels = plan_channels(names, preset.midi_channels).channels
+    if len(names) <= 15:
+        assert list(channels) == MELODIC[:len(names)]
+    ons_expected = expected_note_ons(names, channels, events)
+    programmed: dict[int, int] = {}
     for index, track in enumerate(midi.tracks[1:]):
         is_alarm = index == len(names)
-        channel = PERCUSSION_CHANNEL if is_alarm else MELODIC[index % 15]
+        channel = PERCUSSION_CHANNEL if is_alarm else channels[index]
+        assert channel != PERCUSSION_CHANNEL or is_alarm
         sounding: set[int] = set()
         ons = 0
         for message in track:
@@ -165,13 +205,15 @@ def check_midi_file(path: Path, preset: Preset, names: tuple[str, ...], frames: 
                 continue
             assert message.channel == channel
             if message.type == "program_change":
-                assert not is_alarm and message.program == preset.programs[index % len(preset.programs)]
+                assert not is_alarm and channel not in programmed  # one program per channel, sent once
+                programmed[channel] = message.program
+                assert message.program == preset.programs[MELODIC.index(channel) % len(preset.programs)]
             elif message.type == "note_on" and message.velocity > 0:
                 assert message.note not in sounding  # struck again only after its note-off
                 sounding.add(message.note)
                 ons += 1
                 if is_alarm:
-                    assert message.note in (preset.nan_note, preset.inf_note)
+                    assert message.note in (preset.nan_note, preset.inf_note, preset.spike_note)
                     assert message.velocity == preset.alarm_velocity
                 else:
                     if preset.mode == "scale":
@@ -189,7 +231,11 @@ def check_midi_file(path: Path, preset: Preset, names: tuple[str, ...], frames: 
             assert ons == alarms
         else:
             assert track.name.encode("latin-1").decode("utf-8") == names[index]  # mido reads names as latin-1
-            assert ons == int(np.isfinite(norms[:, index]).sum())
+            assert ons == ons_expected[index]
+    assert set(programmed) == set(channels)
+    markers = [m.text for m in midi.tracks[0] if m.type == "marker"]
+    assert len(markers) == sum(1 for step in events if step.spikes)
+    assert all(text.startswith("spike: ") for text in markers)
 
 
 def expected_audio_frames(preset: Preset, layers: int, frames: list[Frame]) -> int:
@@ -222,7 +268,7 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
             messages.append(content)
     step_s = preset.seconds_per_step(len(names))
     position = 0
-    for frame in frames:
+    for frame, step_events in zip(frames, mapped(preset, names, frames)):
         finite = [i for i, n in enumerate(frame.norms) if math.isfinite(n)]
         wrong = [i for i, n in enumerate(frame.norms) if not math.isfinite(n)]
         step_message = messages[position]
@@ -240,7 +286,9 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
             assert same(norm, f32(frame.norms[index]))
             assert 0.0 <= value <= 1.0 and 0 <= note <= 127 and 1 <= velocity <= 127
             assert 0.0 < frequency <= f32(preset.max_frequency_hz)
-            assert amplitude == f32(preset.amplitude) and -1.0 <= pan <= 1.0
+            loudness = velocity / 127 if preset.velocity == "value" else 1.0
+            assert amplitude == pytest.approx(voice_amplitude(preset, len(names)) * loudness, rel=1e-6)
+            assert -1.0 <= pan <= 1.0
             assert duration == f32(preset.note_s)
             expected_offset = index * preset.note_s if preset.layout == "sequential" else 0.0
             assert offset == pytest.approx(expected_offset, abs=1e-5)
@@ -251,11 +299,19 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
             norm = frame.norms[index]
             assert (i, name) == (index, names[index].replace("\x00", "?"))  # OSC strings end at NUL
             assert kind == ("nan" if math.isnan(norm) else "+inf" if norm > 0 else "-inf")
-        norms_message = messages[position + 1 + len(finite) + len(wrong)]
+        spikes = step_events.spikes
+        first_spike = position + 1 + len(finite) + len(wrong)
+        for spike, message in zip(spikes, messages[first_spike:first_spike + len(spikes)]):
+            assert message.address == "/gradbridge/spike"
+            i, name, ratio, duration, offset = message.params
+            assert (i, name) == (spike.layer, names[spike.layer].replace("\x00", "?"))
+            assert math.isfinite(frame.norms[i]) and ratio > f32(preset.spike_ratio) * (1 - 1e-6)
+            assert duration == f32(preset.note_s)
+        norms_message = messages[first_spike + len(spikes)]
         assert norms_message.address == "/gradbridge/norms"
         assert len(norms_message.params) == len(names)
         assert all(same(got, f32(n)) for got, n in zip(norms_message.params, frame.norms))
-        position += 2 + len(finite) + len(wrong)
+        position += 2 + len(finite) + len(wrong) + len(spikes)
     assert position == len(messages)
 
 
@@ -325,7 +381,7 @@ def test_any_preset_and_any_norms_make_valid_midi_osc_and_audio(
     expected = expected_audio_frames(preset, len(names), frames)
     assert audio.dtype == np.float32 and audio.shape[1] == preset.channels
     assert expected <= audio.shape[0] <= expected + 2  # a sequential step's last note may round one sample past
-    assert np.isfinite(audio).all() and np.abs(audio).max(initial=0.0) <= 1.0
+    assert np.isfinite(audio).all() and np.abs(audio).max(initial=0.0) <= PEAK  # -1 dBFS at most
     rate, written = wavfile.read(wav_path)
     assert rate == preset.sample_rate and written.dtype == np.float32
     written = written.reshape(-1, preset.channels)
@@ -408,8 +464,9 @@ PRESET_MISTAKES = {
                                     "write a whole number"),
     "list item out of range": ("[midi]\nprograms = [0, 128]\n", "item 1 is not an integer in [0, 127]",
                                "choose a value inside that range"),
-    "range of one number": ("[pitch]\nrange = [1]\n", "[pitch] range = [1]", 'write range = "auto" or range = [0.001, 10.0]'),
-    "range misspelt": ('[pitch]\nrange = "automatic"\n', "[pitch] range = 'automatic'", 'write range = "auto"'),
+    "range of one number": ("[pitch]\nrange = [1]\n", "[pitch] range = [1]",
+                            'write range = "reference", range = "auto" or range = [0.001, 10.0]'),
+    "range misspelt": ('[pitch]\nrange = "automatic"\n', "[pitch] range = 'automatic'", 'write range = "reference"'),
     "range reversed": ('[pitch]\ncurve = "linear"\nrange = [10, 1]\n', "[pitch] range = [10, 1]",
                        "make low smaller than high"),
     "range below zero": ('[pitch]\ncurve = "linear"\nrange = [-1, 1]\n', "[pitch] range = [-1, 1]", "not negative"),

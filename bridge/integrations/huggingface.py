@@ -14,6 +14,8 @@ Needs transformers 4.45 or later, which has the ``on_pre_optimizer_step`` event,
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from collections.abc import Mapping as MappingType
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from bridge.dispatch import DispatchStats
 
 __all__ = ["GradbridgeTrainerCallback"]
+
+logger = logging.getLogger("bridge")
 
 
 def _output_loss(output: Any) -> torch.Tensor | None:
@@ -81,6 +85,82 @@ class _StepLoss:
         self._handle.remove()
 
 
+def _first_grad_tensor(output: Any) -> torch.Tensor | None:
+    """The model output's ``loss`` if backward will flow through it, else the first such tensor in it."""
+    loss = _output_loss(output)
+    if loss is not None and loss.requires_grad:
+        return loss
+    values = output.values() if isinstance(output, MappingType) else (output if isinstance(output, tuple) else [output])
+    return next((v for v in values if isinstance(v, torch.Tensor) and v.requires_grad), None)
+
+
+def _sync_state(optimizer: Any) -> Any:
+    """What tells whether this micro-batch ends an optimizer step: accelerate's gradient state, shared by the
+    Trainer (its optimizer's, or the process-wide one)."""
+    state = getattr(optimizer, "gradient_state", None)
+    if state is None:
+        from accelerate.state import GradientState
+
+        state = GradientState()
+    return state
+
+
+class _BeforeClipping:
+    """Calls ``capture`` once per optimizer step, when the backward pass of the step's last micro-batch ends:
+    the gradients are complete (DDP's reduction included) and not clipped yet.
+
+    A forward hook on the model sees the last micro-batch (accelerate's ``sync_gradients``) and hooks its
+    output's gradient; that hook, early in backward, queues a callback at the end of the backward pass,
+    which queues ``capture`` behind the callbacks queued meanwhile (DDP finalises its reduction in one).
+    A failure is reported once and training goes on.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any, capture: Callable[[], None]) -> None:
+        self._sync = _sync_state(optimizer)
+        self._capture = capture
+        self._armed = False
+        self.captured = False  #: whether the step now ending was captured (reset by ``take``)
+        self._failed = False
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not (module.training and torch.is_grad_enabled() and self._sync.sync_gradients):
+            return
+        tensor = _first_grad_tensor(output)
+        if tensor is not None:
+            self._armed = True
+            tensor.register_hook(self._on_gradient)
+
+    def _on_gradient(self, grad: torch.Tensor) -> None:
+        if self._armed:
+            self._armed = False
+            torch.autograd.Variable._execution_engine.queue_callback(self._behind_others)
+
+    def _behind_others(self) -> None:
+        torch.autograd.Variable._execution_engine.queue_callback(self._fire)
+
+    def _fire(self) -> None:
+        try:
+            with torch.no_grad():
+                self._capture()
+        except Exception as exc:  # inside backward: the step must go on; report the first failure once
+            if not self._failed:
+                self._failed = True
+                logger.warning("capturing the gradient norms before clipping failed (%s: %s); training goes on "
+                               "without this frame", type(exc).__name__, exc)
+            return
+        self.captured = True
+
+    def take(self) -> bool:
+        """Whether the step now ending was captured; start the next step."""
+        captured, self.captured = self.captured, False
+        return captured
+
+    def remove(self) -> None:
+        """Unregister the forward hook; safe to call twice."""
+        self._handle.remove()
+
+
 class GradbridgeTrainerCallback(WatchedRunAccess, _transformers.TrainerCallback):  # type: ignore[misc,name-defined]
     """Hear every optimizer step of ``Trainer.train``: the layers' gradient norms, the loss and the lr.
 
@@ -89,12 +169,13 @@ class GradbridgeTrainerCallback(WatchedRunAccess, _transformers.TrainerCallback)
     ``max_fps``, ``aggregate``, ``announce``, ...), checked when the callback is made; ``model`` (optional)
     measures that module instead of the Trainer's model, e.g. only the encoder.
 
-    When: ``on_pre_optimizer_step``, after the step's backward passes (one frame per optimizer step, also
-    with ``gradient_accumulation_steps``). The Trainer clips gradients *before* this event, so with
-    ``max_grad_norm`` > 0 (the default is 1.0) you hear the clipped norms: every layer scaled by the same
-    factor whenever the total norm exceeds the limit. Set ``max_grad_norm=0`` to hear the raw norms (under
-    fp16 mixed precision they are then still multiplied by the loss scale, since only clipping unscales
-    them before the optimizer step).
+    When: once per optimizer step (also with ``gradient_accumulation_steps``), with the norms *before*
+    clipping. The Trainer clips (``max_grad_norm`` > 0, the default 1.0) before any callback event, which
+    would flatten an explosion to a total norm of exactly ``max_grad_norm``; so with clipping on, the
+    frame is taken when the backward pass of the step's last micro-batch ends, before the clipping, and its
+    total norm is the ``grad_norm`` the Trainer logs. Without clipping it is taken at
+    ``on_pre_optimizer_step``. Under fp16 mixed precision the norms are then still multiplied by the loss
+    scale (the Trainer unscales them when it clips, after this point).
 
     Loss: taken from the model's own ``loss`` output in the step's training forward passes (their mean,
     or their sum when the model normalises by ``num_items_in_batch``); NaN when the model returns no loss,
@@ -115,12 +196,17 @@ class GradbridgeTrainerCallback(WatchedRunAccess, _transformers.TrainerCallback)
         self._model = model
         self._run = WatchedRun(type(self).__name__, options)
         self._loss: _StepLoss | None = None
+        self._before_clipping: _BeforeClipping | None = None
+        self._warned_clipped = False
 
     def close(self) -> DispatchStats | None:
         """Finish the outputs now (the callback does it itself when ``train`` ends); idempotent."""
         if self._loss is not None:
             self._loss.remove()
             self._loss = None
+        if self._before_clipping is not None:
+            self._before_clipping.remove()
+            self._before_clipping = None
         return super().close()
 
     def __enter__(self) -> "GradbridgeTrainerCallback":
@@ -142,15 +228,32 @@ class GradbridgeTrainerCallback(WatchedRunAccess, _transformers.TrainerCallback)
         if self._run.watch is None:  # another process sounds
             return
         # the loss comes out of the Trainer's model, also when a part of it is measured
-        self._loss = _StepLoss(trainer_model if isinstance(trainer_model, torch.nn.Module) else measured)
+        source = trainer_model if isinstance(trainer_model, torch.nn.Module) else measured
+        self._loss = _StepLoss(source)
+        if getattr(args, "max_grad_norm", 0) and args.max_grad_norm > 0:  # the Trainer clips: hear the norms before
+            self._before_clipping = _BeforeClipping(source, kwargs.get("optimizer"), self._capture)
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._run.watch is None or self._loss is None:
+    def _capture(self) -> None:
+        """Take the step's frame now, with the loss of its forward passes."""
+        if self._loss is None:
             return
         loss = self._loss.take()
         if loss is not None:
             self._run.add_loss(loss)
         self._run.step()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._run.watch is None or self._loss is None:
+            return
+        if self._before_clipping is not None:
+            if self._before_clipping.take():
+                return
+            if not self._warned_clipped:  # the model's output had no tensor to follow into backward
+                self._warned_clipped = True
+                logger.warning("%s could not see the end of this step's backward pass, so it hears this step's "
+                               "norms after the Trainer clipped them (max_grad_norm=%s)", type(self).__name__,
+                               args.max_grad_norm)
+        self._capture()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()

@@ -253,9 +253,10 @@ def _sounding_span(events: StepEvents, sample_rate: int) -> tuple[int, int] | No
     """Musical frames ``[first, end)`` from the earliest note or alarm start to the latest end (None: silent)."""
     starts = [np.asarray(events.notes.start_s, dtype=np.float64).reshape(-1)]
     ends = [starts[0] + np.asarray(events.notes.duration_s, dtype=np.float64).reshape(-1)]
-    if events.alarms:
-        starts.append(np.array([a.start_s for a in events.alarms], dtype=np.float64))
-        ends.append(starts[-1] + np.array([a.duration_s for a in events.alarms], dtype=np.float64))
+    for beeps in (events.alarms, events.spikes):
+        if beeps:
+            starts.append(np.array([a.start_s for a in beeps], dtype=np.float64))
+            ends.append(starts[-1] + np.array([a.duration_s for a in beeps], dtype=np.float64))
     start, end = np.concatenate(starts), np.concatenate(ends)
     ok = np.isfinite(start) & np.isfinite(end) & (end > start) & (np.abs(end) < 1e9)
     if not ok.any():

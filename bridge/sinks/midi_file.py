@@ -1,7 +1,10 @@
 """``MidiFileSink``: the whole run as a Standard MIDI File, type 1.
 
-Track 0 holds the tempo, a 4/4 time signature and the preset's name; then one named track per layer on that
-layer's channel; then, if any alarm sounded, a track named ``"alarms"`` on the percussion channel.
+Track 0 holds the tempo, a 4/4 time signature, the preset's name and a marker at each step where a layer
+spiked ("spike: fc1 x7.3"); then one named track per layer on that layer's channel; then, if any alarm
+sounded, a track named ``"alarms"`` on the percussion channel with the NaN/Inf alarms and the spike alarms.
+Layers that share a channel (more than 15 layers) share its program, sent once, by the first of their
+tracks, and a pitch struck by several of them at one tick is written once, in the first one's track.
 
 Events are encoded straight to bytes as they arrive (``bridge.sinks.midi_tracks``). Each track keeps a small
 in-memory buffer that spills into one shared temporary file, plus a heap of pending note-offs, so a run of a
@@ -19,7 +22,7 @@ from typing import IO, Union
 import numpy as np
 
 from bridge.errors import SinkError
-from bridge.events import PERCUSSION_CHANNEL, Alarm, Arrangement, StepEvents
+from bridge.events import PERCUSSION_CHANNEL, Arrangement, StepEvents
 from bridge.sinks.midi_tracks import (
     END_OF_TRACK,
     Spill,
@@ -27,6 +30,7 @@ from bridge.sinks.midi_tracks import (
     delta_time,
     encode_melodies,
     meta_event,
+    vlq,
 )
 
 _MAX_TEMPO_US = 0xFFFFFF
@@ -51,6 +55,12 @@ def seconds_to_ticks(
 def tempo_to_microseconds(tempo_bpm: float) -> int:
     """Microseconds per quarter note as a MIDI set_tempo event stores it (an integer, 1 to 16 777 215)."""
     return int(min(max(round(60_000_000 / tempo_bpm), 1), _MAX_TEMPO_US))
+
+
+def _time_key(seconds: float) -> float:
+    """A start time to sort by: non-finite ones (skipped when sent) first."""
+    value = float(seconds)
+    return value if np.isfinite(value) else -np.inf
 
 
 class MidiFileSink:
@@ -105,13 +115,25 @@ class MidiFileSink:
         self._cap = min(max(_MEMORY_BUDGET_BYTES // (len(arrangement.voices) + 1), 4096), 1024 * 1024)
         self._tracks: list[TrackWriter] = []
         self._writer_of_layer: dict[int, TrackWriter] = {}
+        programmed: set[int] = set()  # channels whose program a track sends already: one program per channel
         for voice in arrangement.voices:
             channel = int(np.clip(voice.channel, 0, 15))
             program = int(np.clip(voice.program, 0, 127))
-            header = meta_event(0x03, str(voice.name).encode("utf-8")) + bytes((0x00, 0xC0 | channel, program))
+            header = meta_event(0x03, str(voice.name).encode("utf-8"))
+            if channel not in programmed:
+                header += bytes((0x00, 0xC0 | channel, program))
+                programmed.add(channel)
             writer = TrackWriter(channel, header, self._spill, self._cap)
             self._tracks.append(writer)
             self._writer_of_layer.setdefault(int(voice.index), writer)
+        top = max(int(v.index) for v in arrangement.voices) + 1
+        self._channel_of_layer = np.full(top + 1, -1, dtype=np.int64)  # the last entry: unknown layers
+        for voice in arrangement.voices:
+            if 0 <= int(voice.index):
+                self._channel_of_layer[int(voice.index)] = int(np.clip(voice.channel, 0, 15))
+        self._shared_channels = len(programmed) < len(arrangement.voices)
+        self._name_of_layer = {int(v.index): str(v.name) for v in arrangement.voices}
+        self._markers: list[tuple[int, bytes]] = []  # (tick, text) of each step's spike marker, in time order
         self._alarms: TrackWriter | None = None
         self._end_tick = 0
         self._skipped: Counter[str] = Counter()
@@ -147,22 +169,42 @@ class MidiFileSink:
                 np.repeat(np.arange(len(blocks)), [len(n) for n in blocks]),
             )
         for step in steps:
-            for alarm in step.alarms:
-                self._send_alarm(alarm)
+            if step.spikes:
+                beeps = sorted([(a, "alarms") for a in step.alarms] + [(a, "spike alarms") for a in step.spikes],
+                               key=lambda beep: _time_key(beep[0].start_s))  # the track takes them in time order
+                self._mark_spikes(step)
+            else:
+                beeps = [(a, "alarms") for a in step.alarms]
+            for beep, what in beeps:
+                self._send_alarm(beep.start_s, beep.duration_s, beep.midi_note, beep.velocity, what)
 
-    def _send_alarm(self, alarm: Alarm) -> None:
+    def _send_alarm(self, start_s: float, duration_s: float, midi_note: int, velocity: int, what: str) -> None:
+        """A percussion note on the alarms track (NaN/Inf alarms and spike alarms)."""
         tpb, bpm = self.ticks_per_beat, self._file_bpm
-        start, duration = float(alarm.start_s), float(alarm.duration_s)
+        start, duration = float(start_s), float(duration_s)
         if not (np.isfinite(start) and np.isfinite(duration)):
-            self._skipped["alarms with a non-finite time"] += 1
+            self._skipped[f"{what} with a non-finite time"] += 1
             return
         if self._alarms is None:
             header = meta_event(0x03, b"alarms")
             self._alarms = TrackWriter(PERCUSSION_CHANNEL, header, self._spill, self._cap)
         on = int(seconds_to_ticks(min(max(start, 0.0), _MAX_SECONDS), tpb, bpm))
         off = int(seconds_to_ticks(min(max(start + duration, 0.0), _MAX_SECONDS), tpb, bpm))
-        note = int(np.clip(alarm.midi_note, 0, 127))
-        self._alarms.note(on, off, note, int(np.clip(alarm.velocity, 1, 127)))
+        note = int(np.clip(midi_note, 0, 127))
+        self._alarms.note(on, off, note, int(np.clip(velocity, 1, 127)))
+
+    def _mark_spikes(self, step: StepEvents) -> None:
+        """A marker in track 0 at the step's start naming the layers that spiked, e.g. "spike: fc1 x7.3"."""
+        start = float(step.start_s)
+        if not np.isfinite(start):
+            return
+        tick = int(seconds_to_ticks(min(max(start, 0.0), _MAX_SECONDS), self.ticks_per_beat, self._file_bpm))
+        named = [f"{self._name_of_layer.get(s.layer, f'layer {s.layer}')} x{s.ratio:.3g}" for s in step.spikes[:3]]
+        more = f" and {len(step.spikes) - 3} more" if len(step.spikes) > 3 else ""
+        text = f"spike: {', '.join(named)}{more}".encode("utf-8")
+        if self._markers and tick < self._markers[-1][0]:  # steps out of time order: kept in order
+            tick = self._markers[-1][0]
+        self._markers.append((tick, text))
 
     def _send_notes(
         self, layer: np.ndarray, start_s: np.ndarray, duration_s: np.ndarray, midi_note: np.ndarray,
@@ -183,6 +225,11 @@ class MidiFileSink:
         on, off = ticks[:count], ticks[count:]
         pitch = np.minimum(np.maximum(midi_note, 0), 127)
         vel = np.minimum(np.maximum(velocity, 1), 127)
+        if self._shared_channels:  # a pitch struck at one tick by layers of one channel sounds once
+            keep = self._first_of_each_strike(layer, on, pitch)
+            if keep is not None:
+                layer, on, off, pitch, vel, step = (a[keep] for a in (layer, on, off, pitch, vel, step))
+                count = layer.shape[0]
         order = np.lexsort((vel, pitch, off, on, step, layer))
         layer, on, off, pitch, vel = layer[order], on[order], off[order], pitch[order], vel[order]
         firsts = np.flatnonzero(np.diff(layer, prepend=-1))
@@ -197,6 +244,19 @@ class MidiFileSink:
             for on_tick, off_tick, note, velo in zip(on[start:last + 1].tolist(), off[start:last + 1].tolist(),
                                                      pitch[start:last + 1].tolist(), vel[start:last + 1].tolist()):
                 writer.note(on_tick, off_tick, note, velo)
+
+    def _first_of_each_strike(self, layer: np.ndarray, on: np.ndarray, pitch: np.ndarray) -> np.ndarray | None:
+        """Indices of the notes to keep when layers share channels: of the notes with one channel, pitch and
+        on tick, the one of the lowest layer; None when no note doubles another."""
+        table = self._channel_of_layer
+        channel = table[np.where((layer >= 0) & (layer < table.shape[0] - 1), layer, table.shape[0] - 1)]
+        order = np.lexsort((layer, pitch, channel, on))
+        same = np.zeros(order.shape[0], dtype=bool)
+        same[1:] = ((on[order][1:] == on[order][:-1]) & (channel[order][1:] == channel[order][:-1])
+                    & (pitch[order][1:] == pitch[order][:-1]) & (channel[order][1:] >= 0))
+        if not same.any():
+            return None
+        return np.sort(order[~same])
 
     def close(self) -> None:
         """Write the file: every pending note-off, end of track on every track. Idempotent."""
@@ -229,8 +289,13 @@ class MidiFileSink:
             + (meta_event(0x01, arrangement.description.encode("utf-8")) if arrangement.description else b"")
             + meta_event(0x51, self._tempo_us.to_bytes(3, "big"))
             + meta_event(0x58, bytes((4, 2, 24, 8)))
-            + delta_time(end_tick) + END_OF_TRACK[1:]
         )
+        last = 0
+        for tick, text in self._markers:  # marker meta events (FF 06), in time order
+            tempo += delta_time(tick - last) + b"\xff\x06" + vlq(len(text)) + text
+            last = tick
+        end_tick = max(end_tick, last)
+        tempo += delta_time(end_tick - last) + END_OF_TRACK[1:]
         count = len(tracks) + 1
         if count > 0xFFFF:
             raise SinkError(f"{self.name}: {count} tracks; a MIDI file holds at most 65535, group the layers")

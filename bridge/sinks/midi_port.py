@@ -178,8 +178,13 @@ class MidiPortSink:
             offset = start_s - events.start_s
             return now + (offset if math.isfinite(offset) and offset > 0 else 0.0)
 
+        struck: set[tuple[float, int, int]] = set()  # layers sharing a channel strike a pitch once
+
         def note(at: float, length_s: float, channel: int, pitch: int, velocity: int) -> None:
             nid, pitch, velocity = next(self._note_ids), min(max(int(pitch), 0), 127), min(max(int(velocity), 1), 127)
+            if (at, channel, pitch) in struck:
+                return
+            struck.add((at, channel, pitch))
             length_s = min(max(length_s, _NOTE_S[0]), _NOTE_S[1]) if math.isfinite(length_s) else _NOTE_S[0]
             items.append((at, 1, next(seq), _ON, channel, pitch, velocity, nid))
             items.append((at + length_s, 0, next(seq), _OFF, channel, pitch, 0, nid))  # order 0: offs go first
@@ -202,7 +207,7 @@ class MidiPortSink:
                     items.append((at, 1, next(seq), _CC, channel, cc + 32, v14 & 127, 0))
                 else:  # pitchbend round(value × 16383) − 8192, kept in its unsigned 14-bit form
                     items.append((at, 1, next(seq), _BEND, channel, round(value * 16383), 0, 0))
-        for alarm in events.alarms:
+        for alarm in (*events.alarms, *events.spikes):
             note(due(alarm.start_s), alarm.duration_s, PERCUSSION_CHANNEL, alarm.midi_note, alarm.velocity)
         return items
 

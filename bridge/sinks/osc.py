@@ -8,6 +8,8 @@ Under a prefix (``/gradbridge`` by default) every step sends, in this order (typ
   duration_s, offset_s — one per sounding layer
 - ``/alarm ,issff`` index, name, kind (``"nan"``, ``"+inf"``, ``"-inf"``), duration_s, offset_s — one per
   NaN/Inf layer
+- ``/spike ,isfff`` index, name, ratio (the norm over the median of its recent norms), duration_s,
+  offset_s — one per layer whose norm jumped (it sends its ``/layer`` message as well)
 - ``/norms ,f…`` every raw norm, one float per layer (NaN and ±Inf as measured)
 
 The messages go in one bundle per step, timetagged "immediately" or send time + ``osc_latency_s``. A
@@ -59,6 +61,7 @@ _LAYER_TAIL = np.dtype([("norm", ">f4"), ("value", ">f4"), ("frequency_hz", ">f4
                         ("velocity", ">i4"), ("amplitude", ">f4"), ("pan", ">f4"), ("duration_s", ">f4"),
                         ("offset_s", ">f4")])
 _ALARM_TAIL = struct.Struct(">ff")
+_SPIKE_TAIL = struct.Struct(">fff")
 
 
 def osc_string(text: str) -> bytes:
@@ -155,6 +158,7 @@ class OscSink:
         self._pans = np.zeros(0)
         self._layer_heads: list[bytes] = []
         self._alarm_heads: list[bytes] = []
+        self._spike_heads: list[bytes] = []
         self._step_head = osc_string(prefix + "/step") + osc_string(",ifffif")
         self._warned = False
         self.sent = 0
@@ -195,6 +199,8 @@ class OscSink:
         alarm_head = osc_string(self.prefix + "/alarm") + osc_string(",issff")
         self._layer_heads = [layer_head + struct.pack(">i", v.index) + osc_string(v.name) for v in arrangement.voices]
         self._alarm_heads = [alarm_head + struct.pack(">i", v.index) + osc_string(v.name) for v in arrangement.voices]
+        spike_head = osc_string(self.prefix + "/spike") + osc_string(",isfff")
+        self._spike_heads = [spike_head + struct.pack(">i", v.index) + osc_string(v.name) for v in arrangement.voices]
         self._warned = False
         self.sent = self.dropped = self.errors = 0
 
@@ -220,7 +226,8 @@ class OscSink:
     # -- internals ----------------------------------------------------------------------------------------
 
     def _encode(self, events: StepEvents) -> list[bytes]:
-        """The step's OSC messages, in sending order: step, layers, alarms, norms (float64 → float32 here)."""
+        """The step's OSC messages, in sending order: step, layers, alarms, spikes, norms (float64 → float32
+        here)."""
         raw = np.asarray(events.norms, dtype=np.float64)
         notes = events.notes
         with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range → ±inf, as documented
@@ -248,6 +255,12 @@ class OscSink:
                 duration, offset = np.array([alarm.duration_s, alarm.start_s - events.start_s]).astype(np.float32)
             messages.append(self._alarm_heads[alarm.layer] + osc_string(alarm.kind)
                             + _ALARM_TAIL.pack(float(duration), float(offset)))
+        for spike in events.spikes:
+            with np.errstate(over="ignore"):  # a ratio beyond float32's range arrives as +Inf
+                ratio, duration, offset = np.array([spike.ratio, spike.duration_s,
+                                                    spike.start_s - events.start_s]).astype(np.float32)
+            messages.append(self._spike_heads[spike.layer] + _SPIKE_TAIL.pack(float(ratio), float(duration),
+                                                                              float(offset)))
         messages.append(osc_string(self.prefix + "/norms") + osc_string("," + "f" * norms.size) + norms.tobytes())
         return messages
 

@@ -31,10 +31,14 @@ MAX_NOTE_S = 60.0
 ALARM_FREQUENCIES_HZ = (1760.0, 1320.0)
 #: Alarm amplitude, 0–1, the same whatever the preset's amplitude.
 ALARM_AMPLITUDE = 0.25
+#: The spike alarm: a square two-tone beep rising (the NaN/Inf alarm falls), at ``SPIKE_AMPLITUDE``.
+SPIKE_FREQUENCIES_HZ = (2217.46, 2959.96)  # C#7 then F#7: above every note of the musical presets
+SPIKE_AMPLITUDE = 0.2
 #: A note or step starting further than this from time zero, in seconds, cannot be placed.
 MAX_TIME_S = 1e9
 
 _CYCLE = 2.0 ** 64  # one cycle in fixed point: phases are uint64 counts of 2^-64 cycle, wrapping at 1
+_GOLDEN = np.uint64(11400714819323198485)  # (sqrt(5) - 1) / 2 cycles in fixed point: evenly spread phases
 _NOTE_FIELDS = ("start_s", "duration_s", "frequency_hz", "amplitude")
 #: Sample indices that stand for "no note" in ``NoteBatch.step_spans``: beyond any note's start or end.
 NOTHING_BEFORE, NOTHING_AFTER = -(1 << 62), 1 << 62
@@ -113,7 +117,10 @@ class Voicing:
         self._slot_of_layer[[v.index for v in a.voices]] = np.arange(len(a.voices))
         self._wave_of_slot = np.array([WAVE_CODES[v.waveform] for v in a.voices], dtype=np.int64)
         self._gain_of_slot = np.stack([pan_gains(v.pan, self.audio_channels) for v in a.voices], axis=1)
-        self._phase = np.zeros(len(a.voices), dtype=np.uint64)  # each layer's phase, 2^-64 cycles
+        # each layer's phase, 2^-64 cycles; with continuous phase the layers start spread over the cycle
+        # (voice i at i × 0.618… cycles), so layers on one note do not add up in phase into one loud voice
+        self._phase = (np.arange(len(a.voices), dtype=np.uint64) * _GOLDEN if self.continuous
+                       else np.zeros(len(a.voices), dtype=np.uint64))
         self._layers_key: tuple[str, bytes] | None = None  # the last chunk's Notes.layer, and its slots
         self._layers_slot = np.zeros(0, dtype=np.int64)
         self._layers_single = True  # no slot twice in the last chunk's layers
@@ -147,15 +154,17 @@ class Voicing:
         gains = (self._gain_of_slot[:, slot] * np.minimum(amp, 1.0)).astype(np.float32)
         return NoteBatch(self._wave_of_slot[slot], starts, lengths, inc, phase0, gains, step)
 
-    def alarms(self, steps: Sequence[StepEvents]) -> NoteBatch | None:
+    def alarms(self, steps: Sequence[StepEvents], spikes: bool = False) -> NoteBatch | None:
         """Each step's alarms as two square notes (high, then low); alarms of a step at the same moment
-        sound once. None when no step has an alarm."""
+        sound once. None when no step has an alarm. ``spikes``: the spike alarms instead (low, then high)."""
         sr, parts = self.sample_rate, []
+        tones, loudness = (SPIKE_FREQUENCIES_HZ, SPIKE_AMPLITUDE) if spikes else (ALARM_FREQUENCIES_HZ, ALARM_AMPLITUDE)
         for index, events in enumerate(steps):
-            if not events.alarms:
+            sounded = events.spikes if spikes else events.alarms
+            if not sounded:
                 continue
             spans = set()
-            for alarm in events.alarms:
+            for alarm in sounded:
                 start, duration = _finite(alarm.start_s, math.nan), _finite(alarm.duration_s, math.nan)
                 if abs(start) < MAX_TIME_S and duration > 0:  # NaN fails both tests
                     spans.add((int(round(start * sr)), int(round(min(duration, MAX_NOTE_S) * sr))))
@@ -164,12 +173,12 @@ class Voicing:
                 half = span[:, 1] // 2
                 parts.append((np.concatenate([span[:, 0], span[:, 0] + half]),
                               np.concatenate([half, span[:, 1] - half]),
-                              np.repeat(np.minimum(ALARM_FREQUENCIES_HZ, self.max_frequency_hz) / sr, span.shape[0]),
+                              np.repeat(np.minimum(tones, self.max_frequency_hz) / sr, span.shape[0]),
                               np.full(2 * span.shape[0], index, dtype=np.int64)))
         if not parts:
             return None
         starts, lengths, inc, step = (np.concatenate(column) for column in zip(*parts))
-        centre = pan_gains(0.0, self.audio_channels) * ALARM_AMPLITUDE
+        centre = pan_gains(0.0, self.audio_channels) * loudness
         gains = np.repeat(centre[:, None], starts.shape[0], axis=1).astype(np.float32)
         codes = np.full(starts.shape[0], WAVE_CODES["square"], dtype=np.int64)
         return NoteBatch(codes, starts, lengths, inc, np.zeros_like(inc), gains, step)

@@ -5,7 +5,9 @@
 ``Synth.render_many`` does the same for many steps at once, with the same samples, in a few NumPy calls
 per chunk instead of per step (the offline path); ``Synth.pop_ready`` hands out the samples no later
 step can change; ``Synth.finish`` hands out the rest. Samples are float32, shape
-``(frames, audio_channels)``, always finite and within [-1, 1].
+``(frames, audio_channels)``, always finite, and never above ``PEAK`` (-1 dBFS) in magnitude: the final
+mix goes through a gentle limiter, the identity up to ``LIMIT_KNEE`` and a smooth bend toward ``PEAK``
+above it (``soft_limit``), so a chord of many loud layers never clips.
 
 Each layer has one oscillator (sine, triangle, square or saw) whose phase either restarts at 0 on every
 note (``phase = "reset"``) or carries on from the end of the layer's previous note (``"continuous"``).
@@ -28,8 +30,27 @@ from bridge.sinks.playable import (ALARM_AMPLITUDE, ALARM_FREQUENCIES_HZ, MAX_NO
                                    NOTHING_BEFORE, PHASES, BadStep, NoteBatch, Voicing, check_arrangement)
 from bridge.sinks.voices import Workspace, one_blas_thread
 
-__all__ = ["ALARM_AMPLITUDE", "ALARM_EDGE_S", "ALARM_FREQUENCIES_HZ", "CHUNK_STEPS", "MAX_NOTE_S",
-           "MIN_FREQUENCY_HZ", "PHASES", "Synth", "render_events"]
+__all__ = ["ALARM_AMPLITUDE", "ALARM_EDGE_S", "ALARM_FREQUENCIES_HZ", "CHUNK_STEPS", "LIMIT_KNEE", "MAX_NOTE_S",
+           "MIN_FREQUENCY_HZ", "PEAK", "PHASES", "Synth", "render_events", "soft_limit"]
+
+#: The loudest sample the synth gives out, in magnitude: -1 dBFS.
+PEAK = 10.0 ** (-1.0 / 20.0)
+#: Samples up to this magnitude pass the limiter unchanged (every sample of ``perone2019``, whose tones are 0.1).
+LIMIT_KNEE = 0.5
+
+
+def soft_limit(samples: np.ndarray) -> np.ndarray:
+    """The limiter, in place on float32 ``samples``: the identity up to ``LIMIT_KNEE`` in magnitude; above it
+    ``knee + (PEAK - knee) × tanh((|x| - knee) / (PEAK - knee))``, sign kept: slope 1 at the knee, and never
+    above ``PEAK``. It looks at each sample alone, so where a run is cut into chunks does not matter."""
+    magnitude = np.abs(samples)
+    if magnitude.max(initial=0.0) <= LIMIT_KNEE:  # the usual case (with a NaN it is False: the bend goes on)
+        return samples
+    over = magnitude > LIMIT_KNEE
+    head = np.float32(PEAK - LIMIT_KNEE)
+    bent = np.float32(LIMIT_KNEE) + head * np.tanh((magnitude[over] - np.float32(LIMIT_KNEE)) / head)
+    samples[over] = np.copysign(np.minimum(bent, np.float32(PEAK)), samples[over])
+    return samples
 
 #: Attack and release of each half of the alarm, in seconds.
 ALARM_EDGE_S = 0.002
@@ -121,22 +142,22 @@ class Synth:
     def _render_chunk(self, steps: list[StepEvents]) -> None:
         """Place the steps' notes against the buffer's base, as ``render`` of each step in turn would."""
         notes = self._voicing.notes(steps)  # raises BadStep before anything changes
-        alarms = self._voicing.alarms(steps)
+        batches = (notes, self._voicing.alarms(steps), self._voicing.alarms(steps, spikes=True))
         if len(steps) == 1:  # one step (live): plain numbers cost less than arrays
             firsts, highs = [self._step_start(steps[0])], []
-            for batch in (notes, alarms):
+            for batch in batches:
                 if batch is not None:
                     firsts.append(int(batch.starts.min()))
                     highs.append([int((batch.starts + batch.lengths).max())])
-            pending = self._grow_step_by_step(notes, alarms, [min(firsts)], highs)
+            pending = self._grow_step_by_step(batches, [min(firsts)], highs)
         else:
             starts = self._step_starts(steps)
-            spans = [batch.step_spans(len(steps)) for batch in (notes, alarms) if batch is not None]
+            spans = [batch.step_spans(len(steps)) for batch in batches if batch is not None]
             for low, _ in spans:
                 np.minimum(starts, low, out=starts)
             pending = 0 if self._grow_for_chunk(starts, [high for _, high in spans]) else \
-                self._grow_step_by_step(notes, alarms, starts.tolist(), [high.tolist() for _, high in spans])
-        self._mix_steps(notes, alarms, pending, len(steps))
+                self._grow_step_by_step(batches, starts.tolist(), [high.tolist() for _, high in spans])
+        self._mix_steps(batches, pending, len(steps))
 
     def _step_start(self, step: StepEvents) -> int:
         """``_step_starts`` of one step, in plain numbers."""
@@ -171,10 +192,10 @@ class Synth:
         a silence out of the buffer (the usual case); False, changing nothing, otherwise.
 
         ``firsts`` is each step's first sample; ``highs`` per step the sample after its last note, then
-        after its last alarm (a large negative number where it has none).
+        after its last alarm, then after its last spike alarm (a large negative number where it has none).
         """
         base, capacity = self._base, self._buf.shape[1]
-        top = highs[0] if len(highs) == 1 else np.maximum(*highs) if highs else \
+        top = highs[0] if len(highs) == 1 else np.maximum.reduce(highs) if highs else \
             np.full(firsts.shape[0], NOTHING_BEFORE)
         held = np.maximum.accumulate(np.append(base + self._filled, top))[:-1]  # end of what each step finds held
         if not bool(((firsts <= held) | ((held > base) & (firsts - held <= capacity))).all()):
@@ -190,7 +211,7 @@ class Synth:
             self._grow_to(capacity)
         return True
 
-    def _grow_step_by_step(self, notes: NoteBatch | None, alarms: NoteBatch | None, firsts: list[int],
+    def _grow_step_by_step(self, batches: tuple[NoteBatch | None, ...], firsts: list[int],
                            highs: list[list[int]]) -> int:
         """Follow the chunk step by step: before a step that leaves a long silence out of the buffer
         (``_skip_silence``, which moves the buffer's base), mix the steps before it; grow the buffer as
@@ -199,24 +220,25 @@ class Synth:
         for index, first in enumerate(firsts):
             held_end = base + filled
             if first > held_end and (not filled or first - held_end > self._buf.shape[1]):
-                self._mix_steps(notes, alarms, pending, index)
+                self._mix_steps(batches, pending, index)
                 self._skip_silence(first)
                 base, filled, pending = self._base, self._filled, index
-            for high in highs:  # notes, then alarms, as one step's render reserves room
+            for high in highs:  # notes, then alarms, then spikes, as one step's render reserves room
                 if high[index] > NOTHING_BEFORE:
                     self._reserve(high[index] - base)
                     filled = max(filled, high[index] - base)
         return pending
 
-    def _mix_steps(self, notes: NoteBatch | None, alarms: NoteBatch | None, low: int, high: int) -> None:
-        """Mix the notes, then the alarms, of steps ``low`` to ``high - 1`` of the chunk."""
+    def _mix_steps(self, batches: tuple[NoteBatch | None, ...], low: int, high: int) -> None:
+        """Mix the notes, then the alarms and the spike alarms (``batches``), of steps ``low`` to ``high - 1``
+        of the chunk."""
         if low == high:
             return
-        for batch, attack_n, release_n in ((notes, self.attack_n, self.release_n),
-                                           (alarms, self.alarm_edge_n, self.alarm_edge_n)):
+        for index, batch in enumerate(batches):
             part = batch.of_steps(low, high) if batch is not None else None
             if part is not None:
-                self._mix(part, attack_n, release_n)
+                edges = (self.attack_n, self.release_n) if index == 0 else (self.alarm_edge_n, self.alarm_edge_n)
+                self._mix(part, *edges)
 
     @property
     def ready_s(self) -> float:
@@ -254,8 +276,7 @@ class Synth:
                 raise ValueError(f"max_frames must be a whole number of frames >= 1 or None, got {max_frames!r}")
             stop = min(stop, origin + int(max_frames))
         if not self._finished and base == origin and stop <= base + self._filled:  # the usual case
-            out = np.maximum(self._buf[:, :stop - origin], np.float32(-1.0))
-            np.minimum(out, np.float32(1.0), out=out)
+            out = soft_limit(self._buf[:, :stop - origin].copy())
         else:
             out = np.zeros((self.audio_channels, stop - origin), dtype=np.float32)
             kept = []
@@ -266,7 +287,7 @@ class Synth:
                 if start + chunk.shape[1] > stop and start < base:  # a set-aside chunk not used up
                     kept.append((max(start, stop), chunk[:, max(0, stop - start):]))
             self._finished = kept
-            np.clip(out, -1.0, 1.0, out=out)
+            soft_limit(out)
         used = min(max(stop - base, 0), self._filled)
         keep = self._filled - used
         if used and keep:
