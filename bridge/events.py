@@ -17,6 +17,15 @@ PERCUSSION_CHANNEL = 9
 #: Waveforms the synth can play.
 WAVEFORMS = ("sine", "triangle", "square", "saw")
 
+#: How a layer's oscillator starts each note (``Arrangement.phase``): at phase 0, or where it left off.
+PHASES = ("reset", "continuous")
+
+#: What a MIDI port or file sends for a layer (``Arrangement.midi_mode``): notes, or continuous control.
+MIDI_MODES = ("notes", "cc", "cc14", "pitchbend")
+
+#: Lowest frequency a note is given, in Hz (a norm can never make a silent or negative pitch).
+MIN_FREQUENCY_HZ = 1.0
+
 
 @dataclass(frozen=True)
 class LayerVoice:

@@ -17,7 +17,7 @@ import numpy as np
 
 from bridge.channels import MELODIC_CHANNELS, plan_channels
 from bridge.describe import describe, voice_amplitude
-from bridge.events import Alarm, Arrangement, LayerVoice, Notes, Spike, StepEvents
+from bridge.events import MIN_FREQUENCY_HZ, Alarm, Arrangement, LayerVoice, Notes, Spike, StepEvents
 from bridge.frames import Frame
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset
 from bridge.reference import ReferenceLevels, reference_value
@@ -29,8 +29,6 @@ __all__ = ["LOG_FLOOR", "MELODIC_CHANNELS", "MIN_FREQUENCY_HZ", "Mapping", "appl
            "frequency_to_note", "note_to_frequency", "scale_notes"]
 
 
-#: Lowest frequency a note is given, in Hz (a norm can never make a silent or negative pitch).
-MIN_FREQUENCY_HZ = 1.0
 
 
 def note_to_frequency(note: np.ndarray | float) -> np.ndarray:

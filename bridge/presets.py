@@ -33,9 +33,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from bridge.channels import CHANNEL_MODES
 from bridge.errors import PresetError
-from bridge.events import WAVEFORMS
+from bridge.events import MIDI_MODES, PHASES, WAVEFORMS
 from bridge.preset_checks import Bad, boolean, choice, integer, list_of, number, text, type_name
+from bridge.rate import AGGREGATES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,11 +65,7 @@ NOTE_NAMES: dict[str, int] = {
 CURVES = ("linear", "log", "sqrt")
 LAYOUTS = ("sequential", "chord")
 PITCH_MODES = ("linear_hz", "scale")
-PHASES = ("reset", "continuous")
 PANS = ("center", "spread")
-MIDI_MODES = ("notes", "cc", "cc14", "pitchbend")
-AGGREGATES = ("max", "mean")
-MIDI_CHANNEL_MODES = ("auto", "cycle")
 
 
 @dataclass(frozen=True)
@@ -232,7 +230,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "inf_note": ("inf_note", integer(0, 127, "(GM percussion note)")),
         "spike_note": ("spike_note", integer(0, 127, "(GM percussion note)")),
         "alarm_velocity": ("alarm_velocity", integer(1, 127)),
-        "channels": ("midi_channels", choice(MIDI_CHANNEL_MODES)),
+        "channels": ("midi_channels", choice(CHANNEL_MODES)),
     },
     "spike": {
         "detect": ("spike_detect", boolean),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import rtmidi
 
 from bridge.errors import SinkError
-from bridge.events import PERCUSSION_CHANNEL, Arrangement, StepEvents
+from bridge.events import MIDI_MODES, PERCUSSION_CHANNEL, Arrangement, StepEvents
 from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
                                       resolve_api, stack_error)
 
@@ -37,7 +37,6 @@ _JOIN_S = 5.0
 _NOTE_S = (0.001, 3600.0)  # note lengths are clipped to this; > 0, so a note-off always follows its note-on
 _OFF, _ON, _CC, _BEND = 0, 1, 2, 3
 _Item = tuple[float, int, int, int, int, int, int, int]  # due (monotonic s), order, seq, kind, channel, a, b, note id
-_MODES = ("notes", "cc", "cc14", "pitchbend")
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,8 @@ class MidiPortSink:
             raise TypeError(f"arrangement must be an Arrangement, got {type(arrangement).__name__}")
         if self._out is not None or self._closed:
             raise SinkError(f"{self.name} was opened before; make a new MidiPortSink for another run")
-        if arrangement.midi_mode not in _MODES:
-            raise ValueError(f"arrangement.midi_mode must be one of {_MODES}, got {arrangement.midi_mode!r}")
+        if arrangement.midi_mode not in MIDI_MODES:
+            raise ValueError(f"arrangement.midi_mode must be one of {MIDI_MODES}, got {arrangement.midi_mode!r}")
         if not arrangement.voices:
             raise ValueError("arrangement.voices is empty; a MIDI port needs at least one layer")
         self._mode, self._cc = arrangement.midi_mode, int(arrangement.midi_cc)

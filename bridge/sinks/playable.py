@@ -18,13 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bridge.events import WAVEFORMS, Arrangement, StepEvents
+from bridge.events import MIN_FREQUENCY_HZ, PHASES, WAVEFORMS, Arrangement, StepEvents
 from bridge.sinks.voices import WAVE_CODES, pan_gains
 
-#: Phase handling of the oscillators.
-PHASES = ("reset", "continuous")
-#: Lowest frequency the synth plays, in Hz; the highest is ``min(max_frequency_hz, sample_rate / 2)``.
-MIN_FREQUENCY_HZ = 1.0
 #: Longest note the synth renders, in seconds; longer notes are cut (keeps memory bounded).
 MAX_NOTE_S = 60.0
 #: The alarm: a square two-tone beep, first half ``ALARM_FREQUENCIES_HZ[0]``, second half ``[1]``.
