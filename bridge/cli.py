@@ -32,6 +32,8 @@ EPILOG = """examples:
   gradbridge replay demo.gbrun --osc 127.0.0.1:57120 --speed 2   live, to SuperCollider / Max / Pd
   gradbridge replay demo.gbrun --midi "IAC Driver" --play          live, to a DAW and the speakers
   gradbridge follow run.gbrun --osc 127.0.0.1:57120   a run another process is writing, live from now
+  gradbridge follow run.gbrun --midi DAW --midi-clock   on the preset's sixteenth notes, the DAW in time
+  gradbridge follow run.gbrun --midi DAW --clock-in DAW  on the DAW's own MIDI clock
   ssh gpu-box cat run.gbrun | gradbridge follow - --play            a run on another machine
   gradbridge ports                                 MIDI outputs this machine has, and the MIDI API
   gradbridge mappings                              every preset, in plain words
@@ -154,8 +156,9 @@ def _live_spec(args: argparse.Namespace, **files: str | None) -> OutputSpec:
     """The outputs asked for by the live options (``add_live_options``) and ``files``."""
     from bridge.outputs import OutputSpec
 
+    clocks = {name: getattr(args, name) for name in ("clock", "midi_clock", "clock_in", "link") if hasattr(args, name)}
     return OutputSpec(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
-                      play=args.play, every=args.every, max_fps=args.max_fps, **files)
+                      play=args.play, every=args.every, max_fps=args.max_fps, **clocks, **files)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -165,7 +168,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from bridge.replay import replay
     from bridge.runlog import open_run
 
-    spec = _live_spec(args)
+    spec = dataclasses.replace(_live_spec(args), clock="free")  # replay paces the steps at musical time itself
     if not spec.has_live:
         raise GradbridgeError("nothing to replay to. Fix: add --midi PORT, --osc HOST:PORT or --play")
     info, frames = open_run(args.run)
@@ -231,6 +234,19 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-fps", type=float, default=None, help="live outputs sound at most this many steps a second")
 
 
+def add_clock_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the live clock, shared by ``demo`` and ``follow``."""
+    parser.add_argument("--clock", choices=("tempo", "free"), default=None,
+                        help="live outputs tick at the preset's tempo, each tick the max of the steps since the "
+                             "last (tempo), or sound each step as it arrives (free); default: the preset's")
+    parser.add_argument("--midi-clock", metavar="PORT", nargs="?", const=True, default=False,
+                        help="send MIDI clock (24 a quarter note, Start, Stop) on the --midi port, or on PORT")
+    parser.add_argument("--clock-in", metavar="PORT", default=None,
+                        help="follow the MIDI clock (tempo, Start, Stop) of this MIDI output, e.g. your DAW's")
+    parser.add_argument("--link", action="store_true",
+                        help="follow an Ableton Link session's tempo and beats (pip install \"gradbridge[link]\")")
+
+
 def cmd_mappings(args: argparse.Namespace) -> int:
     """List every built-in preset, described in plain words."""
     from bridge.mapping import describe
@@ -259,7 +275,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return watch(model, optimizer, mapping=args.mapping, record=run, wav=wav, midi_file=mid,
                      params="weights", wav_format=args.format, midi=args.midi, midi_api=args.midi_api,
                      midi_virtual=args.virtual, osc=args.osc, play=args.play, every=args.every,
-                     max_fps=args.max_fps)
+                     max_fps=args.max_fps, clock=args.clock, midi_clock=args.midi_clock, clock_in=args.clock_in,
+                     link=args.link)
 
     result = train_demo(config, on_optimizer=listen,
                         on_step=(lambda step, loss: progress.update(step + 1)) if progress.enabled else None)
@@ -296,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default="demo", help="file name stem (default demo: demo.wav, demo.mid, demo.gbrun)")
     demo.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
     add_live_options(demo)
+    add_clock_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     for verb, func, what, default_out in (("render", cmd_render, "a WAV file with the built-in synth", "run.wav"),
@@ -348,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--midi-file", metavar="FILE", default=None, help="also write a Standard MIDI File")
     follow.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
     add_live_options(follow)
+    add_clock_options(follow)
     follow.set_defaults(func=cmd_follow)
 
     ports = verbs.add_parser("ports", help="list MIDI outputs and the MIDI API in use", description=cmd_ports.__doc__)

@@ -51,6 +51,7 @@ class FollowerProcess:
         self._eof = False  # the follower's stdout ended
         self.description = ""
         self.failed_to_open: dict[str, str] = {}
+        self.clock_origin_s: float | None = None  # where its live clock's beat 0 falls, time.monotonic() s
         self._report: FollowReport | None = None
         self._finished = False
 
@@ -138,6 +139,8 @@ class FollowerProcess:
             raise (TypeError if kind == "TypeError" else ValueError if kind == "ValueError" else SinkError)(text)
         self.description = str(message["description"])
         self.failed_to_open = dict(message["failed_to_open"])
+        origin = message.get("clock_origin_s")
+        self.clock_origin_s = float(origin) if isinstance(origin, (int, float)) else None
 
     def _read_message(self, timeout_s: float) -> dict[str, Any] | None:
         """The follower's next line of JSON, or ``None`` at its end or after ``timeout_s`` seconds."""

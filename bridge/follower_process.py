@@ -90,7 +90,8 @@ def serve(stream: BinaryIO, protocol: TextIO) -> int:
         _say(protocol, {"ready": False, "error": f"{type(exc).__name__}: {exc}", "kind": kind})
         return 1
     _say(protocol, {"ready": True, "description": outputs.arrangement.description,
-                    "failed_to_open": outputs.failed_to_open})
+                    "failed_to_open": outputs.failed_to_open,
+                    "clock_origin_s": outputs.live.origin_s if outputs.live is not None else None})
     follower = Follower(tail, outputs, stop=stop, writer_gone=lambda: _pipe_ended(fd), wake_fds=(fd,),
                         progress=lambda done, left: _say(protocol, {"progress": done, "left": left}))
     report = follower.run()

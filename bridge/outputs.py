@@ -16,7 +16,9 @@ from typing import Any
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.pipeline import Outputs, build_outputs
-from bridge.rate import RateControl
+from bridge.live import LiveSettings
+from bridge.presets import Preset
+from bridge.rate import CLOCKS, RateControl
 from bridge.sinks.base import Sink
 
 PathLike = str | os.PathLike[str]
@@ -54,8 +56,16 @@ class OutputSpec:
         midi_virtual: create a virtual MIDI output named ``midi`` (or "gradbridge") for a DAW to connect to.
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
-        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound every
-            Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
+        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: on the free
+            clock, sound every Nth step, at most ``max_fps`` steps a second; on both clocks, fold the steps
+            between two ticks by ``"max"`` or ``"mean"``. Giving ``every`` or ``max_fps`` picks the free clock.
+        clock: ``"tempo"`` (live outputs tick at the preset's step length) or ``"free"`` (each step as it
+            arrives); ``None``: the preset's ``[live] clock``.
+        midi_clock: MIDI clock (24 a quarter note, Song Position and Start at open, Stop at close): ``True``
+            on the live MIDI port ``midi``, or the name of a MIDI output of its own; ``False``: only if the
+            preset's ``[midi] clock`` asks, on the live MIDI port.
+        clock_in: follow the MIDI clock arriving at this MIDI input (tempo, Start, Stop), as a DAW's slave.
+        link: follow an Ableton Link session (tempo and beat phase; ``pip install "gradbridge[link]"``).
     """
 
     record: str | None = None
@@ -70,17 +80,38 @@ class OutputSpec:
     every: int | None = None
     max_fps: float | None = None
     aggregate: str | None = None
+    clock: str | None = None
+    midi_clock: bool | str = False
+    clock_in: str | None = None
+    link: bool = False
 
     def __post_init__(self) -> None:
         for name in ("record", "wav", "midi_file"):
             object.__setattr__(self, name, _path_or_none(getattr(self, name), name))
-        for name in ("midi", "midi_api", "osc"):
+        for name in ("midi", "midi_api", "osc", "clock_in"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
-        for name in ("midi_virtual", "play"):
+        for name in ("midi_virtual", "play", "link"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self._check_clocks()
+
+    def _check_clocks(self) -> None:
+        if self.clock is not None and self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(map(repr, CLOCKS))} or None (the preset's), got "
+                             f"{self.clock!r}")
+        clock = self.midi_clock
+        if not isinstance(clock, (bool, str)) or (isinstance(clock, str) and not clock.strip()):
+            raise TypeError(f"midi_clock must be True (on the live MIDI port), False, or the name of a MIDI "
+                            f"output of its own; got {clock!r}")
+        if clock is True and self.midi is None and not self.midi_virtual:
+            raise ValueError("midi_clock=True sends MIDI clock on the live MIDI port, but no port was asked for. "
+                             "Fix: add midi=PORT (--midi PORT), or name a port for the clock alone: "
+                             "midi_clock=PORT (--midi-clock PORT)")
+        if clock is not False and self.clock_in is not None:
+            raise ValueError("midi_clock and clock_in were both given: following an incoming MIDI clock, gradbridge "
+                             "sends none of its own. Fix: drop one (--midi-clock or --clock-in)")
 
     @property
     def has_files(self) -> bool:
@@ -90,7 +121,8 @@ class OutputSpec:
     @property
     def has_live(self) -> bool:
         """Whether a live output (MIDI port, OSC, speakers) is asked for."""
-        return self.midi is not None or self.midi_virtual or self.osc is not None or self.play
+        return (self.midi is not None or self.midi_virtual or self.osc is not None or self.play
+                or isinstance(self.midi_clock, str))
 
     def check_paths(self, inputs: Sequence[tuple[str, str]] = ()) -> None:
         """Refuse, before anything opens, two outputs on one path, or an output on one of ``inputs``
@@ -122,6 +154,24 @@ class OutputSpec:
                            max_fps=p.max_fps if self.max_fps is None else self.max_fps,
                            aggregate=p.aggregate if self.aggregate is None else self.aggregate)
 
+    def live_for(self, mapping: Mapping) -> LiveSettings:
+        """How the live outputs keep time: the preset's ``[live]`` settings, each overridden when given here.
+
+        ``every`` or ``max_fps`` given here pick the free clock (they thin it), ``clock_in`` and ``link``
+        the tempo clock (they drive it), unless ``clock`` says otherwise (an error for the tempo clock with
+        ``every`` or ``max_fps``, and for the free clock with ``clock_in`` or ``link``).
+        """
+        thinning = self.every is not None or self.max_fps is not None
+        following = self.clock_in is not None or self.link
+        clock = self.clock or ("free" if thinning else "tempo" if following else mapping.preset.live_clock)
+        if clock == "tempo" and thinning:
+            given = "every" if self.every is not None else "max_fps"
+            raise ValueError(f"{given} thins the free clock, but clock='tempo' was asked for (one tick per step "
+                             f"length, the steps between folded into it). Fix: drop {given} (--{given.replace('_', '-')}),"
+                             " or drop clock='tempo' (--clock tempo)")
+        return LiveSettings(clock=clock, rate=self.rate_for(mapping), clock_in=self.clock_in,
+                            midi_api=self.midi_api, link=self.link)
+
 
 def file_sinks(spec: OutputSpec) -> list[Sink]:
     """The file outputs of ``spec``: a WAV file (built-in synth) and a Standard MIDI File, each when asked."""
@@ -137,13 +187,19 @@ def file_sinks(spec: OutputSpec) -> list[Sink]:
     return sinks
 
 
-def live_sinks(spec: OutputSpec) -> list[Sink]:
-    """The live outputs of ``spec``: MIDI port, OSC, speakers, each when asked."""
+def live_sinks(spec: OutputSpec, preset: Preset | None = None) -> list[Sink]:
+    """The live outputs of ``spec``: MIDI port (with MIDI clock when ``spec`` or ``preset`` asks), a MIDI
+    clock port of its own, OSC, speakers, each when asked."""
     sinks: list[Sink] = []
     if spec.midi is not None or spec.midi_virtual:
         from bridge.sinks.midi_port import MidiPortSink
 
-        sinks.append(MidiPortSink(spec.midi, api=spec.midi_api, virtual=spec.midi_virtual))
+        clock = spec.midi_clock is True or (preset is not None and preset.midi_clock and spec.clock_in is None)
+        sinks.append(MidiPortSink(spec.midi, api=spec.midi_api, virtual=spec.midi_virtual, clock=clock))
+    if isinstance(spec.midi_clock, str):
+        from bridge.sinks.midi_clock_port import MidiClockPort
+
+        sinks.append(MidiClockPort(spec.midi_clock, api=spec.midi_api))
     if spec.osc is not None:
         from bridge.sinks.osc import OscSink, parse_osc_target
 
@@ -157,11 +213,15 @@ def live_sinks(spec: OutputSpec) -> list[Sink]:
 
 
 def open_outputs(spec: OutputSpec, mapping: Mapping, run_info: RunInfo, *,
-                 extra_live_sinks: Sequence[Sink] = ()) -> Outputs:
+                 extra_live_sinks: Sequence[Sink] = (), clock_origin_s: float | None = None) -> Outputs:
     """Make and open every output ``spec`` asks for, plus ``extra_live_sinks`` (your own), for ``run_info``.
 
-    Files take every frame; live outputs the frames the rate control lets through. An output that cannot
-    be made or opened is reported once and left out (``Outputs.failed_to_open``); the others go on.
+    Files take every frame; live outputs sound the ticks of the live clock (``spec.live_for``). An output
+    that cannot be made or opened is reported once and left out (``Outputs.failed_to_open``); the others go
+    on. An incoming clock or Link session that cannot be joined raises ``SinkError``. ``clock_origin_s``:
+    where the tempo clock's beat 0 falls (``time.monotonic()`` seconds, one clock for every process of a
+    machine), to tick with another follower's clock; default: just after the outputs open.
     """
-    return build_outputs(mapping, run_info, file_sinks(spec), live_sinks=[*live_sinks(spec), *extra_live_sinks],
-                         rate=spec.rate_for(mapping))
+    settings = dataclasses.replace(spec.live_for(mapping), origin_s=clock_origin_s)
+    return build_outputs(mapping, run_info, file_sinks(spec),
+                         live_sinks=[*live_sinks(spec, mapping.preset), *extra_live_sinks], live=settings)

@@ -3,9 +3,10 @@
 A follower (``bridge.follower``) drives these consumers as a run log grows; offline renders drive the same
 consumers over a finished log, so a rendered run and a live one are the same code.
 
-Live sinks get each frame as it comes. File sinks (WAV, MIDI file) get ``FILE_BLOCK_STEPS`` frames at a
-time, mapped and rendered as one block: a handful of NumPy calls per block instead of per step, which is
-what makes offline rendering fast and lets a follower catch up when it falls behind.
+File sinks (WAV, MIDI file) get every frame, ``FILE_BLOCK_STEPS`` at a time, mapped and rendered as one
+block: a handful of NumPy calls per block instead of per step, which is what makes offline rendering fast
+and lets a follower catch up when it falls behind. Live sinks (MIDI port, OSC, speakers) sound the ticks of
+one clock (``bridge.live``): on the preset's tempo, or each step as it arrives.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bridge.errors import SinkError
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.health import RunHealth
+from bridge.live import CLOCK_NAME, LiveSettings, LiveSide, build_live
 from bridge.mapping import Mapping
 from bridge.rate import RateControl
 from bridge.sinks.base import Sink
@@ -30,76 +32,25 @@ FILE_BLOCK_STEPS = 64
 
 
 class SharedMapping:
-    """A mapping shared by several sinks: each frame is mapped once, whichever sink asks first.
+    """A mapping shared by several file sinks: each block of frames is mapped once, whichever sink asks first."""
 
-    With a ``RateControl`` (live outputs), frames it holds back map to ``None`` (nothing to sound) and the
-    frame it lets through carries the aggregate of the ones held back.
-    """
-
-    def __init__(self, mapping: Mapping, layer_names: Sequence[str], rate: RateControl | None = None) -> None:
+    def __init__(self, mapping: Mapping, layer_names: Sequence[str]) -> None:
         self.mapping = mapping
-        self.rate = rate
         self.arrangement: Arrangement = mapping.arrange(tuple(layer_names))
-        self._last_frame: Frame | None = None
-        self._last_events: StepEvents | None = None
         self._block: list[Frame] = []
         self._block_events: list[StepEvents] = []
-        self._held_alarm: StepEvents | None = None
-        self._held_checked = False
-
-    def events_for(self, frame: Frame) -> StepEvents | None:
-        """The events of ``frame`` (computed on the first call for that frame), or ``None`` to stay quiet."""
-        if frame is not self._last_frame:
-            sounded = frame if self.rate is None else self.rate.offer(frame)
-            self._last_events = None if sounded is None else self.mapping.map_frame(sounded)
-            self._last_frame = frame
-        return self._last_events
 
     def events_for_block(self, frames: list[Frame]) -> list[StepEvents]:
-        """The events of a block of frames (computed on the first call for that block); no rate control.
+        """The events of a block of frames (computed on the first call for that block).
 
         Every file sink of a run is handed the same frames in the same blocks, so a block is recognised by
         its first and last frame.
         """
-        if self.rate is not None:
-            raise RuntimeError("a rate-controlled mapping sounds frame by frame; use events_for(frame)")
         if not (self._block and frames and frames[0] is self._block[0] and frames[-1] is self._block[-1]
                 and len(frames) == len(self._block)):
             self._block_events = self.mapping.map_frames(frames)
             self._block = list(frames)
         return self._block_events
-
-    def held_alarm(self) -> StepEvents | None:
-        """At the end: the events of the steps the rate control still holds back if an alarm (NaN, Inf) is
-        among them, so that it sounds; else ``None``. The same answer for every sink that asks."""
-        if not self._held_checked:
-            self._held_checked = True
-            held = None if self.rate is None else self.rate.held_alarm()
-            self._held_alarm = None if held is None else self.mapping.map_frame(held)
-        return self._held_alarm
-
-
-class SinkConsumer:
-    """Feeds one sink the mapped events of every frame."""
-
-    def __init__(self, sink: Sink, shared: SharedMapping) -> None:
-        self.sink = sink
-        self.name = sink.name
-        self._shared = shared
-
-    def handle(self, frame: Frame) -> None:
-        events = self._shared.events_for(frame)
-        if events is not None:
-            self.sink.send(events)
-
-    def close(self) -> None:
-        """Sound an alarm the rate control still holds back, then close the sink."""
-        try:
-            events = self._shared.held_alarm()
-            if events is not None:
-                self.sink.send(events)
-        finally:
-            self.sink.close()
 
 
 class BlockSinkConsumer:
@@ -145,18 +96,21 @@ class BlockSinkConsumer:
 
 @dataclass
 class Outputs:
-    """The consumers of a run, the outputs that could not even be opened (reported, left out), and the
-    run's ``health`` (its alarms and spikes, counted from every frame for the closing summary)."""
+    """The consumers of a run, the outputs that could not even be opened (reported, left out), the run's
+    ``health`` (its alarms and spikes, counted from every frame for the closing summary) and the ``live``
+    side (the clock that drives the live outputs), when there is one."""
 
     consumers: list[Consumer]
     arrangement: Arrangement
     failed_to_open: dict[str, str] = field(default_factory=dict)
     health: RunHealth | None = None
+    live: LiveSide | None = None
 
     @property
     def sinks_open(self) -> int:
         """How many outputs were opened (the run's health aside)."""
-        return sum(consumer is not self.health for consumer in self.consumers)
+        extra = (self.health, *(self.live.consumers[:1] if self.live is not None else ()))
+        return sum(all(consumer is not other for other in extra) for consumer in self.consumers)
 
     def finish_stats(self, stats: DispatchStats) -> DispatchStats:
         """``stats`` with each output that could not be opened counted as one error "at start", and what the
@@ -165,40 +119,56 @@ class Outputs:
             stats.add_error(name, f"at start ({text})")
         if self.health is not None:
             stats.notes[self.health.name] = self.health.summary()
+        if self.live is not None:
+            stats.notes[CLOCK_NAME] = self.live.summary()
         return stats
 
 
 def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *, live_sinks: Sequence[Sink] = (),
-                  rate: RateControl | None = None) -> Outputs:
+                  rate: RateControl | None = None, live: LiveSettings | None = None) -> Outputs:
     """Arrange the mapping for the run's layers, open every sink, and wrap each as a consumer.
 
     ``sinks`` (files) take every frame at musical time, in blocks of ``FILE_BLOCK_STEPS``. ``live_sinks``
-    (MIDI port, OSC, speakers) take, one by one, the frames ``rate`` lets through, mapped by their own copy
-    of the mapping, since the running ranges of a rate-limited stream differ from the full one's. A sink that
-    fails to open (port missing, file unwritable) is reported once and left out; the others go on. Last comes
-    the run's ``health``, which counts the alarms and spikes of every frame.
+    (MIDI port, OSC, speakers) sound the ticks of one clock (``bridge.live``; ``live`` says which, by
+    default the free clock with ``rate``), mapped by their own copy of the mapping. A sink that fails to
+    open (port missing, file unwritable) is reported once and left out; the others go on. Last comes the
+    run's ``health``, which counts the alarms and spikes of every frame.
     ``bridge.outputs.open_outputs`` makes the sinks a user asked for and calls this.
     """
     shared = SharedMapping(mapping, run_info.layer_names)
     outputs = Outputs(consumers=[], arrangement=shared.arrangement,
                       health=RunHealth(run_info.layer_names, mapping.preset))
-    groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer | SinkConsumer]]] = [
-        (shared, sinks, BlockSinkConsumer)]
-    if live_sinks:
-        live = SharedMapping(Mapping(mapping.preset), run_info.layer_names, rate)
-        groups.append((live, live_sinks, SinkConsumer))
-    for group, members, consumer in groups:
+    opened: dict[int, list[Sink]] = {0: [], 1: []}
+    for group, members in enumerate((sinks, live_sinks)):
         for sink in members:
             try:
-                sink.open(group.arrangement)
+                sink.open(shared.arrangement)
             except Exception as exc:  # isolate: a missing output must not stop the run
                 text = f"{type(exc).__name__}: {exc}"
                 outputs.failed_to_open[sink.name] = text
                 log.warning("output %r could not be opened (%s); going on without it", sink.name, text)
                 continue
-            outputs.consumers.append(consumer(sink, group))
+            opened[group].append(sink)
+    outputs.consumers.extend(BlockSinkConsumer(sink, shared) for sink in opened[0])
+    if opened[1]:
+        settings = live if live is not None else LiveSettings(rate=rate)
+        try:
+            outputs.live = build_live(mapping.preset, run_info.layer_names, opened[1], settings)
+        except BaseException:
+            _close_quietly([*opened[0], *opened[1]])
+            raise
+        outputs.consumers.extend(outputs.live.consumers)
     outputs.consumers.append(outputs.health)
     return outputs
+
+
+def _close_quietly(sinks: Sequence[Sink]) -> None:
+    """Close sinks that were opened for outputs that will not run (the error that stops them is raised)."""
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as exc:  # the error that stopped the outputs is the one to report
+            log.debug("closing %r after a failed start: %s", sink.name, exc)
 
 
 def render_frames(frames: Iterable[Frame], outputs: Outputs) -> DispatchStats:

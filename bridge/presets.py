@@ -13,11 +13,15 @@ A preset has four tables (every key optional; defaults below):
 ``[sound]``    sample_rate, channels, waveforms, amplitude, attack_s, release_s, phase, pan, max_frequency_hz
 ``[midi]``     mode ("notes", or continuous control for DAW automation: "cc", "cc14", "pitchbend"), cc,
                velocity, programs, nan_note, inf_note, spike_note, alarm_velocity, channels ("auto":
-               more than 15 layers share channels by module; "cycle": layer i on melodic channel i mod 15)
+               more than 15 layers share channels by module; "cycle": layer i on melodic channel i mod 15),
+               clock (true: the live MIDI port also sends MIDI clock at tempo_bpm, with Start and Stop)
 ``[spike]``    detect, ratio, window, warmup: a spike alarm when a layer's norm exceeds ratio × the median
                of its norms over the window steps before (once it has warmup of them)
-``[live]``     every (sound every Nth step), max_fps (at most this many steps a second), aggregate
-               ("max" or "mean" of what falls between): rate control for live outputs only
+``[live]``     clock ("tempo": live outputs sound one tick per step length, the aggregate of the steps that
+               arrived since the last; "free": each step as it arrives, thinned by every and max_fps),
+               every (sound every Nth step), max_fps (at most this many steps a second), aggregate
+               ("max" or "mean" of what falls between): for live outputs only. Without clock, a preset
+               that sets every or max_fps plays on the free clock, any other on the tempo clock
 ``[osc]``      latency_s (0: bundles play on arrival; > 0: timetag = send time + latency_s)
 
 Every mistake raises ``PresetError`` naming the file, the key, the bad value, what is allowed and the fix.
@@ -37,7 +41,7 @@ from bridge.channels import CHANNEL_MODES
 from bridge.errors import PresetError
 from bridge.events import MIDI_MODES, PHASES, WAVEFORMS
 from bridge.preset_checks import Bad, boolean, choice, integer, list_of, number, text, type_name
-from bridge.rate import AGGREGATES
+from bridge.rate import AGGREGATES, CLOCKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,12 +120,14 @@ class Preset:
     spike_note: int = 56  # GM percussion: Cowbell
     alarm_velocity: int = 120
     midi_channels: str = "auto"  # "auto": group layers by module to fit 15 channels; "cycle": i mod 15
+    midi_clock: bool = False  # the live MIDI port also sends MIDI clock (24 a quarter note, Start, Stop)
     # [spike]
     spike_detect: bool = True
     spike_ratio: float = 5.0  # a spike: norm > ratio × median of the layer's norms over the window before
     spike_window: int = 10  # steps
     spike_warmup: int = 3  # finite, positive norms in the window before a spike can sound
     # [live]
+    live_clock: str = "tempo"  # "tempo": one tick per step length; "free": each step as it arrives
     every: int = 1
     max_fps: float = 0.0  # 0: no limit
     aggregate: str = "max"
@@ -231,6 +237,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "spike_note": ("spike_note", integer(0, 127, "(GM percussion note)")),
         "alarm_velocity": ("alarm_velocity", integer(1, 127)),
         "channels": ("midi_channels", choice(CHANNEL_MODES)),
+        "clock": ("midi_clock", boolean),
     },
     "spike": {
         "detect": ("spike_detect", boolean),
@@ -239,6 +246,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "warmup": ("spike_warmup", integer(1, 10_000, "norms")),
     },
     "live": {
+        "clock": ("live_clock", choice(CLOCKS)),
         "every": ("every", integer(1, 1_000_000, "steps")),
         "max_fps": ("max_fps", number(0.0, 10000.0, unit="steps per second (0: no limit)")),
         "aggregate": ("aggregate", choice(AGGREGATES)),
@@ -285,12 +293,26 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
                             f"got {type_name(value)} {value!r}", bad.fix) from None
     if values.get("range") == _REFERENCE:
         values["range"], values["reference"] = None, True
+    live = data.get("live", {})
+    if "clock" not in live and ("every" in live or "max_fps" in live):
+        values["live_clock"] = "free"  # every and max_fps thin the free clock: setting one picks it
     values.setdefault("name", Path(source).stem)
     values.setdefault("description", "")
     preset = Preset(source=source, **values)
     _check_together(preset, data.get("pitch", {}), data.get("timing", {}), source)
+    _check_live(preset, data.get("live", {}), source)
     _check_reference_and_spikes(preset, data.get("pitch", {}), source)
     return preset
+
+
+def _check_live(preset: Preset, live: dict[str, Any], source: str) -> None:
+    """``every`` and ``max_fps`` thin the free clock; the tempo clock has one tick per step length already."""
+    if preset.live_clock == "tempo":
+        for key in ("every", "max_fps"):
+            if key in live:
+                raise _fail(source, f"[live] {key}", 'applies only when clock = "free" (the tempo clock sounds '
+                            "one tick per step length, the steps between folded into it)",
+                            f'remove {key}, or set clock = "free"')
 
 
 def _check_reference_and_spikes(preset: Preset, pitch: dict[str, Any], source: str) -> None:

@@ -17,6 +17,9 @@ import numpy as np
 from bridge.frames import Frame
 
 AGGREGATES = ("max", "mean")
+#: Live clocks: "tempo" (one tick per step length of the preset's tempo, the steps between aggregated) or
+#: "free" (each step as it arrives, thinned by ``every`` and ``max_fps``). See ``bridge.live``.
+CLOCKS = ("tempo", "free")
 
 
 class RateControl:
@@ -47,6 +50,8 @@ class RateControl:
         self._loss = 0.0
         self._last: Frame | None = None
         self.folded = 0  # frames folded into a later one, in total
+        self._arrived = 0
+        self._last_arrived_emit_s = -math.inf
 
     @property
     def passes_everything(self) -> bool:
@@ -77,6 +82,19 @@ class RateControl:
         self.folded += self._count - 1
         self._norms, self._count, self._last_emit_s = None, 0, now
         return Frame(step=frame.step, time_s=frame.time_s, norms=norms_out, loss=loss_out, lr=frame.lr)
+
+    def arrived(self) -> bool:
+        """Count one frame's arrival; True when the frames since the last ``True`` should sound now: ``every``
+        of them have come and at least ``1 / max_fps`` seconds have passed. For the free live clock, which
+        gathers and aggregates the frames itself (``bridge.ticks``)."""
+        self._arrived += 1
+        if self._arrived < self.every:
+            return False
+        now = self._clock() if self.min_interval_s else 0.0
+        if now - self._last_arrived_emit_s < self.min_interval_s:
+            return False
+        self._arrived, self._last_arrived_emit_s = 0, now
+        return True
 
     def held_alarm(self) -> Frame | None:
         """The aggregate of the frames held back since the last one sounded, if a norm among them is NaN or

@@ -192,6 +192,10 @@ def watch(
     every: int | None = None,
     max_fps: float | None = None,
     aggregate: str | None = None,
+    clock: str | None = None,
+    midi_clock: bool | str = False,
+    clock_in: str | None = None,
+    link: bool = False,
     wav_format: str = "int16",
     layers: str | None = None,
     params: str = "all",
@@ -215,8 +219,16 @@ def watch(
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
         sinks: your own live sinks; they run on a thread of this process (see ``process``).
-        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound every
-            Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
+        every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: on the free
+            clock, sound every Nth step, at most ``max_fps`` steps a second; on both, fold the steps between
+            two ticks by ``"max"`` or ``"mean"``.
+        clock: ``"tempo"`` (every live output ticks at the preset's step length, each tick the aggregate of
+            the steps since the last; the default of the musical presets) or ``"free"`` (each step as it
+            arrives); ``None``: the preset's ``[live] clock``.
+        midi_clock: send MIDI clock (24 a quarter note at the preset's tempo; Song Position and Start when
+            the outputs open, Stop at close): ``True`` on the live ``midi`` port, or a port name of its own.
+        clock_in: follow the MIDI clock arriving from this MIDI output (a DAW's): its tempo, Start and Stop.
+        link: follow an Ableton Link session: its tempo and beats (``pip install "gradbridge[link]"``).
         wav_format: ``"int16"`` (16-bit PCM) or ``"float32"``.
 
     What is measured:
@@ -251,9 +263,10 @@ def watch(
         return Watch(capture, None, description=f"rank {part.rank} is silent (rank {ranks} sounds)")
     spec = OutputSpec(record=part.path_for(record), wav=part.path_for(wav), midi_file=part.path_for(midi_file),
                       wav_format=wav_format, midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc,
-                      play=play, every=every, max_fps=max_fps, aggregate=aggregate)
+                      play=play, every=every, max_fps=max_fps, aggregate=aggregate, clock=clock,
+                      midi_clock=midi_clock, clock_in=clock_in, link=link)
     spec.check_paths()
-    spec.rate_for(chosen)  # a bad every / max_fps / aggregate is refused here, before anything starts
+    spec.live_for(chosen)  # a bad every / max_fps / aggregate / clock is refused here, before anything starts
     sinks = list(sinks)
     run_info = RunInfo(tuple(layer.name for layer in found), {"mapping": chosen.preset.name})
     log_path, temporary = spec.record, spec.record is None
@@ -261,26 +274,28 @@ def watch(
         handle, log_path = tempfile.mkstemp(prefix="gradbridge-", suffix=".gbrun")
         os.close(handle)
     writer = RunLogWriter(log_path, run_info)
-    link = thread = None
+    follower = thread = None
     description = ""
     try:
         # a follower runs even with no output asked for: it reads the log to say what the run's alarms were
         if process:
-            link = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
-            description = link.description
+            follower = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
+            description = follower.description
         if sinks or not process:
-            own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate)
-            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks)
+            own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate, clock=clock,
+                                                       midi_api=midi_api, clock_in=clock_in, link=link)
+            origin_s = follower.clock_origin_s if follower is not None else None  # one grid for both
+            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks, clock_origin_s=origin_s)
             description = description or outputs.arrangement.description
             thread = FollowerThread(Follower(FileTail(writer.path), outputs)).start()
         capture = Capture(model, optimizer, found, writer.append, auto=auto, participation=part)
     except BaseException:
-        _abandon(writer, link, thread, log_path if temporary else None)
+        _abandon(writer, follower, thread, log_path if temporary else None)
         raise
     description = description or Mapping(chosen.preset).arrange(run_info.layer_names).description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
-    return Watch(capture, writer, process=link, thread=thread, temporary=temporary, description=description,
+    return Watch(capture, writer, process=follower, thread=thread, temporary=temporary, description=description,
                  announce=announce, guard=SigtermGuard.install())
 
 

@@ -219,7 +219,7 @@ def test_follow_started_mid_run_delivers_every_later_step_to_oscdump_and_ends_wi
         dump.stop()
     assert follower.returncode == 0, err
     assert "from now" in err and "the writer closed the run log" in err
-    steps = [int(line.split()[3]) for line in lines if line.split()[1:3] == ["/gradbridge/step", "ifffif"]]
+    steps = [int(line.split()[3]) for line in lines if line.split()[1:3] == ["/gradbridge/step", "ifffifii"]]
     first = steps[0]
     assert 30 <= first < 300  # it joined mid-run: the steps before it were left to the past
     assert steps == list(range(first, 300))  # and from there on every step arrived, once, in order

@@ -36,7 +36,7 @@ with bridge.watch(model, optimizer, mapping="daw", record=sys.argv[1], midi=sys.
         while w.stats.frames_done < step + 1:
             time.sleep(0.0005)
         print(step, flush=True)
-        time.sleep(0.02)   # a step every ~20 ms: notes of 100 ms overlap the next steps
+        time.sleep(0.02)   # a step every ~20 ms: six or so to a tick of the clock
 """
 
 
@@ -84,14 +84,20 @@ def test_ctrl_c_mid_run_leaves_no_hanging_note_and_a_complete_log(midi_dump: Cal
                    if m[0] & 0xF0 == 0x80 or (m[0] & 0xF0 == 0x90 and m[2] == 0))
     assert ons == offs
     assert {channel for channel, _ in ons} == {0, 1, 2}
-    assert sum(ons.values()) >= 3 * (printed + 1)  # every step that was handled sounded on every layer
     for channel in (0, 1, 2):
         last_note = max(i for i, m in enumerate(messages) if m[0] & 0x0F == channel and m[0] & 0xE0 == 0x80)
         assert messages.index((0xB0 | channel, 123, 0)) > last_note
 
-    # OSC: one /step per handled step, decoded by a program we did not write
-    # (oscdump -L prints "TIMETAG ADDRESS TYPES ARGS...", one line per message)
+    # OSC, decoded by a program we did not write (oscdump -L prints "TIMETAG ADDRESS TYPES ARGS...", one line
+    # per message): daw ticks on sixteenth notes at 120 BPM, each tick the loudest of the steps since the
+    # last; its /step names the first and last of them, and the ticks leave no step out
     messages_osc = [line.split() for line in osc_log.read_text().splitlines()]
-    osc_steps = [int(m[3]) for m in messages_osc if m[1:3] == ["/gradbridge/step", "ifffif"]]
-    assert osc_steps[: printed + 1] == list(range(printed + 1))
-    assert sum(m[1:3] == ["/gradbridge/layer", "isfffiiffff"] for m in messages_osc) == 3 * len(osc_steps)
+    ticks = [(int(m[3]), int(m[9]), int(m[10])) for m in messages_osc if m[1:3] == ["/gradbridge/step", "ifffifii"]]
+    assert ticks and ticks[0][1] == 0
+    assert all(step == last and first <= last for step, first, last in ticks)
+    assert all(later[1] == earlier[2] + 1 for earlier, later in zip(ticks, ticks[1:]))
+    assert ticks[-1][2] >= printed  # every step training handled was in a tick
+    assert len(ticks) < printed + 1  # a step every ~20 ms: several steps to a tick
+    assert sum(m[1:3] == ["/gradbridge/layer", "isfffiiffff"] for m in messages_osc) == 3 * len(ticks)
+    # one clock for both: every tick OSC sent, the MIDI port played, a note on each layer's channel
+    assert sum(ons.values()) == 3 * len(ticks)

@@ -140,7 +140,7 @@ FRAMES = [
 L = "/gradbridge/layer isfffiiffff"
 OSCDUMP_EXPECTED = [
     # step 10 starts the run at 0 s; first frame: each layer's range is one point, value 0.5
-    "/gradbridge/step ifffif 10 0.500000 0.100000 0.000000 4 0.060000",
+    "/gradbridge/step ifffifii 10 0.500000 0.100000 0.000000 4 0.060000 10 10",
     f'{L} 0 "conv1" 1.000000 0.500000 300.000000 62 100 0.100000 0.000000 0.010000 0.000000',  # 62.37
     f'{L} 1 "conv2" 2.000000 0.500000 400.000000 67 100 0.100000 0.000000 0.010000 0.010000',  # 67.35
     f'{L} 2 "fc1" 0.500000 0.500000 250.000000 59 100 0.100000 0.000000 0.010000 0.020000',  # 59.21
@@ -148,7 +148,7 @@ OSCDUMP_EXPECTED = [
     "/gradbridge/norms ffff 1.000000 2.000000 0.500000 0.250000",
     # step 11 at 0.06 s: conv1 at the top of its range 1–2; 1e40 overflows float32 to inf and its pitch is
     # clipped to max_frequency_hz 20000 (note 69 + 12·log2(20000/440) = 135, clipped to 127)
-    "/gradbridge/step ifffif 11 0.250000 0.100000 0.060000 4 0.060000",
+    "/gradbridge/step ifffifii 11 0.250000 0.100000 0.060000 4 0.060000 11 11",
     f'{L} 0 "conv1" 2.000000 1.000000 400.000000 67 100 0.100000 0.000000 0.010000 0.000000',
     f'{L} 2 "fc1" inf 1.000000 20000.000000 127 100 0.100000 0.000000 0.010000 0.020000',
     '/gradbridge/alarm issff 1 "conv2" "nan" 0.010000 0.010000',
@@ -156,7 +156,7 @@ OSCDUMP_EXPECTED = [
     "/gradbridge/norms ffff 2.000000 nan inf -inf",
     # step 12 at 0.12 s: conv1 0.5 is the new low of 0.5–2 (value 0); conv2 1.0 the low of 1–2 (value 0);
     # fc2 3.0 the high of 0.25–3 (value 1), 500 Hz = note 71.21
-    "/gradbridge/step ifffif 12 nan nan 0.120000 4 0.060000",
+    "/gradbridge/step ifffifii 12 nan nan 0.120000 4 0.060000 12 12",
     f'{L} 0 "conv1" 0.500000 0.000000 250.000000 59 100 0.100000 0.000000 0.010000 0.000000',
     f'{L} 1 "conv2" 1.000000 0.000000 300.000000 62 100 0.100000 0.000000 0.010000 0.010000',
     f'{L} 3 "fc2" 3.000000 1.000000 500.000000 71 100 0.100000 0.000000 0.010000 0.030000',
@@ -219,8 +219,9 @@ def test_bundle_bytes_timetag_and_custom_prefix() -> None:
         sink.send(mapping.map_frame(Frame(step=3, time_s=0.0, norms=[0.5], loss=1.0, lr=0.5)))
         sink.close()
         datagram = receiver.recv(65536)
-    step = (b"/run1/gb/step\x00\x00\x00" + b",ifffif\x00" + struct.pack(">i", 3) + struct.pack(">f", 1.0)
-            + struct.pack(">f", 0.5) + struct.pack(">f", 0.0) + struct.pack(">i", 1) + struct.pack(">f", 0.03))
+    step = (b"/run1/gb/step\x00\x00\x00" + b",ifffifii\x00\x00\x00" + struct.pack(">i", 3) + struct.pack(">f", 1.0)
+            + struct.pack(">f", 0.5) + struct.pack(">f", 0.0) + struct.pack(">i", 1) + struct.pack(">f", 0.03)
+            + struct.pack(">ii", 3, 3))  # the first and last step a tick stands for: this one step
     layer = (b"/run1/gb/layer\x00\x00" + b",isfffiiffff\x00\x00\x00\x00" + struct.pack(">i", 0) + b"a\x00\x00\x00"
              + struct.pack(">fffiiffff", 0.5, 0.5, 250.0, 59, 100, 0.1, 0.0, 0.01, 0.0))
     norms = b"/run1/gb/norms\x00\x00" + b",f\x00\x00" + struct.pack(">f", 0.5)
@@ -253,10 +254,10 @@ def test_many_layers_are_split_into_decodable_bundles(oscdump: Peer) -> None:
             sink.close()
         datagrams = [receiver.recv(65536) for _ in range(local.sent)]
     # a layer message: address 20 + type tags 16 + index 4 + "layerNNN" 12 + 9 values × 4 = 88 bytes, plus
-    # its 4-byte size: 92. Bundle head 16, step element 4 + 20 + 8 + 24 = 56: the first bundle holds
-    # (8192 − 16 − 56) // 92 = 88 layers, the next ones (8192 − 16) // 92 = 88, the last 300 − 264 = 36
+    # its 4-byte size: 92. Bundle head 16, step element 4 + 20 + 12 + 32 = 68: the first bundle holds
+    # (8192 − 16 − 68) // 92 = 88 layers, the next ones (8192 − 16) // 92 = 88, the last 300 − 264 = 36
     # and the norms (4 + 20 + 304 type tags + 1200 = 1528 bytes).
-    assert [len(d) for d in datagrams] == [16 + 56 + 88 * 92, 16 + 88 * 92, 16 + 88 * 92, 16 + 36 * 92 + 1528]
+    assert [len(d) for d in datagrams] == [16 + 68 + 88 * 92, 16 + 88 * 92, 16 + 88 * 92, 16 + 36 * 92 + 1528]
     contents = [[(message.address, message.params) for message in OscBundle(d)] for d in datagrams]
     assert contents[0][0][0] == "/gradbridge/step" and contents[0][0][1][0] == 0
     assert all(d[8:16] == b"\x00" * 7 + b"\x01" for d in datagrams)
@@ -418,13 +419,13 @@ def test_parse_osc_target_errors(text: str, match: str) -> None:
 # --- the patches --------------------------------------------------------------------------------------------
 
 PD_EXPECTED = [
-    "gradbridge-step: 10 0.5 0.1 0 4 0.06",
+    "gradbridge-step: 10 0.5 0.1 0 4 0.06 10 10",
     "gradbridge-layer: 0 conv1 1 0.5 300 62 100 0.1 0 0.01 0",
     "gradbridge-layer: 1 conv2 2 0.5 400 67 100 0.1 0 0.01 0.01",
     "gradbridge-layer: 2 fc1 0.5 0.5 250 59 100 0.1 0 0.01 0.02",
     "gradbridge-layer: 3 fc2 0.25 0.5 225 57 100 0.1 0 0.01 0.03",
     "gradbridge-norms: 1 2 0.5 0.25",
-    "gradbridge-step: 11 0.25 0.1 0.06 4 0.06",
+    "gradbridge-step: 11 0.25 0.1 0.06 4 0.06 11 11",
     "gradbridge-layer: 0 conv1 2 1 400 67 100 0.1 0 0.01 0",
     "gradbridge-layer: 2 fc1 0 1 20000 127 100 0.1 0 0.01 0.02",  # Pd turns inf into 0
     "gradbridge-alarm: 1 conv2 nan 0.01 0.01",  # the kind is a symbol: kept
@@ -507,7 +508,7 @@ def test_max_patch_is_valid_json_wired_to_our_addresses() -> None:
     assert ([receive, 0], [route, 0]) in wires
     # each route outlet feeds the unpack for that message's type tags (s = string) and a print
     for outlet, unpack, printer in [(0, "unpack i s f f f i i f f f f", "print gradbridge-layer"),
-                                    (1, "unpack i f f f i f", "print gradbridge-step"),
+                                    (1, "unpack i f f f i f i i", "print gradbridge-step"),
                                     (2, "unpack i s s f f", "print gradbridge-alarm"),
                                     (4, "unpack i s f f f", "print gradbridge-spike")]:
         assert ([route, outlet], [by_text[unpack], 0]) in wires

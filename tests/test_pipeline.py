@@ -113,9 +113,10 @@ def test_live_sinks_still_get_every_frame_as_it_comes() -> None:
     mapping = Mapping.load("pentatonic")
     rate = OutputSpec(every=1).rate_for(mapping)
     outputs = build_outputs(mapping, RunInfo(LAYERS, {}), [], live_sinks=[live], rate=rate)
-    consumer, health = outputs.consumers  # the run's health counts every frame, after the outputs
-    assert health is outputs.health
+    clock, consumer, health = outputs.consumers  # the run's health counts every frame, after the outputs
+    assert health is outputs.health and clock.name == "live clock"  # the free clock: each frame as it comes
     for frame in frames(3):
+        clock.handle(frame)
         consumer.handle(frame)
     assert live.calls == [1, 1, 1]
     assert live.steps == [0, 1, 2]

@@ -273,8 +273,9 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
         wrong = [i for i, n in enumerate(frame.norms) if not math.isfinite(n)]
         step_message = messages[position]
         assert step_message.address == "/gradbridge/step"
-        step, loss, lr, start_s, layer_count, duration_s = step_message.params
+        step, loss, lr, start_s, layer_count, duration_s, first_step, last_step = step_message.params
         assert (step, layer_count) == (min(frame.step, 2**31 - 1), len(names))  # int32 on the wire, clamped
+        assert first_step == last_step == step  # a step sent on its own stands for itself
         assert same(loss, f32(frame.loss)) and same(lr, f32(frame.lr))
         assert start_s == pytest.approx((frame.step - frames[0].step) * step_s, rel=1e-6)
         assert duration_s == pytest.approx(step_s, rel=1e-6)

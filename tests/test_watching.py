@@ -155,7 +155,7 @@ def test_a_failing_sink_does_not_stop_training_or_the_other_outputs(tmp_path: Pa
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with bridge.watch(model, optimizer, mapping="daw", record=tmp_path / "run.gbrun", sinks=[broken, unopenable],
-                      announce=None) as w:
+                      clock="free", announce=None) as w:  # each step as it arrives, the third one breaks
         train(model, optimizer, 7, w)
     stats = w.stats
     assert (stats.frames_done, stats.errors) == (7, {"broken": 1, "unopenable": 1})
@@ -248,7 +248,7 @@ def test_a_stuck_sink_never_holds_training_back_and_catches_up_from_the_log_losi
     stuck = StuckSink()
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    w = bridge.watch(model, optimizer, mapping="daw", sinks=[stuck], announce=None)
+    w = bridge.watch(model, optimizer, mapping="daw", sinks=[stuck], clock="free", announce=None)  # every step
     temporary = w.run_log
     assert temporary is not None and os.path.exists(temporary)  # no record=: a temporary run log is the bus
     train(model, optimizer, 1, w)

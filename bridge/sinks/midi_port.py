@@ -1,6 +1,9 @@
 """``MidiPortSink``: live MIDI to a DAW or synth through python-rtmidi (ALSA, JACK, CoreMIDI, Windows MM).
 
 ``send`` only turns a step into timed messages on a heap; one scheduler thread writes each when it is due.
+A live clock's ticks (``send_tick``) come a few milliseconds early and are written at their moment; with
+``clock=True`` the same thread writes MIDI clock (``bridge.sinks.midi_clock``) on the same grid, so a
+sixteenth note's note-ons go out right after its pulse.
 Ports are found through ``bridge.sinks.midi_system`` and opened with python-rtmidi itself, since mido's
 backend turns any client name into a virtual port. On JACK a ``JackWatch`` notices the server stopping,
 and the sink stops writing first (python-rtmidi would block the interpreter once its buffer fills).
@@ -16,13 +19,19 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import rtmidi
 
+from bridge.beatgrid import Grid
 from bridge.errors import SinkError
 from bridge.events import MIDI_MODES, PERCUSSION_CHANNEL, Arrangement, StepEvents
+from bridge.sinks.midi_clock import CLOCK_PULSE, START_BYTES, STOP, PulseTrain
 from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
                                       resolve_api, stack_error)
+
+if TYPE_CHECKING:
+    from bridge.ticks import Tick
 
 log = logging.getLogger("bridge")
 
@@ -35,7 +44,7 @@ _CHECK_S = 0.25  # how often the scheduler makes sure the port (and the JACK ser
 _SETTLE_PERIODS, _SETTLE_MIN_S, _SETTLE_MAX_S = 4, 0.05, 0.25  # JACK: let a new or closing connection settle
 _JOIN_S = 5.0
 _NOTE_S = (0.001, 3600.0)  # note lengths are clipped to this; > 0, so a note-off always follows its note-on
-_OFF, _ON, _CC, _BEND = 0, 1, 2, 3
+_OFF, _ON, _CC, _BEND, _RAW = 0, 1, 2, 3, 4  # _RAW: a system message (status a, data bytes packed in b)
 _Item = tuple[float, int, int, int, int, int, int, int]  # due (monotonic s), order, seq, kind, channel, a, b, note id
 
 
@@ -53,6 +62,8 @@ class MidiPortCounters:
 class MidiPortSink:
     """Plays each step live on a MIDI output port, one channel per layer (alarms on channel 10, index 9).
 
+    A ``bridge.ticks.Tick`` (``send_tick``) sounds at its ``due_s``; a bare ``send`` sounds at once.
+
     Args:
         port: an existing output, by exact name or a unique case-insensitive part of it; ``None`` opens the
             first output. With ``virtual=True``: the name of the port to create (default ``client_name``).
@@ -60,16 +71,25 @@ class MidiPortSink:
             ``/dev/snd/seq`` exists, else JACK if a server answers).
         virtual: create a virtual output for a DAW to connect to (not possible with Windows MM).
         client_name: the MIDI client's name as other programs see it.
+        clock: also send MIDI clock once the live clock starts it (``start_clock``; Stop at ``stop_clock``
+            or close).
     """
 
+    #: Ticks come ``bridge.clock.LEAD_S`` before their moment; this sink writes them at it.
+    schedules_ahead = True
+
     def __init__(self, port: str | None = None, *, api: str | None = None, virtual: bool = False,
-                 client_name: str = "gradbridge") -> None:
+                 client_name: str = "gradbridge", clock: bool = False) -> None:
         if port is not None and not isinstance(port, str):
             raise TypeError(f"port must be a str (a MIDI port name) or None, got {type(port).__name__}")
         if not isinstance(virtual, bool):
             raise TypeError(f"virtual must be a bool, got {type(virtual).__name__}")
         if not isinstance(client_name, str) or not client_name.strip():
             raise ValueError(f"client_name must be a non-empty str, got {client_name!r}")
+        if not isinstance(clock, bool):
+            raise TypeError(f"clock must be True or False, got {clock!r}")
+        self.wants_clock = clock
+        self._pulses: PulseTrain | None = None
         self.requested_api = check_api(api)
         self.port, self.virtual, self.client_name = port, virtual, client_name
         shown = port if port is not None else (client_name if virtual else "(the first output)")
@@ -108,6 +128,14 @@ class MidiPortSink:
         if not 0 <= self._cc <= (31 if self._mode == "cc14" else 119):
             raise ValueError(f"arrangement.midi_cc must be 0-119 (0-31 for \"cc14\"), got {self._cc}; fix the preset")
         self._channels = [min(max(int(v.channel), 0), 15) for v in arrangement.voices]
+        programs: dict[int, int] = {}
+        if self._mode == "notes":
+            for voice, channel in zip(arrangement.voices, self._channels):
+                programs.setdefault(channel, min(max(int(voice.program), 0), 127))
+        self._start(programs)
+
+    def _start(self, programs: dict[int, int]) -> None:
+        """Open the port, send each channel of ``programs`` its program, start the scheduler thread."""
         self.api = resolve_api(self.requested_api)
         if self.virtual and self.api == "winmm":
             raise SinkError("Windows MM cannot create virtual MIDI ports. Fix: install a loopback driver such as "
@@ -119,12 +147,8 @@ class MidiPortSink:
                 if not self.virtual:  # the connection starts with a later JACK cycle: programs sent now were lost
                     self._settle()
             self._used_channels.update(self._channels)
-            if self._mode == "notes":
-                programs: dict[int, int] = {}
-                for voice, channel in zip(arrangement.voices, self._channels):
-                    programs.setdefault(channel, min(max(int(voice.program), 0), 127))
-                for channel, program in programs.items():
-                    self._write((0xC0 | channel, program))
+            for channel, program in programs.items():
+                self._write((0xC0 | channel, program))
         except Exception:
             self._release_port()
             raise
@@ -157,14 +181,47 @@ class MidiPortSink:
 
     def send(self, events: StepEvents) -> None:
         """Schedule one step's messages, relative to now; raises the scheduler's error if the port failed."""
-        if not isinstance(events, StepEvents):
-            raise TypeError(f"events must be StepEvents, got {type(events).__name__}")
+        self._schedule(events, time.monotonic())
+
+    def send_tick(self, tick: Tick) -> None:
+        """Schedule a tick's messages at its moment (``tick.due_s``, ``time.monotonic()`` seconds)."""
+        self._schedule(tick.events, tick.due_s)
+
+    def start_clock(self, grid: Grid) -> None:
+        """Send Song Position 0 and Start now, then MIDI clock on ``grid`` from its first beat on."""
+        self._check_usable()
+        with self._cond:
+            for message in START_BYTES:
+                data = message[1] | message[2] << 8 if len(message) == 3 else 0
+                heapq.heappush(self._heap, (0.0, -1, next(self._seq), _RAW, len(message) - 1, message[0], data, 0))
+            self._pulses = PulseTrain(grid)
+            self._cond.notify()
+
+    def stop_clock(self) -> None:
+        """Stop the MIDI clock: no pulse after this, and Stop goes out (at close at the latest)."""
+        with self._cond:
+            if self._pulses is not None and self._pulses.running:
+                self._pulses.running = False
+                heapq.heappush(self._heap, (0.0, -1, next(self._seq), _RAW, 0, STOP, 0, 0))
+                self._cond.notify()
+
+    @property
+    def pulses_sent(self) -> int:
+        """MIDI clock pulses written so far."""
+        return 0 if self._pulses is None else self._pulses.sent
+
+    def _check_usable(self) -> None:
         if self._error is not None:
             self._error_raised = True
             raise self._error
         if self._out is None or self._closed:
             raise SinkError(f"{self.name} is not open; call open(arrangement) first (and not after close)")
-        items = self._messages_of(events, time.monotonic())
+
+    def _schedule(self, events: StepEvents, at_s: float) -> None:
+        if not isinstance(events, StepEvents):
+            raise TypeError(f"events must be StepEvents, got {type(events).__name__}")
+        self._check_usable()
+        items = self._messages_of(events, at_s)
         with self._cond:
             for item in items:
                 heapq.heappush(self._heap, item)
@@ -211,22 +268,29 @@ class MidiPortSink:
         return items
 
     def _run(self) -> None:
-        """The scheduler thread: write each message when due; check the port every ``_CHECK_S``."""
+        """The scheduler thread: write each message (and MIDI clock pulse) when due; check the port every
+        ``_CHECK_S``, between two messages more than ``_CHECK_S / 10`` apart."""
         try:
             next_check = time.monotonic() + _CHECK_S
             while True:
                 with self._cond:
                     while not self._stopping:
                         now = time.monotonic()
-                        if (self._heap and self._heap[0][0] <= now) or now >= next_check:
+                        due = min(self._heap[0][0] if self._heap else math.inf,
+                                  self._pulses.next_due() if self._pulses is not None else math.inf)
+                        if due <= now or (now >= next_check and due - now > _CHECK_S / 10):
                             break
-                        self._cond.wait(min(next_check, self._heap[0][0] if self._heap else next_check) - now)
+                        self._cond.wait((due if now >= next_check else min(next_check, due)) - now)
                     if self._stopping:
                         return
                     now, batch = time.monotonic(), []
+                    pulses = self._pulses.take_due(now) if self._pulses is not None else 0
                     while self._heap and self._heap[0][0] <= now:
                         batch.append(heapq.heappop(self._heap))
-                if now >= next_check:
+                if pulses:
+                    for _ in range(pulses):
+                        self._write(CLOCK_PULSE)
+                elif not batch and now >= next_check:
                     self._check_port()
                     next_check = time.monotonic() + _CHECK_S
                 for item in batch:
@@ -264,6 +328,8 @@ class MidiPortSink:
                 self._note_off(channel, a)
         elif kind == _CC:
             self._write((0xB0 | channel, a, b))
+        elif kind == _RAW:  # channel: how many data bytes, packed in b
+            self._write((a,) if channel == 0 else (a, b & 0xFF, b >> 8))
         else:
             self._write((0xE0 | channel, a & 0x7F, a >> 7))
 
@@ -319,6 +385,9 @@ class MidiPortSink:
                 now = time.monotonic()  # what was due already is written: the scheduler may not have woken yet
                 while self._heap and self._heap[0][0] <= now:
                     self._play(heapq.heappop(self._heap))
+                if self._pulses is not None and self._pulses.running:
+                    self._pulses.running = False
+                    self._write((STOP,))
                 for channel, pitch in list(self._sounding):
                     self._note_off(channel, pitch)
                 for channel in sorted(self._used_channels):

@@ -3,7 +3,8 @@
 Under a prefix (``/gradbridge`` by default) every step sends, in this order (types in OSC notation;
 ``docs/osc.md`` lists every argument):
 
-- ``/step  ,ifffif``  step, loss, lr, start_s, layer_count, duration_s
+- ``/step  ,ifffifii``  step, loss, lr, start_s, layer_count, duration_s, first_step, last_step (the
+  steps a live clock's tick stands for; both ``step`` for a single step)
 - ``/layer ,isfffiiffff`` index, name, norm, value, frequency_hz, midi_note, velocity, amplitude, pan,
   duration_s, offset_s — one per sounding layer
 - ``/alarm ,issff`` index, name, kind (``"nan"``, ``"+inf"``, ``"-inf"``), duration_s, offset_s — one per
@@ -29,11 +30,15 @@ import socket
 import struct
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bridge.errors import SinkError
 from bridge.events import Arrangement, StepEvents
+
+if TYPE_CHECKING:
+    from bridge.ticks import Tick
 
 log = logging.getLogger("bridge")
 
@@ -56,7 +61,7 @@ _NTP_EPOCH_OFFSET_S = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _RESERVED = set(" #*,?[]{}")  # characters an OSC address part may not hold
 _BUNDLE_HEAD = b"#bundle\x00"
-_STEP_TAIL = struct.Struct(">ifffif")
+_STEP_TAIL = struct.Struct(">ifffifii")
 _LAYER_TAIL = np.dtype([("norm", ">f4"), ("value", ">f4"), ("frequency_hz", ">f4"), ("midi_note", ">i4"),
                         ("velocity", ">i4"), ("amplitude", ">f4"), ("pan", ">f4"), ("duration_s", ">f4"),
                         ("offset_s", ">f4")])
@@ -159,7 +164,7 @@ class OscSink:
         self._layer_heads: list[bytes] = []
         self._alarm_heads: list[bytes] = []
         self._spike_heads: list[bytes] = []
-        self._step_head = osc_string(prefix + "/step") + osc_string(",ifffif")
+        self._step_head = osc_string(prefix + "/step") + osc_string(",ifffifii")
         self._warned = False
         self.sent = 0
         self.dropped = 0
@@ -206,10 +211,18 @@ class OscSink:
 
     def send(self, events: StepEvents) -> None:
         """Send one step as one bundle (several when it exceeds ``MAX_BUNDLE_BYTES``); never blocks."""
+        self._send(events, events.step, events.step, time.time())
+
+    def send_tick(self, tick: Tick) -> None:
+        """Send a live clock's tick like a step, its ``/step`` carrying the first and last step it stands for."""
+        self._send(tick.events, tick.first_step, tick.last_step, time.time() + (tick.due_s - time.monotonic()))
+
+    def _send(self, events: StepEvents, first_step: int, last_step: int, at_s: float) -> None:
         if self._socket is None:
             raise SinkError(f"OSC sink to {self.target} is not open: send() came before open() or after close()")
-        timetag = IMMEDIATELY if self._latency_s == 0 else seconds_to_timetag(time.time() + self._latency_s)
-        handed_on = [self._send_datagram(datagram) for datagram in pack_bundles(self._encode(events), timetag)]
+        timetag = IMMEDIATELY if self._latency_s == 0 else seconds_to_timetag(at_s + self._latency_s)
+        messages = self._encode(events, first_step, last_step)
+        handed_on = [self._send_datagram(datagram) for datagram in pack_bundles(messages, timetag)]
         if not all(handed_on):
             self.dropped += 1
 
@@ -225,7 +238,7 @@ class OscSink:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _encode(self, events: StepEvents) -> list[bytes]:
+    def _encode(self, events: StepEvents, first_step: int, last_step: int) -> list[bytes]:
         """The step's OSC messages, in sending order: step, layers, alarms, spikes, norms (float64 → float32
         here)."""
         raw = np.asarray(events.norms, dtype=np.float64)
@@ -244,8 +257,8 @@ class OscSink:
             tails["offset_s"] = notes.start_s - events.start_s
             step_values = np.array([events.loss, events.lr, events.start_s, events.duration_s]).astype(np.float32)
         loss, lr, start_s, duration_s = (float(v) for v in step_values)
-        step = min(max(events.step, _INT32_MIN), _INT32_MAX)
-        messages = [self._step_head + _STEP_TAIL.pack(step, loss, lr, start_s, norms.size, duration_s)]
+        step, first, last = (min(max(s, _INT32_MIN), _INT32_MAX) for s in (events.step, first_step, last_step))
+        messages = [self._step_head + _STEP_TAIL.pack(step, loss, lr, start_s, norms.size, duration_s, first, last)]
         tail_bytes = tails.tobytes()
         width = _LAYER_TAIL.itemsize
         messages += [self._layer_heads[layer] + tail_bytes[k * width:(k + 1) * width]

@@ -177,21 +177,23 @@
      "id": "obj-8",
      "maxclass": "newobj",
      "numinlets": 1,
-     "numoutlets": 6,
+     "numoutlets": 8,
      "patching_rect": [
       560,
       260,
-      130,
+      160,
       22.0
      ],
-     "text": "unpack i f f f i f",
+     "text": "unpack i f f f i f i i",
      "outlettype": [
       "int",
       "float",
       "float",
       "float",
       "int",
-      "float"
+      "float",
+      "int",
+      "int"
      ]
     }
    },

@@ -1,0 +1,64 @@
+"""MIDI clock out: 24 pulses a quarter note on the live clock's grid, Song Position and Start, then Stop.
+
+The pulses are written by a MIDI port's scheduler thread (``bridge.sinks.midi_port``), which does nothing
+but write timed messages: pulse ``n`` falls at beat ``first_beat + n / 24`` of the grid
+(``bridge.beatgrid``), an absolute deadline recomputed from the grid at each pulse, so a late wake-up
+delays one pulse and moves none after it, and a tempo change (Ableton Link) bends the pulses with it. A
+sixteenth-note step of the live clock falls on every sixth pulse, and its note-ons are written right after
+that pulse.
+
+``MidiPortSink(clock=True)`` sends it on the live MIDI port beside the notes;
+``bridge.sinks.midi_clock_port.MidiClockPort`` on a port of its own (``--midi-clock PORT``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from bridge.beatgrid import PULSES_PER_BEAT, Grid
+
+#: MIDI real-time and system common messages.
+CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
+CLOCK_PULSE = (CLOCK,)
+#: Sent when the clock starts: Song Position Pointer 0 (the start of the song), then Start.
+START_BYTES = ((SONG_POSITION, 0, 0), (START,))
+#: A pulse written later than this after its moment counts as late, seconds.
+LATE_PULSE_S = 0.001
+
+
+class PulseTrain:
+    """When each MIDI clock pulse falls on ``grid``, from its first beat on; ``take_due`` counts them out."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.first_beat = grid.first_beat()
+        self.running = True
+        self.sent = 0  # pulses taken so far
+        self.late = 0  # of them, taken later than LATE_PULSE_S after their moment
+        self.max_late_s = 0.0
+
+    def next_due(self) -> float:
+        """When the next pulse falls, ``time.monotonic()`` seconds (infinity once stopped)."""
+        if not self.running:
+            return math.inf
+        return self.grid.time_of_beat(self.first_beat + self.sent / PULSES_PER_BEAT)
+
+    def take_due(self, now_s: float) -> int:
+        """How many pulses are due at ``now_s`` (normally 0 or 1), counted as sent."""
+        count = 0
+        while self.running:
+            due = self.next_due()
+            if due > now_s:
+                break
+            late = now_s - due
+            if late > LATE_PULSE_S:
+                self.late += 1
+                self.max_late_s = max(self.max_late_s, late)
+            self.sent += 1
+            count += 1
+        return count
+
+
+def pulse_times(grid: Grid, count: int) -> list[float]:
+    """When the first ``count`` pulses fall on ``grid``, ``time.monotonic()`` seconds."""
+    return [grid.time_of_beat(grid.first_beat() + n / PULSES_PER_BEAT) for n in range(count)]
