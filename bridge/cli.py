@@ -197,18 +197,18 @@ def cmd_follow(args: argparse.Namespace) -> int:
                               "or --midi-file FILE")
     if args.run != "-":
         spec.check_paths(inputs=[("run", args.run)])
-    stop = threading.Event()
-    stop_on_signals(stop)
+    stop, signals = threading.Event(), []
+    stop_on_signals(stop, signals)
     tail = open_tail(args.run, from_start=args.from_start, stop=stop)
     if tail is None:
-        return 130
+        return 128 + signals[0] if signals else 130
     mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
     outputs = open_outputs(spec, mapping, tail.info)
     where = "from its start" if args.from_start or args.run == "-" else "from now"
     print(f"gradbridge: following {tail.where} {where}: {outputs.arrangement.description}", file=sys.stderr)
     report = Follower(tail, outputs, stop=stop).run()
     print(f"gradbridge: {report.reason}; {report.stats.summary()}", file=sys.stderr)
-    return 130 if stop.is_set() else 0
+    return 128 + signals[0] if signals else 0  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 def cmd_ports(args: argparse.Namespace) -> int:

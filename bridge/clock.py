@@ -121,7 +121,8 @@ class TempoClock:
         """Stopping: the last gathered steps sound on the next step when it is near, else at once."""
         if not self.gatherer.pending:
             return
-        if plan is None or plan.due_s - now > _FINAL_STEPS * max(plan.length_s, 0.0):
+        planned = plan is not None and plan.due_s - now <= _FINAL_STEPS * max(plan.length_s, 0.0)
+        if not planned:
             plan = Plan(self._last_step + 1 if self._last_step is not None else 0, now + self.lead_s,
                         plan.length_s if plan is not None else self.gatherer.arrangement.seconds_per_step)
         wait_s = plan.due_s - self.lead_s - time.monotonic()
@@ -130,16 +131,18 @@ class TempoClock:
             self._wake.clear()
             wait_s = plan.due_s - self.lead_s - time.monotonic()
         if not self._abort:
-            self._sound(plan)
+            self._sound(plan, planned)
 
-    def _sound(self, plan: Plan) -> None:
-        """Make the tick of ``plan`` from what was gathered and hand it out (silent when nothing was)."""
+    def _sound(self, plan: Plan, planned: bool = True) -> None:
+        """Make the tick of ``plan`` from what was gathered and hand it out (silent when nothing was);
+        ``planned``: the plan is the source's (else one made up at the end, when the source has none)."""
         steps = 1 if self._last_step is None else max(plan.step - self._last_step, 1)
         start_s = self._music_s + (steps - 1) * plan.length_s
         self._music_s = start_s + plan.length_s
         self._last_step = plan.step
         taken = self.gatherer.take(start_s=start_s, duration_s=plan.length_s)
-        self.source.done(plan.step)
+        if planned:
+            self.source.done(plan.step)
         if taken is None:
             self.silent += 1
             return

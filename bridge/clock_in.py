@@ -10,7 +10,9 @@ DAW's own pulse.
 When the DAW stops (Stop, or its pulses simply cease), no step comes: gradbridge goes quiet and keeps
 gathering the steps training makes; the first tick after Start or Continue sounds them all (their alarms
 and spikes included), as does the end of the run. Pulses that arrive while stopped only update the tempo.
-Start begins again at step 0; Song Position moves the next step to that place of the song.
+Start begins again at step 0; Song Position moves the next step to that place of the song. Joining a clock
+already going (pulses before any Start, Continue or Stop), gradbridge counts the song from the first pulse
+it hears.
 
 Arrival times come from the MIDI API's own timestamps (their sum anchored to ``time.monotonic()`` by the
 earliest arrival seen), so a message that waited for Python's interpreter lock does not shift the grid.
@@ -26,7 +28,7 @@ import time
 
 import rtmidi
 
-from bridge.beatgrid import PULSES_PER_BEAT, Plan
+from bridge.beatgrid import PULSES_PER_BEAT, Plan, check_tempo
 from bridge.errors import SinkError
 from bridge.sinks.midi_clock import CLOCK, CONTINUE, SONG_POSITION, START, STOP
 from bridge.sinks.midi_system import API_LABELS, RTMIDI_APIS, check_api, match_port, resolve_api, stack_error
@@ -44,20 +46,23 @@ class ClockInSteps:
         port: the sending program's MIDI output (as this machine's MIDI inputs list it), exactly or a unique
             case-insensitive part of its name.
         beats_per_step: the preset's step length in beats (a sixteenth note: 0.25).
+        tempo_bpm: the tempo a step lasts until the incoming one is known (two pulses), beats per minute.
         api: ``"alsa"``, ``"jack"``, ``"coremidi"``, ``"winmm"`` or ``None`` (the platform's own).
         client_name: the MIDI client's name as other programs see it.
     """
 
-    def __init__(self, port: str, beats_per_step: float, *, api: str | None = None,
+    def __init__(self, port: str, beats_per_step: float, *, tempo_bpm: float = 120.0, api: str | None = None,
                  client_name: str = "gradbridge-clock-in") -> None:
         if not isinstance(port, str) or not port.strip():
             raise TypeError(f"clock_in must name a MIDI port (a non-empty str), got {port!r}")
         if not (isinstance(beats_per_step, (int, float)) and 0.0 < beats_per_step <= 64.0):
             raise ValueError(f"beats_per_step must be a number of beats above 0 and at most 64, got {beats_per_step!r}")
         self.pulses_per_step = PULSES_PER_BEAT * float(beats_per_step)
+        self._default_pulse_s = 60.0 / check_tempo(tempo_bpm) / PULSES_PER_BEAT
         self._lock = threading.Lock()
         self._wake: threading.Event | None = None
         self.running = False
+        self._told = False  # whether Start, Continue or Stop came yet: before, pulses mean a clock already going
         self._position = -1  # song position of the last pulse, in pulses (-1: the next pulse is the song's start)
         self._last_pulse_s: float | None = None
         self._intervals: collections.deque[float] = collections.deque(maxlen=TEMPO_WINDOW)
@@ -95,19 +100,20 @@ class ClockInSteps:
 
     def upcoming(self, now_s: float) -> Plan | None:
         with self._lock:
-            if not self.running or self._last_pulse_s is None or not self._intervals:
+            if not self.running or self._last_pulse_s is None:
                 return None
-            interval = sum(self._intervals) / len(self._intervals)
+            interval = sum(self._intervals) / len(self._intervals) if self._intervals else None
             position, pps = self._position, self.pulses_per_step
             if (self._next_step + 1) * pps <= position:  # fell behind by a whole step: go on from the next
                 ahead = math.ceil(position / pps - 1e-9)
                 self.skipped += ahead - self._next_step
                 self._next_step = ahead
             boundary = self._next_step * pps
-            if math.ceil(boundary - 1e-9) - 1 > position:  # the pulse before it has not come yet
-                return None
-            due = self._last_pulse_s + (boundary - position) * interval
-            return Plan(self._next_step, due, pps * interval)
+            if position < boundary and (interval is None or math.ceil(boundary - 1e-9) - 1 > position):
+                return None  # the pulse before the step has not come yet (or no tempo is known to place it)
+            pulse_s = interval if interval is not None else self._default_pulse_s  # known once 2 pulses came
+            due = self._last_pulse_s + (boundary - position) * pulse_s
+            return Plan(self._next_step, due, pps * pulse_s)
 
     def done(self, step: int) -> None:
         with self._lock:
@@ -151,20 +157,22 @@ class ClockInSteps:
                 self._intervals.append(at_s - self._last_pulse_s)
             self._last_pulse_s = at_s
             self.pulses += 1
+            if not self._told and not self.running:  # joined a clock already going: sixteenths from here
+                self.running = True
             if self.running:
                 self._position += 1
         elif status == START:
-            self.running, self._position, self._next_step = True, -1, 0
+            self.running, self._position, self._next_step, self._told = True, -1, 0, True
             self.starts += 1
             if self._last_pulse_s is not None and self._intervals and \
                     at_s - self._last_pulse_s > 4 * max(self._intervals):  # no pulse lately: wait for fresh ones
                 self._last_pulse_s = None
                 self._intervals.clear()
         elif status == CONTINUE:
-            self.running = True
+            self.running = self._told = True
             self._next_step = math.ceil((self._position + 1) / self.pulses_per_step - 1e-9)
         elif status == STOP:
-            self.running = False
+            self.running, self._told = False, True
             self.stops += 1
         elif status == SONG_POSITION and len(message) >= 3:  # in sixteenth notes (six pulses each)
             self._position = (message[1] | message[2] << 7) * 6 - 1

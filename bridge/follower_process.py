@@ -55,11 +55,14 @@ def _pipe_ended(fd: int) -> bool:
         return True
 
 
-def stop_on_signals(stop: threading.Event) -> None:
+def stop_on_signals(stop: threading.Event, received: list[int] | None = None) -> None:
     """SIGTERM and SIGINT set ``stop`` (deliver what the log holds, then finish); a second one raises
-    ``KeyboardInterrupt`` (finish the files with what they have, at once)."""
+    ``KeyboardInterrupt`` (finish the files with what they have, at once). ``received`` gets each signal's
+    number."""
 
     def handler(signum: int, frame: object) -> None:
+        if received is not None:
+            received.append(signum)
         if stop.is_set():
             raise KeyboardInterrupt
         log.info("signal %d: delivering what the run log holds, then finishing", signum)

@@ -199,7 +199,7 @@ def build_live(preset: Preset, layer_names: Sequence[str], sinks: Sequence[Sink]
     if settings.clock_in is not None:
         from bridge.clock_in import ClockInSteps
 
-        source = ClockInSteps(settings.clock_in, per_step, api=settings.midi_api)
+        source = ClockInSteps(settings.clock_in, per_step, tempo_bpm=preset.tempo_bpm, api=settings.midi_api)
     elif settings.link:
         from bridge.link import LinkGrid
 
