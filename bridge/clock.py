@@ -36,6 +36,10 @@ LEAD_S = 0.010
 LATE_S = 0.002
 #: Frames waiting to be mapped that wake the clock's thread to map them before the tick (bounds its work).
 ABSORB_AT = 256
+#: Between ticks the clock's thread maps what arrived about this often, seconds, so that little is left to map
+#: when a tick is prepared; never closer than ``_ABSORB_MARGIN_S`` to the moment it prepares one.
+ABSORB_EVERY_S = 0.02
+_ABSORB_MARGIN_S = 0.003
 _IDLE_S = 0.25  # longest wait with no step planned (a stopped incoming clock), seconds
 _FINAL_STEPS = 4  # at stop, the last gathered steps wait at most this many steps for their tick
 _JOIN_S = 10.0
@@ -109,8 +113,9 @@ class TempoClock:
                 wait_s = _IDLE_S if plan is None else plan.due_s - self.lead_s - now
                 if wait_s <= 0 and plan is not None:
                     self._sound(plan)
-                elif self.gatherer.waiting >= ABSORB_AT:
+                elif self.gatherer.waiting and wait_s > _ABSORB_MARGIN_S:
                     self.gatherer.absorb()
+                    self._wake.wait(min(wait_s - _ABSORB_MARGIN_S, ABSORB_EVERY_S))
                 else:
                     self._wake.wait(min(wait_s, _IDLE_S))
         except Exception as exc:  # reported by the live side at close; the files go on regardless

@@ -15,6 +15,7 @@ Stop goes out) and the incoming clock or Link session; then each sink closes.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,8 +32,11 @@ log = logging.getLogger("bridge")
 
 #: The name of the consumer that feeds the clock (it shows in the closing summary).
 CLOCK_NAME = "live clock"
-#: From the outputs' opening to the first beat: MIDI Start goes out at once, the first pulse this much later.
-START_LEAD_S = 0.05
+#: From the outputs' opening to the first beat (the first MIDI clock pulse; Start goes out a pulse before).
+START_LEAD_S = 0.2
+#: Python's thread switch interval while a tempo clock or MIDI clock runs, seconds (Python's default: 0.005):
+#: the clock's thread waits at most about this long for the interpreter lock when it wakes for a step.
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ def build_live(preset: Preset, layer_names: Sequence[str], sinks: Sequence[Sink]
     else:
         clock = FreeClock(gatherer, rate, [o.deliver for o in outputs])
     side = LiveSide(clock, outputs, clocked if grid is not None else [], closers)
+    if isinstance(clock, TempoClock) or (clocked and grid is not None):
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     if isinstance(grid, BeatGrid):
         side._origin_s = grid.origin_s
     try:

@@ -99,14 +99,23 @@ class _Gathering:
         self.count = 0
 
     def add(self, events: list[StepEvents]) -> None:
-        rows = len(events)
+        rows, layers = len(events), self.layers
         norms = np.stack([np.asarray(e.norms, dtype=np.float64) for e in events])
-        attributes = {key: np.full((rows, self.layers), np.nan) for key in self.attributes}
-        for row, step in enumerate(events):
-            notes, where = step.notes, step.notes.layer
-            for key in _NOTE_FIELDS:
-                attributes[key][row, where] = getattr(notes, key)
-            attributes["offset_s"][row, where] = notes.start_s - step.start_s
+        if all(len(e.notes) == layers for e in events):  # every layer sounds in every step: the usual case
+            attributes = {key: np.stack([getattr(e.notes, key) for e in events]).astype(np.float64)
+                          for key in _NOTE_FIELDS}
+            attributes["offset_s"] = np.stack([e.notes.start_s for e in events]) - \
+                np.array([e.start_s for e in events])[:, np.newaxis]
+        else:
+            attributes = {key: np.full((rows, layers), np.nan) for key in self.attributes}
+            for row, step in enumerate(events):
+                notes, where = step.notes, step.notes.layer
+                for key in _NOTE_FIELDS:
+                    attributes[key][row, where] = getattr(notes, key)
+                attributes["offset_s"][row, where] = notes.start_s - step.start_s
+        for step in events:
+            if not step.alarms and not step.spikes:
+                continue
             for alarm in step.alarms:
                 if alarm.layer not in self.alarms:
                     self.alarms[alarm.layer] = (alarm, alarm.start_s - step.start_s, float(step.norms[alarm.layer]))
@@ -159,9 +168,11 @@ class TickGatherer:
         self.mapping = Mapping(preset)
         self.arrangement: Arrangement = self.mapping.arrange(tuple(layer_names))
         self._layers = len(self.arrangement.voices)
-        warm = Mapping(preset)  # a throwaway first mapping, so the first tick is not slowed by NumPy's first calls
+        warm = Mapping(preset)  # a throwaway first tick, so that the first real one is not slowed by first calls
         warm.arrange(tuple(layer_names))
-        _Gathering(self._layers).add(warm.map_frames([Frame(0, 0.0, np.ones(self._layers))]))
+        warming = _Gathering(self._layers)
+        warming.add(warm.map_frames([Frame(0, 0.0, np.ones(self._layers)), Frame(1, 0.0, np.full(self._layers, 2.0))]))
+        self._merge(warming, warming.last, 0.0, self.arrangement.seconds_per_step)  # type: ignore[arg-type]
         self._lock = threading.Lock()
         self._arrived: list[Frame] = []
         self._gathering = _Gathering(self._layers)
@@ -215,26 +226,32 @@ class TickGatherer:
         self._gathering, self._single = _Gathering(self._layers), None
         if single is not None and start_s is None and duration_s is None:
             return single, single.step, single.step, 1  # one step as it is: the free clock's usual case
-        step_s = self.arrangement.seconds_per_step
         last = gathering.last
         start = last.start_s if start_s is None else float(start_s)
-        length = step_s if duration_s is None else float(duration_s)
+        length = self.arrangement.seconds_per_step if duration_s is None else float(duration_s)
+        return self._merge(gathering, last, start, length), gathering.first_step, last.step, gathering.count
+
+    def _merge(self, gathering: _Gathering, last: StepEvents, start: float, length: float) -> StepEvents:
+        """The gathered steps (``last`` the latest) as one step's events at musical time ``start``, ``length``
+        seconds long."""
+        step_s = self.arrangement.seconds_per_step
         scale = length / step_s if step_s > 0 else 1.0
         norms, attributes = gathering.matrices()
         pick = self._pick(norms, np.isfinite(norms), gathering)
         columns = np.arange(self._layers)
         chosen = {key: values[pick, columns] for key, values in attributes.items()}
         out_norms = norms[pick, columns]
+        alarmed = np.zeros(self._layers, dtype=bool)
         alarms = []
         for layer in sorted(gathering.alarms):
             alarm, offset_s, norm = gathering.alarms[layer]
-            out_norms[layer] = norm
+            out_norms[layer], alarmed[layer] = norm, True
             alarms.append(dataclasses.replace(alarm, start_s=start + offset_s * scale,
                                               duration_s=alarm.duration_s * scale))
         spikes = tuple(dataclasses.replace(spike, start_s=start + offset_s * scale,
                                            duration_s=spike.duration_s * scale)
                        for spike, offset_s in (gathering.spikes[layer] for layer in sorted(gathering.spikes)))
-        sounding = np.setdiff1d(np.flatnonzero(np.isfinite(chosen["frequency_hz"])), sorted(gathering.alarms))
+        sounding = np.flatnonzero(np.isfinite(chosen["frequency_hz"]) & ~alarmed)
         notes = Notes(layer=sounding, start_s=start + chosen["offset_s"][sounding] * scale,
                       duration_s=chosen["duration_s"][sounding] * scale,
                       frequency_hz=chosen["frequency_hz"][sounding],
@@ -242,10 +259,8 @@ class TickGatherer:
                       velocity=chosen["velocity"][sounding].astype(np.int64),
                       amplitude=chosen["amplitude"][sounding], value=chosen["value"][sounding])
         loss = gathering.loss_max if self.aggregate == "max" else gathering.loss_sum / gathering.count
-        merged = StepEvents(step=last.step, start_s=start, duration_s=length, wall_time_s=last.wall_time_s,
-                            loss=loss, lr=last.lr, norms=out_norms, notes=notes, alarms=tuple(alarms),
-                            spikes=spikes)
-        return merged, gathering.first_step, last.step, gathering.count
+        return StepEvents(step=last.step, start_s=start, duration_s=length, wall_time_s=last.wall_time_s,
+                          loss=loss, lr=last.lr, norms=out_norms, notes=notes, alarms=tuple(alarms), spikes=spikes)
 
     def _pick(self, norms: np.ndarray, finite: np.ndarray, gathering: _Gathering) -> np.ndarray:
         """Per layer, the row whose note stands for the gathered steps (0 where no norm is finite)."""

@@ -20,7 +20,7 @@ from bridge.beatgrid import PULSES_PER_BEAT, Grid
 #: MIDI real-time and system common messages.
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 CLOCK_PULSE = (CLOCK,)
-#: Sent when the clock starts: Song Position Pointer 0 (the start of the song), then Start.
+#: Sent when the clock starts, a pulse before the first: Song Position Pointer 0 (the song's start), Start.
 START_BYTES = ((SONG_POSITION, 0, 0), (START,))
 #: A pulse written later than this after its moment counts as late, seconds.
 LATE_PULSE_S = 0.001
@@ -32,21 +32,27 @@ class PulseTrain:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.first_beat = grid.first_beat()
-        self.running = True
+        #: When Song Position and Start go out: a pulse's length before the first pulse, which marks beat 0.
+        self.start_s = grid.time_of_beat(self.first_beat - 1 / PULSES_PER_BEAT)
+        self.until_s = math.inf  # the last pulse goes out at or before this moment (``stop``)
+        self.stopped = False
         self.sent = 0  # pulses taken so far
         self.late = 0  # of them, taken later than LATE_PULSE_S after their moment
         self.max_late_s = 0.0
 
+    def stop(self, at_s: float) -> None:
+        """No pulse after ``at_s`` (``time.monotonic()`` seconds); those due until then still go out."""
+        self.until_s, self.stopped = at_s, True
+
     def next_due(self) -> float:
-        """When the next pulse falls, ``time.monotonic()`` seconds (infinity once stopped)."""
-        if not self.running:
-            return math.inf
-        return self.grid.time_of_beat(self.first_beat + self.sent / PULSES_PER_BEAT)
+        """When the next pulse falls, ``time.monotonic()`` seconds (infinity once there is none to come)."""
+        due = self.grid.time_of_beat(self.first_beat + self.sent / PULSES_PER_BEAT)
+        return due if due <= self.until_s else math.inf
 
     def take_due(self, now_s: float) -> int:
         """How many pulses are due at ``now_s`` (normally 0 or 1), counted as sent."""
         count = 0
-        while self.running:
+        while True:
             due = self.next_due()
             if due > now_s:
                 break

@@ -188,21 +188,25 @@ class MidiPortSink:
         self._schedule(tick.events, tick.due_s)
 
     def start_clock(self, grid: Grid) -> None:
-        """Send Song Position 0 and Start now, then MIDI clock on ``grid`` from its first beat on."""
+        """Send MIDI clock on ``grid``: Song Position 0 and Start a pulse before its first beat, then the pulses
+        from that beat on (the first marks it)."""
         self._check_usable()
+        pulses = PulseTrain(grid)
         with self._cond:
             for message in START_BYTES:
                 data = message[1] | message[2] << 8 if len(message) == 3 else 0
-                heapq.heappush(self._heap, (0.0, -1, next(self._seq), _RAW, len(message) - 1, message[0], data, 0))
-            self._pulses = PulseTrain(grid)
+                heapq.heappush(self._heap, (pulses.start_s, -1, next(self._seq), _RAW, len(message) - 1, message[0],
+                                            data, 0))
+            self._pulses = pulses
             self._cond.notify()
 
     def stop_clock(self) -> None:
-        """Stop the MIDI clock: no pulse after this, and Stop goes out (at close at the latest)."""
+        """Stop the MIDI clock: the pulses due by now still go out, then Stop (never before Start)."""
         with self._cond:
-            if self._pulses is not None and self._pulses.running:
-                self._pulses.running = False
-                heapq.heappush(self._heap, (0.0, -1, next(self._seq), _RAW, 0, STOP, 0, 0))
+            if self._pulses is not None and not self._pulses.stopped:
+                now = time.monotonic()
+                self._pulses.stop(now)
+                heapq.heappush(self._heap, (max(now, self._pulses.start_s), -1, next(self._seq), _RAW, 0, STOP, 0, 0))
                 self._cond.notify()
 
     @property
@@ -383,10 +387,12 @@ class MidiPortSink:
         try:
             if self._watch is None or not self._watch.gone.is_set():
                 now = time.monotonic()  # what was due already is written: the scheduler may not have woken yet
+                for _ in range(self._pulses.take_due(now) if self._pulses is not None else 0):
+                    self._write(CLOCK_PULSE)
                 while self._heap and self._heap[0][0] <= now:
                     self._play(heapq.heappop(self._heap))
-                if self._pulses is not None and self._pulses.running:
-                    self._pulses.running = False
+                if self._pulses is not None and not self._pulses.stopped:
+                    self._pulses.stop(now)
                     self._write((STOP,))
                 for channel, pitch in list(self._sounding):
                     self._note_off(channel, pitch)
