@@ -174,8 +174,15 @@ class LiveSide:
                 close()
 
     def summary(self) -> str:
-        """The clock's work, for the closing summary."""
-        return self.clock.summary()
+        """The clock's work (and the MIDI clock's), for the closing summary."""
+        parts = [self.clock.summary()]
+        for sink in self._clocked:
+            pulses = getattr(sink, "pulse_train", None)
+            if pulses is not None:
+                late = f", {pulses.late} written over 1 ms late (at most {pulses.max_late_s * 1000:.1f} ms)" \
+                    if pulses.late else ", none over 1 ms late"
+                parts.append(f"MIDI clock on {sink.name}: {pulses.sent} pulses{late}")
+        return "; ".join(parts)
 
     @property
     def origin_s(self) -> float | None:

@@ -17,7 +17,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "render.py", "runlog.py", "throughput.py", "latency.py", "plot.py"])
+@pytest.mark.parametrize("script", ["overhead.py", "render.py", "runlog.py", "throughput.py", "latency.py", "plot.py", "clock.py"])
 def test_quick_benchmark_checks_pass(script: str) -> None:
     run = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True,
                          timeout=600, cwd=BENCHMARKS.parent)

@@ -13,9 +13,13 @@ that pulse.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 from bridge.beatgrid import PULSES_PER_BEAT, Grid
+
+log = logging.getLogger("bridge")
 
 #: MIDI real-time and system common messages.
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
@@ -24,6 +28,23 @@ CLOCK_PULSE = (CLOCK,)
 START_BYTES = ((SONG_POSITION, 0, 0), (START,))
 #: A pulse written later than this after its moment counts as late, seconds.
 LATE_PULSE_S = 0.001
+#: SCHED_FIFO priority of a MIDI port's writer thread while it sends MIDI clock, where the system allows it:
+#: below JACK's own threads (10 and up), above every ordinary thread, training's included. The thread only
+#: wakes to write a few bytes at each message's moment.
+WRITER_PRIORITY = 5
+
+
+def writer_to_realtime() -> bool:
+    """Put the calling thread on SCHED_FIFO at ``WRITER_PRIORITY`` (Linux; where the system allows it, as it
+    does for JACK's clients). Returns whether it did; else the thread stays as it was."""
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_FIFO"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(WRITER_PRIORITY))  # 0: this thread, on Linux
+    except OSError as exc:  # not allowed here (no CAP_SYS_NICE or rtprio limit): ordinary scheduling
+        log.debug("the MIDI clock's writer keeps ordinary scheduling: %s", exc)
+        return False
+    return True
 
 
 class PulseTrain:

@@ -26,7 +26,7 @@ import rtmidi
 from bridge.beatgrid import Grid
 from bridge.errors import SinkError
 from bridge.events import MIDI_MODES, PERCUSSION_CHANNEL, Arrangement, StepEvents
-from bridge.sinks.midi_clock import CLOCK_PULSE, START_BYTES, STOP, PulseTrain
+from bridge.sinks.midi_clock import CLOCK_PULSE, START_BYTES, STOP, PulseTrain, writer_to_realtime
 from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
                                       resolve_api, stack_error)
 
@@ -210,9 +210,9 @@ class MidiPortSink:
                 self._cond.notify()
 
     @property
-    def pulses_sent(self) -> int:
-        """MIDI clock pulses written so far."""
-        return 0 if self._pulses is None else self._pulses.sent
+    def pulse_train(self) -> PulseTrain | None:
+        """The MIDI clock's pulses (how many were written, how many late), once ``start_clock`` was called."""
+        return self._pulses
 
     def _check_usable(self) -> None:
         if self._error is not None:
@@ -275,6 +275,8 @@ class MidiPortSink:
         """The scheduler thread: write each message (and MIDI clock pulse) when due; check the port every
         ``_CHECK_S``, between two messages more than ``_CHECK_S / 10`` apart."""
         try:
+            if self.wants_clock:
+                writer_to_realtime()
             next_check = time.monotonic() + _CHECK_S
             while True:
                 with self._cond:
