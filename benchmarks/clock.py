@@ -2,9 +2,14 @@
 
 Everything is read where a DAW would read it: ``jack_midi_dump -a`` on the JACK port gradbridge plays to,
 which prints each message with the frame stamp JACK gave it. JACK runs on the dummy driver at 48 kHz with
-8-frame periods (0.167 ms; ``--realtime`` where SCHED_FIFO is allowed): python-rtmidi hands JACK a message
-at the start of the next period, so the period is the resolution of every stamp, and 8 frames make a
-120 BPM pulse (20.833 ms, 1000 frames) a whole number of periods.
+40-frame periods (0.833 ms; ``--realtime`` where SCHED_FIFO is allowed): python-rtmidi hands JACK a message
+at the start of the next period, so the period is the resolution of every stamp, and 40 frames make a
+120 BPM pulse (20.833 ms, 1000 frames) a whole number of periods (8-frame periods, the power of two that
+does, made the dummy driver miss hundreds of periods on this machine). When the dummy driver misses
+periods its frame count falls behind real time, so the pulses are also received by a JACK MIDI input in
+this process that stamps them in real time (JACK's system clock): drift is judged on both. Pulses are
+numbered by the count the sender reports (JACK drops the messages of a period a client missed: a
+receiver then counts fewer, and the numbering falls back on the gaps).
 
 Phases, each with a receiver of its own:
 
@@ -13,8 +18,8 @@ Phases, each with a receiver of its own:
               at 120 BPM); layer b is NaN every 400 steps. Nothing else loads the machine.
 ``load``      a real training run, ``bridge.watch(model, optimizer, mapping="daw", midi=PORT, midi_clock=True)``
               on an MLP with torch on 2 threads, steps back to back, and beside it a data loader's stand-in
-              (NumPy on one thread): both cores busy; the follower process drives the port at its lower
-              priority, as it does for any watch.
+              (NumPy on one thread): both cores busy; the follower process drives the port, at its lower
+              priority as for any watch, its MIDI writer thread on SCHED_FIFO where the system allows it.
 ``free``      the baseline: the stand-in at 1000 steps/s on the free clock (``--clock free``: each step as it
               arrives, gradbridge's behaviour before the live clock).
 

@@ -67,8 +67,8 @@ class TempoClock:
         self._wake = threading.Event()
         self._stopping = self._abort = False
         self._thread = threading.Thread(target=self._run, name="gradbridge-clock", daemon=True)
-        self._music_s = 0.0
-        self._last_step: int | None = None
+        self._music_s = 0.0  # musical time of the step after the last one sounded: the clock starts at step 0
+        self._last_step = -1
         self.ticks = 0  # ticks that sounded something
         self.silent = 0  # steps with nothing new to sound
         self.late = 0  # ticks prepared after their moment
@@ -128,7 +128,7 @@ class TempoClock:
             return
         planned = plan is not None and plan.due_s - now <= _FINAL_STEPS * max(plan.length_s, 0.0)
         if not planned:
-            plan = Plan(self._last_step + 1 if self._last_step is not None else 0, now + self.lead_s,
+            plan = Plan(self._last_step + 1, now + self.lead_s,
                         plan.length_s if plan is not None else self.gatherer.arrangement.seconds_per_step)
         wait_s = plan.due_s - self.lead_s - time.monotonic()
         while wait_s > 0 and not self._abort:
@@ -141,7 +141,7 @@ class TempoClock:
     def _sound(self, plan: Plan, planned: bool = True) -> None:
         """Make the tick of ``plan`` from what was gathered and hand it out (silent when nothing was);
         ``planned``: the plan is the source's (else one made up at the end, when the source has none)."""
-        steps = 1 if self._last_step is None else max(plan.step - self._last_step, 1)
+        steps = max(plan.step - self._last_step, 1)  # a source that starts again (Start) goes on counting
         start_s = self._music_s + (steps - 1) * plan.length_s
         self._music_s = start_s + plan.length_s
         self._last_step = plan.step

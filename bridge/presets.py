@@ -17,11 +17,9 @@ A preset has four tables (every key optional; defaults below):
                clock (true: the live MIDI port also sends MIDI clock at tempo_bpm, with Start and Stop)
 ``[spike]``    detect, ratio, window, warmup: a spike alarm when a layer's norm exceeds ratio × the median
                of its norms over the window steps before (once it has warmup of them)
-``[live]``     clock ("tempo": live outputs sound one tick per step length, the aggregate of the steps that
-               arrived since the last; "free": each step as it arrives, thinned by every and max_fps),
-               every (sound every Nth step), max_fps (at most this many steps a second), aggregate
-               ("max" or "mean" of what falls between): for live outputs only. Without clock, a preset
-               that sets every or max_fps plays on the free clock, any other on the tempo clock
+``[live]``     clock ("tempo": a tick per step length, the steps since the last folded into it; "free": each
+               step as it arrives, thinned by every (every Nth step) and max_fps (at most this many a
+               second); setting one of those picks "free"), aggregate ("max" or "mean"): live outputs only
 ``[osc]``      latency_s (0: bundles play on arrival; > 0: timetag = send time + latency_s)
 
 Every mistake raises ``PresetError`` naming the file, the key, the bad value, what is allowed and the fix.
@@ -307,12 +305,10 @@ def parse_preset(data: dict[str, Any], source: str) -> Preset:
 
 def _check_live(preset: Preset, live: dict[str, Any], source: str) -> None:
     """``every`` and ``max_fps`` thin the free clock; the tempo clock has one tick per step length already."""
-    if preset.live_clock == "tempo":
-        for key in ("every", "max_fps"):
-            if key in live:
-                raise _fail(source, f"[live] {key}", 'applies only when clock = "free" (the tempo clock sounds '
-                            "one tick per step length, the steps between folded into it)",
-                            f'remove {key}, or set clock = "free"')
+    for key in ("every", "max_fps") if preset.live_clock == "tempo" else ():
+        if key in live:
+            raise _fail(source, f"[live] {key}", 'applies only when clock = "free" (the tempo clock sounds one tick '
+                        "per step length, the steps between folded into it)", f'remove {key}, or set clock = "free"')
 
 
 def _check_reference_and_spikes(preset: Preset, pitch: dict[str, Any], source: str) -> None:

@@ -13,9 +13,13 @@ that pulse.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import os
+import threading
+import time
 
 from bridge.beatgrid import PULSES_PER_BEAT, Grid
 
@@ -26,6 +30,8 @@ CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 CLOCK_PULSE = (CLOCK,)
 #: Sent when the clock starts, a pulse before the first: Song Position Pointer 0 (the song's start), Start.
 START_BYTES = ((SONG_POSITION, 0, 0), (START,))
+#: The kind of a MIDI port's scheduled item that is a system message (its data bytes packed in one int).
+RAW = 4
 #: A pulse written later than this after its moment counts as late, seconds.
 LATE_PULSE_S = 0.001
 #: SCHED_FIFO priority of a MIDI port's writer thread while it sends MIDI clock, where the system allows it:
@@ -89,3 +95,43 @@ class PulseTrain:
 def pulse_times(grid: Grid, count: int) -> list[float]:
     """When the first ``count`` pulses fall on ``grid``, ``time.monotonic()`` seconds."""
     return [grid.time_of_beat(grid.first_beat() + n / PULSES_PER_BEAT) for n in range(count)]
+
+
+class MidiClockWriter:
+    """The MIDI clock half of ``bridge.sinks.midi_port.MidiPortSink``: its scheduler thread writes the pulses
+    (``PulseTrain``) and the system messages queued here, each at its moment."""
+
+    _cond: threading.Condition
+    _heap: list[tuple[float, int, int, int, int, int, int, int]]
+    _seq: itertools.count[int]
+    _pulses: PulseTrain | None
+
+    def _check_usable(self) -> None:
+        raise NotImplementedError
+
+    def start_clock(self, grid: Grid) -> None:
+        """Send MIDI clock on ``grid``: Song Position 0 and Start a pulse before its first beat, then the pulses
+        from that beat on (the first marks it)."""
+        self._check_usable()
+        pulses = PulseTrain(grid)
+        with self._cond:
+            for message in START_BYTES:
+                data = message[1] | message[2] << 8 if len(message) == 3 else 0
+                heapq.heappush(self._heap, (pulses.start_s, -1, next(self._seq), RAW, len(message) - 1, message[0],
+                                            data, 0))
+            self._pulses = pulses
+            self._cond.notify()
+
+    def stop_clock(self) -> None:
+        """Stop the MIDI clock: the pulses due by now still go out, then Stop (never before Start)."""
+        with self._cond:
+            if self._pulses is not None and not self._pulses.stopped:
+                now = time.monotonic()
+                self._pulses.stop(now)
+                heapq.heappush(self._heap, (max(now, self._pulses.start_s), -1, next(self._seq), RAW, 0, STOP, 0, 0))
+                self._cond.notify()
+
+    @property
+    def pulse_train(self) -> PulseTrain | None:
+        """The MIDI clock's pulses (how many were written, how many late), once ``start_clock`` was called."""
+        return self._pulses

@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 
 import rtmidi
 
-from bridge.beatgrid import Grid
 from bridge.errors import SinkError
 from bridge.events import MIDI_MODES, PERCUSSION_CHANNEL, Arrangement, StepEvents
-from bridge.sinks.midi_clock import CLOCK_PULSE, START_BYTES, STOP, PulseTrain, writer_to_realtime
+from bridge.sinks.midi_clock import CLOCK_PULSE, RAW, STOP, MidiClockWriter, PulseTrain, writer_to_realtime
 from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
                                       resolve_api, stack_error)
 
@@ -44,7 +43,7 @@ _CHECK_S = 0.25  # how often the scheduler makes sure the port (and the JACK ser
 _SETTLE_PERIODS, _SETTLE_MIN_S, _SETTLE_MAX_S = 4, 0.05, 0.25  # JACK: let a new or closing connection settle
 _JOIN_S = 5.0
 _NOTE_S = (0.001, 3600.0)  # note lengths are clipped to this; > 0, so a note-off always follows its note-on
-_OFF, _ON, _CC, _BEND, _RAW = 0, 1, 2, 3, 4  # _RAW: a system message (status a, data bytes packed in b)
+_OFF, _ON, _CC, _BEND, _RAW = 0, 1, 2, 3, RAW  # _RAW: a system message (status a, data bytes packed in b)
 _Item = tuple[float, int, int, int, int, int, int, int]  # due (monotonic s), order, seq, kind, channel, a, b, note id
 
 
@@ -59,7 +58,7 @@ class MidiPortCounters:
     max_late_s: float = 0.0
 
 
-class MidiPortSink:
+class MidiPortSink(MidiClockWriter):
     """Plays each step live on a MIDI output port, one channel per layer (alarms on channel 10, index 9).
 
     A ``bridge.ticks.Tick`` (``send_tick``) sounds at its ``due_s``; a bare ``send`` sounds at once.
@@ -186,33 +185,6 @@ class MidiPortSink:
     def send_tick(self, tick: Tick) -> None:
         """Schedule a tick's messages at its moment (``tick.due_s``, ``time.monotonic()`` seconds)."""
         self._schedule(tick.events, tick.due_s)
-
-    def start_clock(self, grid: Grid) -> None:
-        """Send MIDI clock on ``grid``: Song Position 0 and Start a pulse before its first beat, then the pulses
-        from that beat on (the first marks it)."""
-        self._check_usable()
-        pulses = PulseTrain(grid)
-        with self._cond:
-            for message in START_BYTES:
-                data = message[1] | message[2] << 8 if len(message) == 3 else 0
-                heapq.heappush(self._heap, (pulses.start_s, -1, next(self._seq), _RAW, len(message) - 1, message[0],
-                                            data, 0))
-            self._pulses = pulses
-            self._cond.notify()
-
-    def stop_clock(self) -> None:
-        """Stop the MIDI clock: the pulses due by now still go out, then Stop (never before Start)."""
-        with self._cond:
-            if self._pulses is not None and not self._pulses.stopped:
-                now = time.monotonic()
-                self._pulses.stop(now)
-                heapq.heappush(self._heap, (max(now, self._pulses.start_s), -1, next(self._seq), _RAW, 0, STOP, 0, 0))
-                self._cond.notify()
-
-    @property
-    def pulse_train(self) -> PulseTrain | None:
-        """The MIDI clock's pulses (how many were written, how many late), once ``start_clock`` was called."""
-        return self._pulses
 
     def _check_usable(self) -> None:
         if self._error is not None:
