@@ -67,7 +67,7 @@ class Plan:
 
 
 FULL = Plan(standin_s=15.0, load_s=60.0, free_s=5.0, width=256)
-QUICK = Plan(standin_s=3.0, load_s=4.0, free_s=1.5, width=64)
+QUICK = Plan(standin_s=2.0, load_s=3.0, free_s=1.0, width=64)
 
 STANDIN = r"""
 import math, sys, time

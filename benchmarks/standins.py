@@ -42,6 +42,8 @@ waveforms = ["sine", "saw"]
 attack_s = 0.0
 release_s = 0.0
 max_frequency_hz = 3900.0
+[live]
+clock = "free"  # every step to every live output as it arrives: the heaviest load, which this measures
 """
 STEP_SAMPLES = 16  # 0.002 s at 8000 Hz
 #: A NaN in layer 0 at every step ``NAN_EVERY - 1`` (mod ``NAN_EVERY``), an Inf in layer 1 likewise.

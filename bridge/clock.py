@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bridge.beatgrid import Plan, StepSource
+from bridge.events import StepEvents
 from bridge.frames import Frame
 from bridge.rate import RateControl
 from bridge.ticks import Tick, TickGatherer
@@ -55,7 +56,7 @@ class TempoClock:
         source: when each step falls.
         ahead: called with each tick ``lead_s`` before its moment (outputs that schedule).
         on_time: called with each tick at its moment (the other outputs).
-        lead_s: seconds between preparing a tick and its moment.
+        lead_s: seconds between preparing a tick and its moment (at most half a step).
     """
 
     def __init__(self, gatherer: TickGatherer, source: StepSource, ahead: Sequence[Deliver],
@@ -110,7 +111,7 @@ class TempoClock:
                 if self._stopping:
                     self._finish(plan, now)
                     return
-                wait_s = _IDLE_S if plan is None else plan.due_s - self.lead_s - now
+                wait_s = _IDLE_S if plan is None else plan.due_s - self._lead(plan) - now
                 if wait_s <= 0 and plan is not None:
                     self._sound(plan)
                 elif self.gatherer.waiting and wait_s > _ABSORB_MARGIN_S:
@@ -130,13 +131,17 @@ class TempoClock:
         if not planned:
             plan = Plan(self._last_step + 1, now + self.lead_s,
                         plan.length_s if plan is not None else self.gatherer.arrangement.seconds_per_step)
-        wait_s = plan.due_s - self.lead_s - time.monotonic()
+        wait_s = plan.due_s - self._lead(plan) - time.monotonic()
         while wait_s > 0 and not self._abort:
             self._wake.wait(wait_s)
             self._wake.clear()
-            wait_s = plan.due_s - self.lead_s - time.monotonic()
+            wait_s = plan.due_s - self._lead(plan) - time.monotonic()
         if not self._abort:
             self._sound(plan, planned)
+
+    def _lead(self, plan: Plan) -> float:
+        """How long before ``plan``'s moment its tick is prepared: ``lead_s``, or half a step when shorter."""
+        return min(self.lead_s, max(plan.length_s, 0.0) / 2)
 
     def _sound(self, plan: Plan, planned: bool = True) -> None:
         """Make the tick of ``plan`` from what was gathered and hand it out (silent when nothing was);
@@ -190,7 +195,12 @@ class FreeClock:
 
     def offer(self, frame: Frame) -> None:
         """A new frame: sound it (with those held back) now if the rate control lets it through."""
-        self.gatherer.add(frame)
+        gatherer = self.gatherer
+        if self.rate.passes_everything and not gatherer.pending:  # each step as it is: no gathering at all
+            gatherer.frames_in += 1
+            self._tick(gatherer.mapping.map_frame(frame), frame.step, frame.step, 1)
+            return
+        gatherer.add(frame)
         if self.rate.arrived():
             self._sound()
 
@@ -201,9 +211,10 @@ class FreeClock:
 
     def _sound(self) -> None:
         taken = self.gatherer.take()
-        if taken is None:
-            return
-        events, first, last, count = taken
+        if taken is not None:
+            self._tick(*taken)
+
+    def _tick(self, events: StepEvents, first: int, last: int, count: int) -> None:
         tick = Tick(events, first, last, count, self.ticks, time.monotonic())
         self.ticks += 1
         for deliver in self._deliver:

@@ -43,7 +43,10 @@ def describe(preset: Preset, layer_count: int | None = None, layer_names: Sequen
         sentences.append(f"MIDI: each layer's channel sends 14-bit controller {p.cc}/{p.cc + 32} following the norm.")
     elif p.midi_mode == "pitchbend":
         sentences.append("MIDI: each layer's channel sends pitch bend following the norm.")
-    if p.every > 1 or p.max_fps > 0:
+    if p.live_clock == "tempo":
+        sentences.append(f"Live outputs tick once a step ({p.seconds_per_step(layer_count or 1) * 1000:g} ms), each "
+                         f"tick the {p.aggregate} of the steps since the last; alarms always sound.")
+    elif p.every > 1 or p.max_fps > 0:
         limits = [f"every {p.every} steps"] if p.every > 1 else []
         limits += [f"at most {p.max_fps:g} steps a second"] if p.max_fps > 0 else []
         sentences.append(f"Live outputs sound {' and '.join(limits)}, the {p.aggregate} of the steps in between.")

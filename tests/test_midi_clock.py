@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.sinks.midi_system import describe_ports
 from tests.conftest import JACK_PERIOD, JACK_RATE, MidiDump
 from tests.test_follow import TIMEOUT_S, env, follow
 from tests.test_osc import Peer, READY, free_udp_port, need
@@ -181,6 +182,7 @@ def test_notes_follow_an_incoming_midi_clock_at_90_bpm(midi_dump: Callable[..., 
     training = None
     try:
         assert sender.stdout is not None and sender.stdout.readline() == "READY\n"
+        assert "gbsender:out" in describe_ports("jack").split("MIDI clock sources for --clock-in")[1]
         subprocess.run(["jack_connect", "gbsender:out", dump.port], check=True, timeout=10, env=env())
         run = tmp_path / "run.gbrun"
         training = writer(run, "daw", 1000.0, -1)

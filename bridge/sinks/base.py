@@ -11,9 +11,12 @@ from bridge.events import Arrangement, StepEvents
 class Sink(Protocol):
     """A destination for events: MIDI port, MIDI file, OSC, live synth, WAV.
 
-    The dispatcher calls ``open`` once, ``send`` for each step in step order, then ``close`` once, all
-    from the same thread. A sink raises ``bridge.errors.SinkError`` (or any exception) when it fails; the
-    dispatcher reports that once and keeps the other sinks going.
+    The dispatcher calls ``open`` once, ``send`` for each step in step order, then ``close`` once, never
+    two at a time: a file sink from the follower's thread, a live sink's ``send`` from the live clock's
+    thread (``bridge.live``; it must return quickly: every live output shares that thread), which has
+    stopped when ``close`` comes. A live sink may also take ``send_tick`` (``bridge.ticks.TickSink``). A
+    sink raises ``bridge.errors.SinkError`` (or any exception) when it fails; the dispatcher reports that
+    once and keeps the other sinks going.
     """
 
     name: str

@@ -116,10 +116,18 @@ def describe_ports(api: str | None = None) -> str:
         ports = list_output_ports(name)
     except SinkError as exc:
         return f"{exc}\n{built}"
+    try:  # other programs' outputs, which an incoming MIDI clock comes from (--clock-in)
+        sources = list(mido.Backend(MIDO_BACKENDS[name]).get_input_names())
+    except rtmidi.RtMidiError as exc:
+        log.debug("listing MIDI inputs: %s", exc)
+        sources = []
+    clock_in = ["MIDI clock sources for --clock-in (other programs' outputs):"] + \
+        [f"  {i}. {port}" for i, port in enumerate(sources, 1)] if sources else []
     if not ports:
-        return f"MIDI API: {API_LABELS[name]} {built}\nNo MIDI outputs on {API_LABELS[name]}. {NO_OUTPUTS_FIX}"
+        return "\n".join([f"MIDI API: {API_LABELS[name]} {built}",
+                          f"No MIDI outputs on {API_LABELS[name]}. {NO_OUTPUTS_FIX}", *clock_in])
     return "\n".join([f"MIDI API: {API_LABELS[name]} {built}", "MIDI outputs (pass a name, or a unique part of it):"]
-                     + [f"  {i}. {port}" for i, port in enumerate(ports, 1)])
+                     + [f"  {i}. {port}" for i, port in enumerate(ports, 1)] + clock_in)
 
 
 def match_port(wanted: str, ports: list[str], api: str) -> str:
