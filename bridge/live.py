@@ -41,14 +41,13 @@ SWITCH_INTERVAL_S = 0.0005
 
 @dataclass(frozen=True)
 class LiveSettings:
-    """How the live outputs keep time.
+    """How the live outputs keep time. (MIDI clock out is asked of the sinks themselves: a sink whose
+    ``wants_clock`` is True is told where the beats fall with ``start_clock(grid)``.)
 
     Attributes:
         clock: ``"tempo"`` (one tick per step length; the steps between aggregated) or ``"free"`` (each step
             as it arrives, thinned by ``rate``).
         rate: ``every`` and ``max_fps`` (free clock only) and the ``aggregate`` (both clocks).
-        midi_clock: the live MIDI port (``MidiPortSink(clock=True)``) or a port of its own sends MIDI clock;
-            here: whether any sink asked for it is told where the beats fall (they ask with ``start_clock``).
         clock_in: follow the MIDI clock arriving at this input port (a unique part of its name).
         midi_api: the MIDI API for ``clock_in`` (``None``: the platform's own).
         link: follow an Ableton Link session (tempo and beat phase; needs the ``link`` extra).

@@ -92,11 +92,6 @@ class PulseTrain:
         return count
 
 
-def pulse_times(grid: Grid, count: int) -> list[float]:
-    """When the first ``count`` pulses fall on ``grid``, ``time.monotonic()`` seconds."""
-    return [grid.time_of_beat(grid.first_beat() + n / PULSES_PER_BEAT) for n in range(count)]
-
-
 class MidiClockWriter:
     """The MIDI clock half of ``bridge.sinks.midi_port.MidiPortSink``: its scheduler thread writes the pulses
     (``PulseTrain``) and the system messages queued here, each at its moment."""
