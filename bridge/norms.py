@@ -289,7 +289,7 @@ class NormReader:
             except (RuntimeError, NotImplementedError, TypeError) as exc:
                 return self._inspected(group, exc)
             if group.repairable:  # a CPU group: no device to wait for
-                return torch.from_numpy(self.repair(norms.numpy()))
+                return torch.from_numpy(self._repaired(group, norms.numpy()))
             return norms
         return self._inspected(group, None)
 
@@ -352,6 +352,10 @@ class NormReader:
         group = self._only
         if group is None or not group.repairable:
             return norms
+        return self._repaired(group, norms)
+
+    @staticmethod
+    def _repaired(group: _Group, norms: np.ndarray) -> np.ndarray:
         low, high = FLOAT32_TRUSTED
         doubtful = np.flatnonzero((norms < low) | (norms >= high))
         if doubtful.size == 0:
