@@ -338,3 +338,11 @@ def test_a_vanishing_float32_gradient_reads_its_norm_not_zero() -> None:
     assert raw.tolist() == [0.0, 5.0]
     for path in all_paths(model):
         assert path == pytest.approx([2.0 * tiny, 5.0], rel=1e-12)
+
+
+def test_every_group_of_a_mixed_reader_reads_its_own_doubtful_norms_again() -> None:
+    # a float64 layer first, then a float32 one whose 1e20 elements overflow a float32 sum: two groups
+    element = float(np.float32(1e20))
+    model = nn.Sequential(linear([[3.0, 4.0]], dtype=torch.float64), linear([[1e20, 1e20]]))
+    for path in all_paths(model):
+        assert path == pytest.approx([5.0, element * math.sqrt(2.0)], rel=1e-12)
