@@ -1,5 +1,5 @@
 """The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``plot``, ``export``, ``replay``, ``follow``,
-``ports``, ``mappings``.
+``serve``, ``ports``, ``mappings``.
 
 ``render``, ``midi``, ``plot`` and ``export`` read a run log or a CSV of norms and never import torch.
 """
@@ -33,6 +33,8 @@ EPILOG = """examples:
   gradbridge replay demo.gbrun --midi "IAC Driver" --play          live, to a DAW and the speakers
   gradbridge follow run.gbrun --osc 127.0.0.1:57120   a run another process is writing, live from now
   ssh gpu-box cat run.gbrun | gradbridge follow - --play            a run on another machine
+  gradbridge serve run.gbrun --port 8765           a page that plays and plots the run, reachable through
+                                                   ssh -N -L 8765:127.0.0.1:8765 gpu-box
   gradbridge ports                                 MIDI outputs this machine has, and the MIDI API
   gradbridge mappings                              every preset, in plain words
 """
@@ -150,12 +152,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_spec(args: argparse.Namespace, **files: str | None) -> OutputSpec:
-    """The outputs asked for by the live options (``add_live_options``) and ``files``."""
+def _live_spec(args: argparse.Namespace, **more: object) -> OutputSpec:
+    """The outputs asked for by the live options (``add_live_options``) and ``more`` (files, the page)."""
     from bridge.outputs import OutputSpec
 
     return OutputSpec(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
-                      play=args.play, every=args.every, max_fps=args.max_fps, **files)
+                      play=args.play, every=args.every, max_fps=args.max_fps, **more)  # type: ignore[arg-type]
+
+
+def _announce_page(outputs: object) -> object:
+    """Print the page's address and how to reach it from another machine; the page output, or ``None``."""
+    from bridge.outputs import page_of
+    from bridge.serve import reach_hint
+
+    page = page_of(outputs)  # type: ignore[arg-type]
+    if page is not None:
+        print(f"gradbridge: serving {page.url}   ({reach_hint(page.url)})", file=sys.stderr, flush=True)
+    return page
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -187,11 +200,16 @@ def cmd_follow(args: argparse.Namespace) -> int:
     from bridge.outputs import open_outputs
     from bridge.tail import open_tail
 
-    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file)
+    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file, serve=args.serve, serve_host=args.host,
+                      serve_token=args.token)
     spec = dataclasses.replace(spec, wav_format=args.format)
     if not (spec.has_live or spec.has_files):
-        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --wav FILE "
-                              "or --midi-file FILE")
+        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --serve PORT, "
+                              "--wav FILE or --midi-file FILE")
+    if spec.serve is not None:
+        from bridge.serve import require_aiohttp
+
+        require_aiohttp()
     if args.run != "-":
         spec.check_paths(inputs=[("run", args.run)])
     stop = threading.Event()
@@ -200,12 +218,64 @@ def cmd_follow(args: argparse.Namespace) -> int:
     if tail is None:
         return 130
     mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
-    outputs = open_outputs(spec, mapping, tail.info)
+    outputs = open_outputs(spec, mapping, tail.info, run_name=Path(tail.where).name if args.run != "-" else "")
     where = "from its start" if args.from_start or args.run == "-" else "from now"
     print(f"gradbridge: following {tail.where} {where}: {outputs.arrangement.description}", file=sys.stderr)
+    _announce_page(outputs)
     report = Follower(tail, outputs, stop=stop).run()
-    print(f"gradbridge: {report.reason}; {report.stats.summary()}", file=sys.stderr)
+    print(f"gradbridge: {report.reason}; {_follow_summary(report)}", file=sys.stderr)
     return 130 if stop.is_set() else 0
+
+
+def _follow_summary(report: object) -> str:
+    """A follower's report in words, with how far behind the writer it was when the writer closed the log."""
+    summary = report.stats.summary()  # type: ignore[attr-defined]
+    if report.frames_written is not None and report.lag_frames < report.stats.frames_done:  # type: ignore[attr-defined]
+        summary += (f"; {report.lag_frames} frame(s) behind when the writer closed the log, "  # type: ignore[attr-defined]
+                    f"done {report.finish_s:.2f} s later")  # type: ignore[attr-defined]
+    return summary
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a web page that plays the run live (Web Audio), plots it (norms per layer, loss, learning rate,
+    alarms, what sounds) and routes it to Web MIDI, for a run being written or a finished one. The page gets
+    the run from its start for its plots and plays from the moment it is opened. Serves until Ctrl-C."""
+    import threading
+
+    from bridge.follower import Follower
+    from bridge.follower_process import stop_on_signals
+    from bridge.mapping import Mapping
+    from bridge.outputs import OutputSpec, open_outputs
+    from bridge.serve import require_aiohttp
+    from bridge.tail import open_tail
+
+    require_aiohttp()
+    spec = OutputSpec(serve=args.port, serve_host=args.host, serve_token=args.token, every=args.every,
+                      max_fps=args.max_fps)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    tail = open_tail(args.run, from_start=not args.from_now, stop=stop)
+    if tail is None:
+        return 130
+    mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
+    outputs = open_outputs(spec, mapping, tail.info, run_name=Path(tail.where).name if args.run != "-" else "")
+    if outputs.failed_to_open:
+        tail.close()
+        raise GradbridgeError("; ".join(outputs.failed_to_open.values()))
+    page = _announce_page(outputs)
+    print(f"gradbridge: {outputs.arrangement.description}", file=sys.stderr, flush=True)
+    page.linger = True  # type: ignore[attr-defined]
+    try:
+        report = Follower(tail, outputs, stop=stop).run()
+        interrupted = stop.is_set()
+        print(f"gradbridge: {report.reason}; {_follow_summary(report)}", file=sys.stderr, flush=True)
+        if not interrupted:
+            print("gradbridge: still serving the run; Ctrl-C to stop", file=sys.stderr, flush=True)
+            while not stop.wait(0.5):
+                pass
+    finally:
+        page.stop()  # type: ignore[attr-defined]
+    return 130 if interrupted else 0
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
@@ -229,6 +299,18 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--play", action="store_true", help="play through the speakers (needs PyAudio)")
     parser.add_argument("--every", type=int, default=None, help="live outputs sound every Nth step")
     parser.add_argument("--max-fps", type=float, default=None, help="live outputs sound at most this many steps a second")
+
+
+def add_serve_options(parser: argparse.ArgumentParser, port_flag: str, default: int | None = None) -> None:
+    """The page's options: its port (``--port`` or ``--serve``), ``--host`` and ``--token``."""
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument(port_flag, dest="serve" if port_flag == "--serve" else "port", metavar="PORT", type=int,
+                        default=default, help=f"serve the page on this TCP port{shown}; 0 picks a free one")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; reach it through an SSH "
+                             "tunnel); another address lets anyone who can reach it and has the token listen")
+    parser.add_argument("--token", default=None,
+                        help="the token every request needs (default: a fresh random one, printed in the address)")
 
 
 def cmd_mappings(args: argparse.Namespace) -> int:
@@ -348,7 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--midi-file", metavar="FILE", default=None, help="also write a Standard MIDI File")
     follow.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
     add_live_options(follow)
+    add_serve_options(follow, "--serve")
     follow.set_defaults(func=cmd_follow)
+
+    serve = verbs.add_parser("serve", help="serve a page that plays, plots and routes a run to Web MIDI, from anywhere "
+                                           "(needs aiohttp)", description=cmd_serve.__doc__ +
+                             ' Needs aiohttp: pip install "gradbridge[serve]".')
+    serve.add_argument("run", help="a run log (.gbrun), being written or finished, or - for one piped into "
+                                   "standard input")
+    serve.add_argument("-m", "--mapping", default=None,
+                       help="preset name or .toml path (default: the run's own preset, else pentatonic)")
+    serve.add_argument("--from-now", action="store_true",
+                       help="leave out the frames already in the log (default: the plots start at its first frame)")
+    serve.add_argument("--every", type=int, default=None, help="sound every Nth step")
+    serve.add_argument("--max-fps", type=float, default=None, help="sound at most this many steps a second")
+    add_serve_options(serve, "--port", default=8765)
+    serve.set_defaults(func=cmd_serve)
 
     ports = verbs.add_parser("ports", help="list MIDI outputs and the MIDI API in use", description=cmd_ports.__doc__)
     ports.add_argument("--api", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
