@@ -240,19 +240,21 @@ def test_web_midi_sends_the_midi_port_outputs_bytes(tmp_path: Path, page, midi_d
 
 
 def test_a_second_page_and_a_stalled_client_do_not_hold_up_the_first(tmp_path: Path, browser) -> None:  # type: ignore[no-untyped-def]
-    layers, steps = 128, 4000
+    layers, steps = 128, 8000  # 552 bytes a record, 4.4 MB: past the stalled client's 2 MiB and its buffers
     path = tmp_path / "run.gbrun"
     writer = RunLogWriter(path, RunInfo(tuple(f"l{i}" for i in range(layers)), {"mapping": "pentatonic"}))
     served = serve_run(path, linger=True)
-    served.page.server.max_client_bytes = 1 << 20
+    served.page.server.max_client_bytes = 2 << 20
     stalled = stalled_client(served.port, served.token)
     contexts = [browser.new_context(bypass_csp=True) for _ in range(2)]
     try:
         pages = [context.new_page() for context in contexts]
         for opened in pages:
             open_page(opened, served.port, served.token)
-        for step in range(steps):
+        for step in range(steps):  # about 5000 steps a second
             writer.append(Frame(step, time.time(), np.full(layers, 1.0 + step % 5)))
+            if step % 5 == 4:
+                time.sleep(0.001)
         writer.close()
         report = served.join()
         for opened in pages:
