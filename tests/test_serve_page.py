@@ -80,7 +80,6 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser):  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, bypass_csp=True)  # lets tests evaluate strings
-    context.grant_permissions(["midi"])  # as a listener who allowed it (headless, no device is there)
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
@@ -218,6 +217,7 @@ def test_web_midi_sends_the_midi_port_outputs_bytes(tmp_path: Path, page, midi_d
     page.add_init_script(STAND_IN_MIDI)
     page.goto(url)
     page.wait_for_function("window.gradbridge.stats.state === 'live'", timeout=WAIT_MS)
+    page.click("#midi-enable")
     page.wait_for_selector("#midi option[value='stand-in']", state="attached", timeout=WAIT_MS)
     page.select_option("#midi", "stand-in")
     page.click("#play")

@@ -9,25 +9,21 @@ Each page has its own queue, so a slow or stalled page never holds up the follow
   (close code 1013, "try again later"): it reconnects by itself and starts again from the history;
 - sound keeps only the latest ``SOUND_QUEUE`` steps (older ones were due already) and goes before frames.
 
-Every request, the WebSocket included, needs the token (``?token=...``, or ``Authorization: token ...``), on
-loopback too. Nothing a page sends is read beyond the WebSocket's own pings and close: the server is
-read-only.
+Every request, the WebSocket included, needs the token (``bridge.serve.routes``), on loopback too. Nothing a
+page sends is read beyond the WebSocket's own pings and close: the server is read-only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import json
 import logging
-import mimetypes
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -36,6 +32,7 @@ from bridge.errors import SinkError
 from bridge.serve import check_token, is_loopback, new_token
 from bridge.serve.history import FrameHistory, SoundHistory
 from bridge.serve.protocol import SOUND_PAST, frames_message
+from bridge.serve.routes import StaticFiles, token_check
 
 log = logging.getLogger("bridge")
 
@@ -120,7 +117,6 @@ class PageServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._static = _read_static()
         self._stopped = False
 
     @property
@@ -208,47 +204,17 @@ class PageServer:
     # -- the server's loop --------------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        app = web.Application(middlewares=[self._check_token], client_max_size=64 * 1024)
-        app.router.add_get("/", self._index)
+        app = web.Application(middlewares=[token_check(self.token)], client_max_size=64 * 1024)
+        files = StaticFiles(self.token)
+        app.router.add_get("/", files.index)
         app.router.add_get("/ws", self._websocket)
-        app.router.add_get("/static/{name}", self._static_file)
+        app.router.add_get("/static/{name}", files.file)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self._ticker = asyncio.get_running_loop().create_task(self._ticks())
-
-    @web.middleware
-    async def _check_token(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        given = request.query.get("token", "")
-        header = request.headers.get("Authorization", "")
-        if not given and header.lower().startswith("token "):
-            given = header[6:].strip()
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            return web.Response(status=403, text="gradbridge: this page needs the token that gradbridge printed "
-                                                 "with its address: open that whole address (?token=...)\n")
-        response: web.StreamResponse = await handler(request)
-        response.headers["Referrer-Policy"] = "no-referrer"  # the token is in the URL: never pass it on
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-
-    async def _index(self, request: web.Request) -> web.Response:
-        page = self._static["index.html"].decode("utf-8").replace("__TOKEN__", self.token)
-        return web.Response(text=page, content_type="text/html", headers={
-            "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-                                       "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'"})
-
-    async def _static_file(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        body = self._static.get(name)
-        if body is None or name == "index.html":
-            raise web.HTTPNotFound(text=f"no such file: {name}\n")
-        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if name.endswith(".js"):
-            kind = "text/javascript"
-        return web.Response(body=body, content_type=kind)
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False, heartbeat=HEARTBEAT_S, timeout=CLOSE_S, max_msg_size=4096)
@@ -409,12 +375,6 @@ async def _put(ws: web.WebSocketResponse, item: bytes | str) -> None:
         await ws.send_str(item)
     else:
         await ws.send_bytes(item)
-
-
-def _read_static() -> dict[str, bytes]:
-    """The page's files, shipped in the package (``bridge/serve/static``), by name."""
-    folder = resources.files("bridge.serve") / "static"
-    return {entry.name: entry.read_bytes() for entry in folder.iterdir() if entry.is_file()}
 
 
 __all__ = ["PageServer", "ServerStats", "check_token", "is_loopback", "new_token"]

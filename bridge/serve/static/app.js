@@ -7,14 +7,15 @@ window.gradbridge = window.gradbridge || {};
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
   GB.token = params.get('token') || '';
-  const NORMS_EVERY_MS = 250;
+  const NORMS_EVERY_MS = 250, ROLL_EVERY_MS = 100;
 
   const stats = GB.stats = {state: 'connecting', framesReceived: 0, soundReceived: 0, soundPlayed: 0,
                             connections: 0, lastLagS: NaN, lags: [], animationFrames: 0, longTasks: 0,
-                            longTaskMs: 0, ended: false, serverFrames: 0};
+                            longTaskMs: 0, ended: false, serverFrames: 0, normsDraws: 0, normsDrawMs: 0,
+                            rollDrawMs: 0, decodeMs: 0};
   const player = GB.player = new GB.Player();
   let hello = null, store = null, sounds = new GB.SoundLog(), clockOffsetS = 0, socket = null, retryMs = 500;
-  let drawnNorms = -1, drawnSounds = -1, normsAt = 0;
+  let drawnNorms = -1, drawnSounds = -1, normsAt = 0, rollAt = 0, normsEveryMs = NORMS_EVERY_MS;
 
   function setState(text, kind) {
     stats.state = kind;
@@ -56,7 +57,8 @@ window.gradbridge = window.gradbridge || {};
     } else if (message.type === 'status') {
       clockOffsetS = Math.min(clockOffsetS, nowS - message.server_time_s);  // the quickest trip is the truest
       stats.serverFrames = message.frames;
-      $('behind').textContent = String(Math.max(0, message.frames - stats.framesReceived));
+      const thinned = hello ? hello.frames_seen - hello.history_frames : 0;  // history steps never sent here
+      $('behind').textContent = String(Math.max(0, message.frames - thinned - stats.framesReceived));
       $('pages').textContent = String(message.pages);
     } else if (message.type === 'end') {
       stats.ended = true;
@@ -68,9 +70,11 @@ window.gradbridge = window.gradbridge || {};
   function onBinary(buffer) {
     const kind = new DataView(buffer).getUint8(0);
     if (kind === GB.protocol.FRAMES && store) {
+      const began = performance.now();
       GB.protocol.eachRecord(buffer, store.layers, (step, captureS, loss, lr, view, at) => {
         store.add(step, captureS, loss, lr, view, at);
       });
+      stats.decodeMs += performance.now() - began;
       stats.framesReceived = store.frames;
       if (store.last) {
         stats.lastLagS = Date.now() / 1000 - clockOffsetS - store.last.captureS;
@@ -108,15 +112,23 @@ window.gradbridge = window.gradbridge || {};
   function draw(now) {
     stats.animationFrames++;
     if (store) {
-      if (store.version !== drawnNorms && now - normsAt >= NORMS_EVERY_MS) {
+      if (store.version !== drawnNorms && now - normsAt >= normsEveryMs) {
         drawnNorms = store.version;
         normsAt = now;
+        const began = performance.now();
         GB.plots.drawNorms($('norms'), store, hello.layer_names);
         GB.plots.drawLossLr($('losslr'), store);
+        const took = performance.now() - began;
+        stats.normsDraws++;
+        stats.normsDrawMs += took;
+        normsEveryMs = Math.max(NORMS_EVERY_MS, 5 * took);  // drawing takes at most a sixth of the page's time
       }
-      if (sounds.version !== drawnSounds) {
+      if (sounds.version !== drawnSounds && now - rollAt >= ROLL_EVERY_MS) {
         drawnSounds = sounds.version;
+        rollAt = now;
+        const began = performance.now();
         GB.plots.drawPianoRoll($('roll'), sounds, store.layers, 64);
+        stats.rollDrawMs += performance.now() - began;
       }
       $('steps').textContent = String(stats.framesReceived);
       $('last-step').textContent = store.last ? String(store.last.step) : '–';
@@ -164,8 +176,12 @@ window.gradbridge = window.gradbridge || {};
   }
 
   $('play').onclick = togglePlay;
+  $('midi-enable').onclick = () => {  // the browser asks the listener for MIDI only once they want it
+    $('midi-enable').hidden = true;
+    $('midi-pick').hidden = false;
+    setUpMidi();
+  };
   if (!player.available) $('sound-note').textContent = 'sound and MIDI need a secure context: open the page at http://127.0.0.1 (through an SSH tunnel) or localhost';
-  setUpMidi();
   connect();
   requestAnimationFrame(draw);
 })(window.gradbridge);

@@ -48,17 +48,60 @@ window.gradbridge = window.gradbridge || {};
     return {cols, lo, hi, span};
   }
 
+  // Each layer's norm as a 1-pixel line, written straight into the canvas's pixels (stroking 128 long paths
+  // costs far more): per pixel column, a vertical span from the layer's lowest to its highest norm there, joined
+  // to the column before by a straight line.
   function drawNorms(canvas, store, names) {
-    const {g, w, h} = fit(canvas), f = frameOf(w, h), L = store.layers;
-    if (!store.count) return;
+    const {g, w, h} = fit(canvas), f = frameOf(w, h), L = store.layers, n = store.count;
+    if (!n) return;
     let min = Infinity, max = -Infinity;
-    for (let i = 0; i < store.count * L; i++) {
+    for (let i = 0; i < n * L; i++) {
       const a = store.lo[i], b = store.hi[i];
       if (a > 0 && a < min) min = a;
       if (b > 0 && b > max) max = b;
     }
     if (!(min < Infinity)) { min = 1e-3; max = 1; }
     const top = Math.ceil(Math.log10(max) + 1e-9), bottom = Math.min(Math.floor(Math.log10(min)), top - 1);
+    const ratio = canvas.width / w;
+    const X0 = Math.round(f.x0 * ratio), Y0 = Math.round(f.y0 * ratio), Y1 = Math.round(f.y1 * ratio);
+    const PW = Math.max(2, Math.round((f.x1 - f.x0) * ratio)), PH = Y1 - Y0, W = canvas.width;
+    const lo = store.firstStep[0], span = Math.max(store.lastStep[n - 1] - lo, 1);
+    const colOf = new Int32Array(n);
+    for (let b = 0; b < n; b++) colOf[b] = Math.round((store.firstStep[b] - lo) / span * (PW - 1));
+    const image = g.createImageData(W, canvas.height), pixels = new Uint32Array(image.data.buffer);
+    const scale = (PH - 1) / (top - bottom) / Math.LN10, base = Y1 - 1 + bottom * (PH - 1) / (top - bottom);
+    const cols = colOf[n - 1] + 1, colLo = new Float64Array(cols), colHi = new Float64Array(cols);
+    const filled = new Uint8Array(cols);
+    for (let b = 0; b < n; b++) filled[colOf[b]] = 1;
+    for (let i = 0; i < L; i++) {
+      colLo.fill(Infinity); colHi.fill(-Infinity);
+      for (let b = 0, at = i; b < n; b++, at += L) {  // each column's lowest and highest norm of this layer
+        const c = colOf[b], a = store.lo[at], z = store.hi[at];
+        if (a > 0 && a < colLo[c]) colLo[c] = a;
+        if (z > 0 && z > colHi[c]) colHi[c] = z;
+      }
+      const colour = packedColour(i, L);
+      let px = -1, py = 0;
+      for (let c = 0; c < cols; c++) {
+        if (!(colLo[c] < Infinity)) {  // no bucket here: bridged; buckets, but no finite norm (NaN, Inf): a gap
+          if (filled[c]) px = -1;
+          continue;
+        }
+        const yHi = Math.round(base - Math.log(colHi[c]) * scale), yLo = Math.round(base - Math.log(colLo[c]) * scale);
+        if (px >= 0 && c - px > 1) {  // a straight line across the columns in between
+          let yPrev = py;
+          for (let k = px + 1; k < c; k++) {
+            const y = Math.round(py + (yHi - py) * (k - px) / (c - px));
+            fillSpan(pixels, W, X0 + k, Math.min(y, yPrev), Math.max(y, yPrev), colour);
+            yPrev = y;
+          }
+        }
+        fillSpan(pixels, W, X0 + c, px >= 0 ? Math.min(yHi, py) : yHi, px >= 0 ? Math.max(yLo, py) : yLo, colour);
+        px = c;
+        py = (yHi + yLo) >> 1;
+      }
+    }
+    g.putImageData(image, 0, 0);
     const y = (v) => f.y1 - (Math.log10(v) - bottom) / (top - bottom) * (f.y1 - f.y0);
     g.strokeStyle = AXIS; g.fillStyle = TEXT; g.textAlign = 'right'; g.lineWidth = 1;
     for (let e = bottom; e <= top; e++) {
@@ -66,34 +109,34 @@ window.gradbridge = window.gradbridge || {};
       g.globalAlpha = 0.25; g.beginPath(); g.moveTo(f.x0, yy); g.lineTo(f.x1, yy); g.stroke(); g.globalAlpha = 1;
       g.fillText('1e' + e, f.x0 - 4, yy + 4);
     }
-    const {cols, lo, span} = columns(store, f);
     stepAxis(g, f, lo, lo + span);
-    for (let i = 0; i < L; i++) {
-      g.strokeStyle = layerColour(i, L);
-      g.beginPath();
-      let drawing = false;
-      for (const c of cols) {
-        let a = Infinity, b = -Infinity;
-        for (let k = c.from; k <= c.to; k++) {
-          const p = store.lo[k * L + i], q = store.hi[k * L + i];
-          if (p > 0 && p < a) a = p;
-          if (q > 0 && q > b) b = q;
-        }
-        if (!(a < Infinity)) { drawing = false; continue; }
-        if (drawing) g.lineTo(c.x, y(b)); else g.moveTo(c.x, y(b));
-        if (a !== b) g.lineTo(c.x, y(a));
-        drawing = true;
-      }
-      g.stroke();
-    }
     g.strokeStyle = ALARM; g.fillStyle = ALARM; g.globalAlpha = 0.8;
+    g.beginPath();
     for (const alarm of store.alarms) {  // a red line at every step with a NaN or infinite norm
-      const x = f.x0 + (alarm.step - lo) / span * (f.x1 - f.x0);
-      g.beginPath(); g.moveTo(x, f.y0); g.lineTo(x, f.y1); g.stroke();
+      const x = Math.round(f.x0 + (alarm.step - lo) / span * (f.x1 - f.x0)) + 0.5;
+      g.moveTo(x, f.y0); g.lineTo(x, f.y1);
     }
+    g.stroke();
     g.globalAlpha = 1;
     g.textAlign = 'left';
     if (store.alarms.length) g.fillText(`${store.alarms.length} NaN/Inf`, f.x1 + 4, f.y0 + 10);
+  }
+
+  function fillSpan(pixels, width, x, from, to, colour) {
+    for (let y = from; y <= to; y++) pixels[y * width + x] = colour;
+  }
+
+  const packed = new Map();
+  function packedColour(i, n) {  // the layer's colour as one little-endian RGBA pixel
+    const key = i + '/' + n;
+    if (!packed.has(key)) {
+      const probe = document.createElement('canvas').getContext('2d');
+      probe.fillStyle = layerColour(i, n);
+      probe.fillRect(0, 0, 1, 1);
+      const [r, gr, b] = probe.getImageData(0, 0, 1, 1).data;
+      packed.set(key, ((255 << 24) | (b << 16) | (gr << 8) | r) >>> 0);
+    }
+    return packed.get(key);
   }
 
   function drawLossLr(canvas, store) {
@@ -149,17 +192,25 @@ window.gradbridge = window.gradbridge || {};
     for (let note = Math.ceil(low / 12) * 12; note <= high; note += 12) {
       g.fillText('C' + (note / 12 - 1), f.x0 - 4, f.y1 - (note - low + 0.5) * rowH + 4);
     }
-    steps.forEach((s, k) => {
-      const x = f.x0 + (shown - steps.length + k) * colW, scale = colW / Math.max(s.durationS, 1e-6);
-      g.globalAlpha = s.past ? 0.5 : 1;
-      for (const n of s.notes) {
-        g.fillStyle = layerColour(n.layer, layers);
-        g.fillRect(x + n.offsetS * scale, f.y1 - (n.midiNote - low + 1) * rowH,
-                   Math.max(1, Math.min(n.durationS, s.durationS) * scale - 1), Math.max(1, rowH - 1));
+    for (const past of [true, false]) {  // one path per layer (and per faded or not): a fill each, not a note each
+      const paths = new Map();
+      steps.forEach((s, k) => {
+        if (s.past !== past) return;
+        const x = f.x0 + (shown - steps.length + k) * colW, scale = colW / Math.max(s.durationS, 1e-6);
+        for (const n of s.notes) {
+          if (!paths.has(n.layer)) paths.set(n.layer, new Path2D());
+          paths.get(n.layer).rect(x + n.offsetS * scale, f.y1 - (n.midiNote - low + 1) * rowH,
+                                  Math.max(1, Math.min(n.durationS, s.durationS) * scale - 1), Math.max(1, rowH - 1));
+        }
+        if (s.alarms.length && !paths.has(-1)) paths.set(-1, new Path2D());
+        for (const a of s.alarms) paths.get(-1).rect(x + a.offsetS * scale, f.y0, Math.max(2, a.durationS * scale - 1), 6);
+      });
+      g.globalAlpha = past ? 0.5 : 1;
+      for (const [layer, path] of paths) {
+        g.fillStyle = layer < 0 ? ALARM : layerColour(layer, layers);
+        g.fill(path);
       }
-      g.fillStyle = ALARM;
-      for (const a of s.alarms) g.fillRect(x + a.offsetS * scale, f.y0, Math.max(2, a.durationS * scale - 1), 6);
-    });
+    }
     g.globalAlpha = 1;
     g.textAlign = 'center'; g.fillStyle = TEXT;
     g.fillText(`last ${steps.length} sounded steps (steps ${steps[0].step}–${steps[steps.length - 1].step})`,

@@ -6,7 +6,7 @@
 window.gradbridge = window.gradbridge || {};
 
 (function (GB) {
-  const CAPACITY = 8192, ALARMS = 10000, SOUND_STEPS = 512;
+  const CAPACITY = 2048, ALARMS = 10000, SOUND_STEPS = 512;
 
   class FrameStore {
     constructor(layers) {
