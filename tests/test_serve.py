@@ -171,6 +171,23 @@ def test_a_finished_run_arrives_whole_as_the_run_logs_own_records(finished) -> N
     assert all(message[0] == 3 for message in got.sounds)  # sounded before this page came: for the roll only
 
 
+def test_what_a_client_sends_changes_nothing(finished) -> None:  # type: ignore[no-untyped-def]
+    path, _, served = finished
+    before = path.read_bytes()
+
+    async def meddle() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{served.port}/ws?token={served.token}") as ws:
+                await ws.send_str('{"type": "stop"}')
+                await ws.send_bytes(b"\x01" + b"\x00" * 200)
+                await ws.send_str("x" * 5000)  # over the 4 KiB a page may send: the server closes it
+
+    asyncio.run(meddle())
+    got = asyncio.run(collect(served.port, served.token))
+    assert len(got.records) == 40 and got.texts[-1] == {"type": "end", "frames": 40}
+    assert path.read_bytes() == before and served.page.server.stats.frames == 40
+
+
 def test_a_page_joining_mid_run_gets_the_history_then_plays_from_then(tmp_path: Path) -> None:
     path = tmp_path / "run.gbrun"
     writer = RunLogWriter(path, RunInfo(("layer0", "layer1", "layer2"), {"mapping": "pentatonic"}))

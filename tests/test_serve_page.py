@@ -33,6 +33,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not 
 
 from bridge.frames import Frame, RunInfo  # noqa: E402
 from bridge.mapping import Mapping  # noqa: E402
+from bridge.outputs import OutputSpec  # noqa: E402
 from bridge.presets import load_preset  # noqa: E402
 from bridge.runlog import RunLogWriter  # noqa: E402
 from bridge.sinks.synth import render_events  # noqa: E402
@@ -124,6 +125,27 @@ def test_without_the_token_nothing_with_it_the_whole_run(tmp_path: Path, page) -
         assert page.text_content("#steps") == "40"
     finally:
         served.page.stop()
+
+
+def test_the_page_reconnects_by_itself(tmp_path: Path, page) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "run.gbrun"
+    write_run(path, 30)
+    first = serve_run(path)
+    first.join()
+    port, token = first.port, first.token
+    open_page(page, port, token)
+    page.wait_for_function("window.gradbridge.stats.ended", timeout=WAIT_MS)
+    first.page.stop()  # the server goes away: the page says so and keeps trying
+    page.wait_for_function("window.gradbridge.stats.state === 'down'", timeout=WAIT_MS)
+    assert page.text_content("#state").startswith("disconnected")
+    second = serve_run(path, spec=OutputSpec(serve=port, serve_token=token))  # back, on the same address
+    try:
+        second.join()
+        page.wait_for_function("window.gradbridge.stats.connections === 2 && window.gradbridge.stats.ended",
+                               timeout=WAIT_MS)
+        assert page.evaluate("window.gradbridge.stats.framesReceived") == 30
+    finally:
+        second.page.stop()
 
 
 def peak_hz(samples: np.ndarray, sample_rate: int) -> float:

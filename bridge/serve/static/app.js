@@ -7,7 +7,7 @@ window.gradbridge = window.gradbridge || {};
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
   GB.token = params.get('token') || '';
-  const NORMS_EVERY_MS = 250, ROLL_EVERY_MS = 100;
+  const NORMS_EVERY_MS = 250, ROLL_EVERY_MS = 100, PAINT_BUDGET_MS = 8;
 
   const stats = GB.stats = {state: 'connecting', framesReceived: 0, soundReceived: 0, soundPlayed: 0,
                             connections: 0, lastLagS: NaN, lags: [], animationFrames: 0, longTasks: 0,
@@ -16,6 +16,7 @@ window.gradbridge = window.gradbridge || {};
   const player = GB.player = new GB.Player();
   let hello = null, store = null, sounds = new GB.SoundLog(), clockOffsetS = 0, socket = null, retryMs = 500;
   let drawnNorms = -1, drawnSounds = -1, normsAt = 0, rollAt = 0, normsEveryMs = NORMS_EVERY_MS;
+  let painter = null, paintMs = 0;
 
   function setState(text, kind) {
     stats.state = kind;
@@ -51,6 +52,7 @@ window.gradbridge = window.gradbridge || {};
       store = GB.store = new GB.FrameStore(message.layer_names.length);
       sounds = GB.sounds = new GB.SoundLog();
       drawnNorms = drawnSounds = -1;
+      painter = null;
       player.setHello(message);
       showRun(message);
       setState('live', 'live');
@@ -112,16 +114,23 @@ window.gradbridge = window.gradbridge || {};
   function draw(now) {
     stats.animationFrames++;
     if (store) {
-      if (store.version !== drawnNorms && now - normsAt >= normsEveryMs) {
+      if (!painter && store.version !== drawnNorms && now - normsAt >= normsEveryMs) {
         drawnNorms = store.version;
         normsAt = now;
+        painter = GB.plots.normsPainter($('norms'), store);
+        paintMs = 0;
+      }
+      if (painter) {  // a few layers each animation frame
         const began = performance.now();
-        GB.plots.drawNorms($('norms'), store, hello.layer_names);
-        GB.plots.drawLossLr($('losslr'), store);
-        const took = performance.now() - began;
-        stats.normsDraws++;
-        stats.normsDrawMs += took;
-        normsEveryMs = Math.max(NORMS_EVERY_MS, 5 * took);  // drawing takes at most a sixth of the page's time
+        const done = painter.step(PAINT_BUDGET_MS);
+        if (done) GB.plots.drawLossLr($('losslr'), store);
+        paintMs += performance.now() - began;
+        stats.normsDrawMs += performance.now() - began;
+        if (done) {
+          painter = null;
+          stats.normsDraws++;
+          normsEveryMs = Math.max(NORMS_EVERY_MS, 5 * paintMs);  // drawing takes at most a sixth of the time
+        }
       }
       if (sounds.version !== drawnSounds && now - rollAt >= ROLL_EVERY_MS) {
         drawnSounds = sounds.version;

@@ -50,33 +50,37 @@ window.gradbridge = window.gradbridge || {};
 
   // Each layer's norm as a 1-pixel line, written straight into the canvas's pixels (stroking 128 long paths
   // costs far more): per pixel column, a vertical span from the layer's lowest to its highest norm there, joined
-  // to the column before by a straight line.
-  function drawNorms(canvas, store, names) {
-    const {g, w, h} = fit(canvas), f = frameOf(w, h), L = store.layers, n = store.count;
-    if (!n) return;
+  // to the column before by a straight line. A painter works on a copy of the store, a few layers per call to
+  // step(budgetMs), so that a long run with many layers never holds the page for long; the canvas changes once,
+  // when every layer is done.
+  function normsPainter(canvas, store) {
+    const box = canvas.getBoundingClientRect(), ratio = window.devicePixelRatio || 1;
+    const w = box.width, h = box.height, f = frameOf(w, h), L = store.layers, n = store.count;
+    const W = Math.max(50, Math.round(w * ratio)), H = Math.max(50, Math.round(h * ratio));
+    const lo = store.lo.slice(0, n * L), hi = store.hi.slice(0, n * L), alarms = store.alarms.slice();
     let min = Infinity, max = -Infinity;
     for (let i = 0; i < n * L; i++) {
-      const a = store.lo[i], b = store.hi[i];
-      if (a > 0 && a < min) min = a;
-      if (b > 0 && b > max) max = b;
+      if (lo[i] > 0 && lo[i] < min) min = lo[i];
+      if (hi[i] > 0 && hi[i] > max) max = hi[i];
     }
     if (!(min < Infinity)) { min = 1e-3; max = 1; }
     const top = Math.ceil(Math.log10(max) + 1e-9), bottom = Math.min(Math.floor(Math.log10(min)), top - 1);
-    const ratio = canvas.width / w;
     const X0 = Math.round(f.x0 * ratio), Y0 = Math.round(f.y0 * ratio), Y1 = Math.round(f.y1 * ratio);
-    const PW = Math.max(2, Math.round((f.x1 - f.x0) * ratio)), PH = Y1 - Y0, W = canvas.width;
-    const lo = store.firstStep[0], span = Math.max(store.lastStep[n - 1] - lo, 1);
+    const PW = Math.max(2, Math.round((f.x1 - f.x0) * ratio)), PH = Y1 - Y0;
+    const first = n ? store.firstStep[0] : 0, span = n ? Math.max(store.lastStep[n - 1] - first, 1) : 1;
     const colOf = new Int32Array(n);
-    for (let b = 0; b < n; b++) colOf[b] = Math.round((store.firstStep[b] - lo) / span * (PW - 1));
-    const image = g.createImageData(W, canvas.height), pixels = new Uint32Array(image.data.buffer);
+    for (let b = 0; b < n; b++) colOf[b] = Math.round((store.firstStep[b] - first) / span * (PW - 1));
+    const pixels = new Uint32Array(W * H);
     const scale = (PH - 1) / (top - bottom) / Math.LN10, base = Y1 - 1 + bottom * (PH - 1) / (top - bottom);
-    const cols = colOf[n - 1] + 1, colLo = new Float64Array(cols), colHi = new Float64Array(cols);
+    const cols = n ? colOf[n - 1] + 1 : 0, colLo = new Float64Array(cols), colHi = new Float64Array(cols);
     const filled = new Uint8Array(cols);
     for (let b = 0; b < n; b++) filled[colOf[b]] = 1;
-    for (let i = 0; i < L; i++) {
+    let next = 0;
+
+    function paintLayer(i) {
       colLo.fill(Infinity); colHi.fill(-Infinity);
       for (let b = 0, at = i; b < n; b++, at += L) {  // each column's lowest and highest norm of this layer
-        const c = colOf[b], a = store.lo[at], z = store.hi[at];
+        const c = colOf[b], a = lo[at], z = hi[at];
         if (a > 0 && a < colLo[c]) colLo[c] = a;
         if (z > 0 && z > colHi[c]) colHi[c] = z;
       }
@@ -101,25 +105,45 @@ window.gradbridge = window.gradbridge || {};
         py = (yHi + yLo) >> 1;
       }
     }
-    g.putImageData(image, 0, 0);
-    const y = (v) => f.y1 - (Math.log10(v) - bottom) / (top - bottom) * (f.y1 - f.y0);
-    g.strokeStyle = AXIS; g.fillStyle = TEXT; g.textAlign = 'right'; g.lineWidth = 1;
-    for (let e = bottom; e <= top; e++) {
-      const yy = y(Math.pow(10, e));
-      g.globalAlpha = 0.25; g.beginPath(); g.moveTo(f.x0, yy); g.lineTo(f.x1, yy); g.stroke(); g.globalAlpha = 1;
-      g.fillText('1e' + e, f.x0 - 4, yy + 4);
+
+    function finish() {
+      const {g} = fit(canvas);
+      if (!n) return;
+      g.putImageData(new ImageData(new Uint8ClampedArray(pixels.buffer), W, H), 0, 0);
+      const y = (v) => f.y1 - (Math.log10(v) - bottom) / (top - bottom) * (f.y1 - f.y0);
+      g.strokeStyle = AXIS; g.fillStyle = TEXT; g.textAlign = 'right'; g.lineWidth = 1;
+      for (let e = bottom; e <= top; e++) {
+        const yy = y(Math.pow(10, e));
+        g.globalAlpha = 0.25; g.beginPath(); g.moveTo(f.x0, yy); g.lineTo(f.x1, yy); g.stroke(); g.globalAlpha = 1;
+        g.fillText('1e' + e, f.x0 - 4, yy + 4);
+      }
+      stepAxis(g, f, first, first + span);
+      g.strokeStyle = ALARM; g.fillStyle = ALARM; g.globalAlpha = 0.8;
+      g.beginPath();
+      for (const alarm of alarms) {  // a red line at every step with a NaN or infinite norm
+        const x = Math.round(f.x0 + (alarm.step - first) / span * (f.x1 - f.x0)) + 0.5;
+        g.moveTo(x, f.y0); g.lineTo(x, f.y1);
+      }
+      g.stroke();
+      g.globalAlpha = 1;
+      g.textAlign = 'left';
+      if (alarms.length) g.fillText(`${alarms.length} NaN/Inf`, f.x1 + 4, f.y0 + 10);
     }
-    stepAxis(g, f, lo, lo + span);
-    g.strokeStyle = ALARM; g.fillStyle = ALARM; g.globalAlpha = 0.8;
-    g.beginPath();
-    for (const alarm of store.alarms) {  // a red line at every step with a NaN or infinite norm
-      const x = Math.round(f.x0 + (alarm.step - lo) / span * (f.x1 - f.x0)) + 0.5;
-      g.moveTo(x, f.y0); g.lineTo(x, f.y1);
-    }
-    g.stroke();
-    g.globalAlpha = 1;
-    g.textAlign = 'left';
-    if (store.alarms.length) g.fillText(`${store.alarms.length} NaN/Inf`, f.x1 + 4, f.y0 + 10);
+
+    return {
+      step(budgetMs) {  // paint layers for about budgetMs; true once the canvas shows them all
+        const until = performance.now() + budgetMs;
+        while (next < L && (next === 0 || performance.now() < until)) paintLayer(next++);
+        if (next < L) return false;
+        finish();
+        return true;
+      },
+    };
+  }
+
+  function drawNorms(canvas, store) {
+    const painter = normsPainter(canvas, store);
+    while (!painter.step(Infinity));
   }
 
   function fillSpan(pixels, width, x, from, to, colour) {
@@ -217,5 +241,5 @@ window.gradbridge = window.gradbridge || {};
                (f.x0 + f.x1) / 2, f.y1 + 15);
   }
 
-  GB.plots = {drawNorms, drawLossLr, drawPianoRoll, layerColour};
+  GB.plots = {normsPainter, drawNorms, drawLossLr, drawPianoRoll, layerColour};
 })(window.gradbridge);
