@@ -1,5 +1,5 @@
 """The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``plot``, ``export``, ``replay``, ``follow``,
-``ports``, ``mappings``.
+``serve``, ``ports``, ``mappings``.
 
 ``render``, ``midi``, ``plot`` and ``export`` read a run log or a CSV of norms and never import torch.
 """
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from bridge.outputs import OutputSpec
 
+from bridge.cli_serve import announce_page, follow_summary, add_serve_options, add_serve_parser
 from bridge.errors import GradbridgeError
 from bridge.frames import Frame
 
@@ -33,6 +34,8 @@ EPILOG = """examples:
   gradbridge replay demo.gbrun --midi "IAC Driver" --play          live, to a DAW and the speakers
   gradbridge follow run.gbrun --osc 127.0.0.1:57120   a run another process is writing, live from now
   ssh gpu-box cat run.gbrun | gradbridge follow - --play            a run on another machine
+  gradbridge serve run.gbrun --port 8765           a page that plays and plots the run, reachable through
+                                                   ssh -N -L 8765:127.0.0.1:8765 gpu-box
   gradbridge ports                                 MIDI outputs this machine has, and the MIDI API
   gradbridge mappings                              every preset, in plain words
 """
@@ -150,12 +153,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_spec(args: argparse.Namespace, **files: str | None) -> OutputSpec:
-    """The outputs asked for by the live options (``add_live_options``) and ``files``."""
+def _live_spec(args: argparse.Namespace, **more: object) -> OutputSpec:
+    """The outputs asked for by the live options (``add_live_options``) and ``more`` (files, the page)."""
     from bridge.outputs import OutputSpec
 
     return OutputSpec(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
-                      play=args.play, every=args.every, max_fps=args.max_fps, **files)
+                      play=args.play, every=args.every, max_fps=args.max_fps, **more)  # type: ignore[arg-type]
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -187,11 +190,16 @@ def cmd_follow(args: argparse.Namespace) -> int:
     from bridge.outputs import open_outputs
     from bridge.tail import open_tail
 
-    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file)
+    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file, serve=args.serve, serve_host=args.host,
+                      serve_token=args.token)
     spec = dataclasses.replace(spec, wav_format=args.format)
     if not (spec.has_live or spec.has_files):
-        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --wav FILE "
-                              "or --midi-file FILE")
+        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --serve PORT, "
+                              "--wav FILE or --midi-file FILE")
+    if spec.serve is not None:
+        from bridge.serve import require_aiohttp
+
+        require_aiohttp()
     if args.run != "-":
         spec.check_paths(inputs=[("run", args.run)])
     stop = threading.Event()
@@ -200,11 +208,12 @@ def cmd_follow(args: argparse.Namespace) -> int:
     if tail is None:
         return 130
     mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
-    outputs = open_outputs(spec, mapping, tail.info)
+    outputs = open_outputs(spec, mapping, tail.info, run_name=Path(tail.where).name if args.run != "-" else "")
     where = "from its start" if args.from_start or args.run == "-" else "from now"
     print(f"gradbridge: following {tail.where} {where}: {outputs.arrangement.description}", file=sys.stderr)
+    announce_page(outputs)
     report = Follower(tail, outputs, stop=stop).run()
-    print(f"gradbridge: {report.reason}; {report.stats.summary()}", file=sys.stderr)
+    print(f"gradbridge: {report.reason}; {follow_summary(report)}", file=sys.stderr)
     return 130 if stop.is_set() else 0
 
 
@@ -348,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--midi-file", metavar="FILE", default=None, help="also write a Standard MIDI File")
     follow.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
     add_live_options(follow)
+    add_serve_options(follow, "--serve")
     follow.set_defaults(func=cmd_follow)
+
+    add_serve_parser(verbs)
 
     ports = verbs.add_parser("ports", help="list MIDI outputs and the MIDI API in use", description=cmd_ports.__doc__)
     ports.add_argument("--api", choices=("alsa", "jack", "coremidi", "winmm"), default=None,

@@ -51,6 +51,7 @@ class FollowerProcess:
         self._eof = False  # the follower's stdout ended
         self.description = ""
         self.failed_to_open: dict[str, str] = {}
+        self.page_url: str | None = None  #: the address of the page it serves (``OutputSpec.serve``), token included
         self._report: FollowReport | None = None
         self._finished = False
 
@@ -138,6 +139,7 @@ class FollowerProcess:
             raise (TypeError if kind == "TypeError" else ValueError if kind == "ValueError" else SinkError)(text)
         self.description = str(message["description"])
         self.failed_to_open = dict(message["failed_to_open"])
+        self.page_url = message.get("page_url")
 
     def _read_message(self, timeout_s: float) -> dict[str, Any] | None:
         """The follower's next line of JSON, or ``None`` at its end or after ``timeout_s`` seconds."""

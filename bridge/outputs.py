@@ -11,13 +11,17 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.pipeline import Outputs, build_outputs
 from bridge.rate import RateControl
+from bridge.serve import DEFAULT_HOST, check_token
 from bridge.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from bridge.serve.output import PageOutput
 
 PathLike = str | os.PathLike[str]
 
@@ -54,6 +58,11 @@ class OutputSpec:
         midi_virtual: create a virtual MIDI output named ``midi`` (or "gradbridge") for a DAW to connect to.
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
+        serve: serve a web page that plays, plots and routes the run to Web MIDI on this TCP port (0: any
+            free one), e.g. 8765 (``bridge.serve``; needs the ``serve`` extra).
+        serve_host: address the page is served on: ``"127.0.0.1"`` (default: this machine only; reach it
+            through an SSH tunnel), or another (a warning says who can then listen).
+        serve_token: the token every request needs (8-256 letters, digits, ``-``, ``_``); ``None``: random.
         every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound every
             Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
     """
@@ -67,6 +76,9 @@ class OutputSpec:
     midi_virtual: bool = False
     osc: str | None = None
     play: bool = False
+    serve: int | None = None
+    serve_host: str = DEFAULT_HOST
+    serve_token: str | None = None
     every: int | None = None
     max_fps: float | None = None
     aggregate: str | None = None
@@ -81,6 +93,16 @@ class OutputSpec:
         for name in ("midi_virtual", "play"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.serve is not None:
+            if isinstance(self.serve, bool) or not isinstance(self.serve, int):
+                raise TypeError(f"serve must be a TCP port (int) or None, got {type(self.serve).__name__}")
+            if not 0 <= self.serve <= 65535:
+                raise ValueError(f"serve must be a TCP port from 0 to 65535 (0: any free one), got {self.serve}; "
+                                 "e.g. 8765")
+        if not isinstance(self.serve_host, str) or not self.serve_host.strip():
+            raise ValueError(f"serve_host must be an address to listen on, e.g. \"127.0.0.1\", got {self.serve_host!r}")
+        if self.serve_token is not None:
+            check_token(self.serve_token)
 
     @property
     def has_files(self) -> bool:
@@ -89,8 +111,8 @@ class OutputSpec:
 
     @property
     def has_live(self) -> bool:
-        """Whether a live output (MIDI port, OSC, speakers) is asked for."""
-        return self.midi is not None or self.midi_virtual or self.osc is not None or self.play
+        """Whether a live output (MIDI port, OSC, speakers, the page) is asked for."""
+        return self.midi is not None or self.midi_virtual or self.osc is not None or self.play or self.serve is not None
 
     def check_paths(self, inputs: Sequence[tuple[str, str]] = ()) -> None:
         """Refuse, before anything opens, two outputs on one path, or an output on one of ``inputs``
@@ -157,11 +179,33 @@ def live_sinks(spec: OutputSpec) -> list[Sink]:
 
 
 def open_outputs(spec: OutputSpec, mapping: Mapping, run_info: RunInfo, *,
-                 extra_live_sinks: Sequence[Sink] = ()) -> Outputs:
-    """Make and open every output ``spec`` asks for, plus ``extra_live_sinks`` (your own), for ``run_info``.
+                 extra_live_sinks: Sequence[Sink] = (), run_name: str = "") -> Outputs:
+    """Make and open every output ``spec`` asks for, plus ``extra_live_sinks`` (your own), for ``run_info``
+    (``run_name``: what the page calls the run, e.g. its run log's file name).
 
     Files take every frame; live outputs the frames the rate control lets through. An output that cannot
-    be made or opened is reported once and left out (``Outputs.failed_to_open``); the others go on.
+    be made or opened is reported once and left out (``Outputs.failed_to_open``); the others go on. The page
+    (``spec.serve``) is both: a live sink for what sounds, and, after every other consumer, a consumer of
+    every frame for its plots (``page_of(outputs)`` finds it).
     """
-    return build_outputs(mapping, run_info, file_sinks(spec), live_sinks=[*live_sinks(spec), *extra_live_sinks],
-                         rate=spec.rate_for(mapping))
+    page = None
+    if spec.serve is not None:
+        from bridge.serve.output import PageOutput
+
+        page = PageOutput(run_info, host=spec.serve_host, port=spec.serve, token=spec.serve_token,
+                          where=run_name or os.path.basename(spec.record or ""))
+    live = [*live_sinks(spec), *([page.sink] if page is not None else []), *extra_live_sinks]
+    outputs = build_outputs(mapping, run_info, file_sinks(spec), live_sinks=live, rate=spec.rate_for(mapping))
+    if page is not None and page.sink.name not in outputs.failed_to_open:
+        outputs.consumers.append(page.feed)
+    return outputs
+
+
+def page_of(outputs: Outputs) -> PageOutput | None:
+    """The page output among ``outputs`` (``OutputSpec.serve``), or ``None`` when none is serving."""
+    from bridge.serve.output import PageFeed
+
+    for consumer in outputs.consumers:
+        if isinstance(consumer, PageFeed):
+            return consumer.page
+    return None

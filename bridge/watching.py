@@ -39,7 +39,7 @@ from bridge.follower import Follower, FollowerThread, FollowReport
 from bridge.follower_link import FollowerGone, FollowerProcess
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
-from bridge.outputs import OutputSpec, open_outputs
+from bridge.outputs import OutputSpec, open_outputs, page_of
 from bridge.runlog import RunLogWriter
 from bridge.signals import SigtermGuard
 from bridge.sinks.base import Sink
@@ -64,8 +64,10 @@ class Watch:
 
     def __init__(self, capture: Capture, writer: RunLogWriter | None, *, process: FollowerProcess | None = None,
                  thread: FollowerThread | None = None, temporary: bool = False, description: str = "",
-                 announce: TextIO | None = None, guard: SigtermGuard | None = None) -> None:
+                 announce: TextIO | None = None, guard: SigtermGuard | None = None,
+                 page_url: str | None = None) -> None:
         self._capture = capture
+        self.page_url = page_url  #: the address of the page serving the run (``serve=``), token included
         self._writer = writer
         self._process = process
         self._thread = thread
@@ -186,6 +188,9 @@ def watch(
     midi: str | None = None,
     osc: str | None = None,
     play: bool = False,
+    serve: int | None = None,
+    serve_host: str = "127.0.0.1",
+    serve_token: str | None = None,
     sinks: Sequence[Sink] = (),
     midi_api: str | None = None,
     midi_virtual: bool = False,
@@ -214,6 +219,11 @@ def watch(
             virtual port named ``midi``, or "gradbridge", for a DAW to connect to) go with it.
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
+        serve: serve a web page that plays, plots and routes the run to Web MIDI on this TCP port (0: any
+            free one), from the follower process (needs the ``serve`` extra, aiohttp); ``Watch.page_url`` and
+            the start-up line give its address. ``serve_host`` (default ``"127.0.0.1"``: this machine only,
+            reach it through an SSH tunnel) and ``serve_token`` (default: random) go with it. The page stops
+            when the run ends; ``gradbridge serve RUN`` keeps serving a finished run.
         sinks: your own live sinks; they run on a thread of this process (see ``process``).
         every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: sound every
             Nth step, at most ``max_fps`` steps a second, folding the rest by ``"max"`` or ``"mean"``.
@@ -251,7 +261,12 @@ def watch(
         return Watch(capture, None, description=f"rank {part.rank} is silent (rank {ranks} sounds)")
     spec = OutputSpec(record=part.path_for(record), wav=part.path_for(wav), midi_file=part.path_for(midi_file),
                       wav_format=wav_format, midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc,
-                      play=play, every=every, max_fps=max_fps, aggregate=aggregate)
+                      play=play, serve=serve, serve_host=serve_host, serve_token=serve_token, every=every,
+                      max_fps=max_fps, aggregate=aggregate)
+    if serve is not None:
+        from bridge.serve import require_aiohttp
+
+        require_aiohttp()
     spec.check_paths()
     spec.rate_for(chosen)  # a bad every / max_fps / aggregate is refused here, before anything starts
     sinks = list(sinks)
@@ -261,17 +276,20 @@ def watch(
         handle, log_path = tempfile.mkstemp(prefix="gradbridge-", suffix=".gbrun")
         os.close(handle)
     writer = RunLogWriter(log_path, run_info)
-    link = thread = None
+    link = thread = page_url = None
     description = ""
     try:
         # a follower runs even with no output asked for: it reads the log to say what the run's alarms were
         if process:
             link = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
-            description = link.description
+            description, page_url = link.description, link.page_url
         if sinks or not process:
             own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate)
-            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks)
+            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks,
+                                   run_name=os.path.basename(writer.path))
             description = description or outputs.arrangement.description
+            page = page_of(outputs)
+            page_url = page_url if page is None else page.url
             thread = FollowerThread(Follower(FileTail(writer.path), outputs)).start()
         capture = Capture(model, optimizer, found, writer.append, auto=auto, participation=part)
     except BaseException:
@@ -280,8 +298,12 @@ def watch(
     description = description or Mapping(chosen.preset).arrange(run_info.layer_names).description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
+        if page_url is not None:
+            from bridge.serve import reach_hint
+
+            print(f"gradbridge: serving {page_url}   ({reach_hint(page_url)})", file=announce)
     return Watch(capture, writer, process=link, thread=thread, temporary=temporary, description=description,
-                 announce=announce, guard=SigtermGuard.install())
+                 announce=announce, guard=SigtermGuard.install(), page_url=page_url)
 
 
 def _ignore(frame: object) -> None:
