@@ -40,12 +40,11 @@ import torch
 
 import harness
 from harness import Report, interleave, median
-from probes import HostReadSpy, OscReceiver
+from probes import HostReadSpy, OscReceiver, deliver_all
 from variants import Case, CaptureOnly, Floor, PostMethod, TensorHooks, Trainer, Watched, make_cases
 
 import bridge
 from bridge.capture import Capture, find_layers
-from bridge.dispatch import Delivery
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
 from bridge.norms import NormReader
@@ -194,14 +193,7 @@ def background_costs(case: Case, folder: Path, frames: int, rounds: int, osc: Os
         writer = RunLogWriter(folder / "bg.gbrun", info) if "record" in outputs else None
         built = open_outputs(spec, mapping, info)
         start = time.perf_counter()
-        delivery = Delivery(built.consumers)
-        for frame in batch:
-            if writer is not None:
-                writer.append(frame)
-            delivery.deliver(frame)
-        stats = delivery.close()
-        if writer is not None:
-            writer.close()
+        stats = deliver_all(batch, built, writer)
         if stats.first_errors or built.failed_to_open:
             raise RuntimeError(f"background cost run failed: {stats.summary()} {built.failed_to_open}")
         return [(time.perf_counter() - start) / frames]
