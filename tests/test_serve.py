@@ -25,9 +25,10 @@ from bridge.frames import Frame, RunInfo  # noqa: E402
 from bridge.mapping import Mapping  # noqa: E402
 from bridge.outputs import OutputSpec  # noqa: E402
 from bridge.runlog import RunLogWriter  # noqa: E402
-from bridge.serve.history import FrameHistory  # noqa: E402
+from bridge.serve.history import FrameHistory, SpikeHistory  # noqa: E402
 from bridge.serve.pacing import SoundPacer  # noqa: E402
-from bridge.serve.protocol import ALARM, MIDI, NOTE, SOUND_HEAD, sound_message  # noqa: E402
+from bridge.serve.protocol import (ALARM, MIDI, NOTE, SOUND_HEAD, SPIKE, SPIKE_MARK, SPIKES_HEAD,  # noqa: E402
+                                   sound_message, spike_marks)
 from bridge.sinks.midi_port import MidiPortSink  # noqa: E402
 from tests.serve_helpers import TIMEOUT_S, collect, norms_of, serve_run, write_run  # noqa: E402
 
@@ -45,15 +46,23 @@ def perone_steps(norms: list[list[float]]) -> tuple[Arrangement, list]:
 
 
 def decode(message: bytes) -> tuple[tuple, np.ndarray, np.ndarray, np.ndarray]:
+    head, notes, alarms, _, midi = decode_all(message)
+    return head, notes, alarms, midi
+
+
+def decode_all(message: bytes) -> tuple[tuple, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A sound message's header, notes, alarms, spike alarms and MIDI messages."""
     head = SOUND_HEAD.unpack_from(message)
     at = SOUND_HEAD.size
     notes = np.frombuffer(message, NOTE, head[3], at)
     at += NOTE.itemsize * head[3]
     alarms = np.frombuffer(message, ALARM, head[4], at)
     at += ALARM.itemsize * head[4]
+    spikes = np.frombuffer(message, SPIKE, head[11], at)
+    at += SPIKE.itemsize * head[11]
     midi = np.frombuffer(message, MIDI, head[5], at)
     assert at + MIDI.itemsize * head[5] == len(message)
-    return head, notes, alarms, midi
+    return head, notes, alarms, spikes, midi
 
 
 # -- what the page is sent ---------------------------------------------------------------------------------
@@ -62,7 +71,8 @@ def test_sound_message_carries_the_notes_alarm_and_the_midi_port_bytes() -> None
     # perone2019, two layers: 200 Hz + 100 Hz per unit of norm, 10 ms each, one after the other; a NaN alarms
     arrangement, (events,) = perone_steps([[1.0, float("nan")]])
     head, notes, alarms, midi = decode(sound_message(events, arrangement, 5, sent_s=123.5))
-    assert head[:6] == (2, 1, 0, 1, 1, 4) and head[6:] == (0, 100.0, 123.5, pytest.approx(0.04), 5)
+    assert head[:6] == (2, 2, 0, 1, 1, 4) and head[6:] == (0, 100.0, 123.5, pytest.approx(0.04), 5, 0, 0)
+    assert SOUND_HEAD.size == 56 and NOTE.itemsize == 32 and NOTE.fields["frequency_hz"][1] == 24  # float64, aligned
     assert notes["layer"].tolist() == [0] and notes["frequency_hz"].tolist() == [300.0]
     assert notes["offset_s"].tolist() == [0.0] and notes["duration_s"].tolist() == [pytest.approx(0.01)]
     assert notes["midi_note"].tolist() == [62] and notes["velocity"].tolist() == [100]  # 300 Hz: D4 (62.37)
@@ -73,6 +83,25 @@ def test_sound_message_carries_the_notes_alarm_and_the_midi_port_bytes() -> None
         (0x90, 62, 100), (0x80, 62, 0), (0x99, 49, 120), (0x89, 49, 0)]
     assert midi["offset_s"].tolist() == pytest.approx([0.0, 0.01, 0.01, 0.02])
     assert midi["note"].tolist() == [1, 1, 2, 2] and midi["order"].tolist() == [1, 0, 1, 0]
+
+
+def test_sound_message_carries_the_spike_alarms_and_their_cowbell() -> None:
+    # pentatonic: a spike when a norm is above 5 x the median of the layer's last 10 (at least 3) norms
+    mapping = Mapping.load("pentatonic")
+    arrangement = mapping.arrange(["a", "b"])
+    rows = [[1.0, 1.0]] * 4 + [[1.0, 20.0]]
+    steps = [mapping.map_frame(Frame(i, 100.0 + i, row)) for i, row in enumerate(rows)]
+    head, notes, alarms, spikes, midi = decode_all(sound_message(steps[4], arrangement, 4, sent_s=1.0))
+    assert head[3:6] == (2, 0, 6) and head[11] == 1 and not alarms.shape[0]  # 2 notes, 1 spike, 3 on/off pairs
+    assert notes["frequency_hz"].tolist() == steps[4].notes.frequency_hz.tolist()  # float64: the very same
+    # layer 1, 20 times its median, from the step's start for a note's length (120 ms): cowbell, velocity 120
+    assert spikes[["layer", "ratio", "midi_note", "velocity"]].tolist() == [(1, 20.0, 56, 120)]
+    assert spikes["offset_s"].tolist() == [0.0] and spikes["duration_s"].tolist() == [pytest.approx(0.12)]
+    on_off = [tuple(m) for m in midi[["status", "data1", "data2"]].tolist() if m[0] & 0x0F == 9]
+    assert on_off == [(0x99, 56, 120), (0x89, 56, 0)]
+    marks = spike_marks(steps[4])
+    assert marks.dtype == SPIKE_MARK and marks.tolist() == [(4, 1, 20.0)]
+    assert all(not events.spikes for events in steps[:4])
 
 
 def test_midi_rows_are_what_the_midi_port_sink_plays() -> None:
@@ -110,6 +139,32 @@ def test_pacer_keeps_one_second_queued_and_never_loses_an_alarm() -> None:
     sent = pacer.admit(steps[41])
     assert sent is not None and sent.step == 40 and sent.alarms
     assert pacer.admit(steps[42]) is not None and pacer.held_alarm() is None
+
+
+def test_pacer_holds_a_spike_as_an_alarm_but_never_in_place_of_a_nan() -> None:
+    now = [0.0]
+    pacer = SoundPacer(max_backlog_s=0.98, clock=lambda: now[0])
+    mapping = Mapping.load("pentatonic")  # 125 ms steps: 8 fill the second, a spike at 5 x the median
+    mapping.arrange(["a", "b"])
+    rows = [[1.0, 1.0]] * 10 + [[1.0, 50.0], [1.0, 1.0], [float("nan"), 1.0], [1.0, 50.0]]
+    steps = [mapping.map_frame(Frame(i, 100.0 + i, row)) for i, row in enumerate(rows)]
+    assert [i for i, e in enumerate(steps) if e.spikes] == [10, 13]
+    assert [i for i, e in enumerate(steps) if e.alarms] == [12]
+    admitted = [events.step for events in steps[:11] if pacer.admit(events) is not None]
+    assert admitted == list(range(8))  # the 9th would start 1 s from now; the spike step waits
+    now[0] = 0.1  # room for one more (it starts 0.9 s from now): the step after sounds the spike in its place
+    sent = pacer.admit(steps[11])
+    assert sent is not None and sent.step == 10 and sent.spikes and pacer.thinned == 4
+    assert pacer.admit(steps[12]) is None  # no room (1.025 s): the NaN waits
+    assert pacer.admit(steps[13]) is None  # a spike that comes while the NaN waits does not take its place
+    assert pacer.held_alarm() is steps[12] and pacer.held_alarm() is None
+
+
+def test_spike_history_keeps_the_first_marks() -> None:
+    history = SpikeHistory(size=3)
+    for step, layers in ((2, [0]), (5, [1, 2]), (9, [0, 1])):
+        history.add(np.array([(step, layer, 6.0) for layer in layers], dtype=SPIKE_MARK))
+    assert history.marks().tolist() == [(2, 0, 6.0), (5, 1, 6.0), (5, 2, 6.0)] and history.seen == 5
 
 
 # -- the server ----------------------------------------------------------------------------------------------
@@ -213,6 +268,30 @@ def test_a_page_joining_mid_run_gets_the_history_then_plays_from_then(tmp_path: 
     live = [SOUND_HEAD.unpack_from(m)[6] for m in got.sounds if m[0] == 2]  # type: ignore[attr-defined]
     past = [SOUND_HEAD.unpack_from(m)[6] for m in got.sounds if m[0] == 3]  # type: ignore[attr-defined]
     assert past and max(past) < 50 and live == list(range(50, 60))
+
+
+def test_a_page_joining_after_a_spike_gets_it_for_its_plots(tmp_path: Path) -> None:
+    path = tmp_path / "run.gbrun"
+    norms = [[1.0, 1.0, 1.0] for _ in range(20)]
+    norms[12][2] = 100.0  # 100 x layer 2's median: a spike alarm under pentatonic (5 x)
+    with RunLogWriter(path, RunInfo(("layer0", "layer1", "layer2"), {"mapping": "pentatonic"})) as writer:
+        for step, row in enumerate(norms):
+            writer.append(Frame(step, 1_700_000_000.0 + step, row))
+    served = serve_run(path)
+    try:
+        served.join()
+        got = asyncio.run(collect(served.port, served.token))
+    finally:
+        served.page.stop()
+    spikes = [m for m in got.sounds if m[0] == 4]
+    assert len(spikes) == 1 and SPIKES_HEAD.unpack_from(spikes[0]) == (4, 1)
+    assert np.frombuffer(spikes[0], SPIKE_MARK, 1, SPIKES_HEAD.size).tolist() == [(12, 2, 100.0)]
+    # it comes before the steps that sounded, which carry it too (drawn in the piano roll only)
+    kinds = [m[0] for m in got.sounds]
+    assert kinds[0] == 4 and set(kinds[1:]) == {3}
+    past = [decode_all(m) for m in got.sounds[1:]]
+    sounded = [(int(h[6]), s[["layer", "ratio", "midi_note", "velocity"]].tolist()) for h, _, _, s, _ in past if len(s)]
+    assert sounded == [(12, [(2, 100.0, 56, 120)])]
 
 
 def stalled_client(port: int, token: str) -> socket.socket:

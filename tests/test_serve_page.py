@@ -3,7 +3,8 @@
 - the token: refused without it (the page and its WebSocket), and with it the page shows the preset, the
   layers and every frame of a finished run;
 - the page's synth, rendered in an OfflineAudioContext, against the built-in synth: pitch per tone by FFT
-  on both (within 5 cents), stereo placement, the alarm's two tones;
+  on both (within 5 cents), stereo placement, the alarm's two tones; a spike alarm's two tones through the
+  limiter, and the spike on the plot and in the page's count;
 - Web MIDI, through a stand-in MIDIAccess: the bytes the page sends equal what the MIDI port output sent to a
   JACK receiver from the same follower;
 - a second page and a stalled client do not hold up the first; a real training run served by ``watch``,
@@ -36,7 +37,8 @@ from bridge.mapping import Mapping  # noqa: E402
 from bridge.outputs import OutputSpec  # noqa: E402
 from bridge.presets import load_preset  # noqa: E402
 from bridge.runlog import RunLogWriter  # noqa: E402
-from bridge.sinks.synth import render_events  # noqa: E402
+from bridge.sinks.playable import SPIKE_FREQUENCIES_HZ  # noqa: E402
+from bridge.sinks.synth import LIMIT_KNEE, PEAK, render_events  # noqa: E402
 from tests.conftest import MidiDump  # noqa: E402
 from tests.serve_helpers import TIMEOUT_S, norms_of, serve_run, write_run  # noqa: E402
 from tests.test_serve import env, stalled_client  # noqa: E402
@@ -213,6 +215,102 @@ def test_the_pages_synth_sounds_the_built_in_synths_pitches(tmp_path: Path, page
     # its own side of it
     apart = np.abs(page_audio - built_in) > 1e-3
     assert apart.mean() < 0.002 and np.abs(page_audio - built_in)[~apart].max() < 1e-3
+
+
+# Three sines at once, loud enough that the mix goes through the limiter; a spike alarm when a norm is above
+# 3 times the median of the layer's last 2 steps (from the second step on).
+SPIKY = """
+[preset]
+name = "spiky"
+description = "three loud sines at once, a spike alarm at three times the recent median"
+[timing]
+layout = "chord"
+note_s = 0.1
+step_s = 0.15
+[pitch]
+mode = "linear_hz"
+base_hz = 200.0
+hz_per_unit = 100.0
+curve = "linear"
+[sound]
+sample_rate = 44100
+channels = 2
+waveforms = ["sine"]
+amplitude = 0.4
+attack_s = 0.005
+release_s = 0.01
+phase = "continuous"
+pan = "spread"
+[spike]
+ratio = 3.0
+window = 2
+warmup = 1
+"""
+
+
+def peak_hz_above(samples: np.ndarray, sample_rate: int, low_hz: float) -> float:
+    """``peak_hz`` of what sounds above ``low_hz``: the tones below it are filtered out first (in the spectrum)."""
+    size = 1 << 18
+    spectrum = np.fft.rfft(samples * np.hanning(samples.shape[0]), size)
+    spectrum[:int(low_hz * size / sample_rate)] = 0.0
+    return peak_hz(np.fft.irfft(spectrum, size)[:samples.shape[0]] / np.maximum(np.hanning(samples.shape[0]), 1e-3),
+                   sample_rate)
+
+
+def test_a_spike_sounds_as_the_built_in_synths_and_is_marked_on_the_plot(tmp_path: Path, page) -> None:  # type: ignore[no-untyped-def]
+    preset_path = tmp_path / "spiky.toml"
+    preset_path.write_text(SPIKY)
+    path = tmp_path / "run.gbrun"
+    writer = RunLogWriter(path, RunInfo(("a", "b", "c"), {"mapping": str(preset_path)}))
+    served = serve_run(path, linger=True)
+    open_page(page, served.port, served.token)
+    page.click("#play")
+    page.wait_for_function("window.gradbridge.player.playing", timeout=WAIT_MS)
+    rows = [[1.0, 1.0, 1.0], [1.0, 10.0, 1.5], [2.0, 1.5, 1.0]]  # layer 1 spikes at step 1: 10 > 3 x 1.0
+    frames = [Frame(step, time.time(), row) for step, row in enumerate(rows)]
+    for frame in frames:  # at the pace they sound (150 ms a step), so that every step is sent
+        writer.append(frame)
+        time.sleep(0.2)
+    writer.close()
+    served.join()
+    page.wait_for_function(f"window.gradbridge.stats.soundPlayed === {len(rows)}", timeout=WAIT_MS)
+    rendered = page.evaluate("""async () => {
+        const GB = window.gradbridge, steps = GB.sounds.steps.filter((s) => !s.past);
+        const channels = await GB.renderOffline(GB.hello, steps, 0);
+        return channels.map((c) => Array.from(c)); }""")
+    page_audio = np.array(rendered, dtype=np.float64).T
+
+    mapping = Mapping(load_preset(preset_path))
+    arrangement = mapping.arrange(("a", "b", "c"))
+    events = [mapping.map_frame(f) for f in frames]
+    assert [(e.step, [(s.layer, s.ratio) for s in e.spikes]) for e in events] == [(0, []), (1, [(1, 10.0)]), (2, [])]
+    built_in = render_events(arrangement, events).astype(np.float64)
+    sr, step_n, half = 44100, 6615, 2205
+    assert page_audio.shape == built_in.shape == (3 * step_n, 2)
+    # the beep: a square at C#7 for the note's first half, then at F#7, from the start of step 1, on both
+    for number, hz in enumerate(SPIKE_FREQUENCIES_HZ):
+        low = step_n + number * half
+        for audio in (page_audio, built_in):
+            assert abs(1200 * math.log2(peak_hz_above(audio[low:low + half].sum(axis=1), sr, 1500.0) / hz)) < 5
+    # three loud sines and the beep go through the limiter (well past its knee, never past -1 dBFS) on both
+    assert np.abs(built_in).max() > LIMIT_KNEE + 0.1 and np.abs(page_audio).max() <= PEAK + 1e-6
+    # and the two renderings agree sample for sample, but for samples on a square's jump
+    apart = np.abs(page_audio - built_in) > 1e-3
+    assert apart.mean() < 0.002 and np.abs(page_audio - built_in)[~apart].max() < 1e-3
+
+    # on the plot and in the page's count: one spike alarm, layer 1 at step 1, ten times its median
+    assert page.evaluate("window.gradbridge.store.spikes") == [{"step": 1, "layer": 1, "ratio": 10.0}]
+    assert page.evaluate("window.gradbridge.stats.spikes") == 1 and page.text_content("#spikes") == "1"
+    page.wait_for_function("window.gradbridge.plots.drawn.spikes.length === 1", timeout=WAIT_MS)
+    x, colour = page.evaluate("""() => {
+        const canvas = document.getElementById('norms'), ratio = window.devicePixelRatio || 1;
+        const x = window.gradbridge.plots.drawn.spikes[0].x;
+        const pixel = canvas.getContext('2d').getImageData(Math.floor(x * ratio), Math.round(12 * ratio), 1, 1).data;
+        return [x, Array.from(pixel)]; }""")
+    box = page.locator("#norms").bounding_box()
+    assert x == pytest.approx(56 + (box["width"] - 56 - 56) / 2, abs=1)  # step 1 of 0-2: the plot's middle
+    assert colour == [255, 176, 0, 255]  # the spike's amber triangle at the top
+    served.page.stop()
 
 
 STAND_IN_MIDI = """

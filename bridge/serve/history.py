@@ -4,17 +4,24 @@
 step, and besides those every frame with a NaN or infinite norm (an alarm is never thinned away until alarms
 alone fill the history, which then thins them too). Memory stays bounded by ``capacity`` records however
 long the run (20 000 records of 128 layers: 11 MB). ``SoundHistory`` keeps the last sound messages, for the
-piano roll.
+piano roll; ``SpikeHistory`` the spike alarms sounded (the first ``SPIKE_HISTORY``), for the plots.
 """
 
 from __future__ import annotations
 
 import collections
 
+import numpy as np
+
+from bridge.serve.protocol import SPIKE_MARK
+
 #: Frames a history holds before it thins.
 HISTORY_FRAMES = 20_000
 #: Sound messages kept for the piano roll of a page that connects.
 SOUND_HISTORY = 256
+#: Spike alarms kept for the plots of a page that connects (16 bytes each): the first ones, as the page keeps
+#: its first 10 000 NaN/Inf alarms.
+SPIKE_HISTORY = 10_000
 
 
 class FrameHistory:
@@ -68,3 +75,29 @@ class SoundHistory:
 
     def messages(self) -> list[bytes]:
         return list(self._messages)
+
+
+class SpikeHistory:
+    """The spike alarms sounded so far, as ``SPIKE_MARK`` rows (step, layer, ratio): the first ``size``."""
+
+    def __init__(self, size: int = SPIKE_HISTORY) -> None:
+        self.size = size
+        self.seen = 0  #: spike alarms sounded, also those past ``size``
+        self._marks: list[np.ndarray] = []
+        self._held = 0
+
+    def __len__(self) -> int:
+        return self._held
+
+    def add(self, marks: np.ndarray) -> None:
+        """Take one step's marks (``SPIKE_MARK`` rows)."""
+        self.seen += len(marks)
+        room = self.size - self._held
+        if room > 0 and len(marks):
+            kept = marks[:room]
+            self._marks.append(kept)
+            self._held += len(kept)
+
+    def marks(self) -> np.ndarray:
+        """The marks held, in the order they sounded."""
+        return np.concatenate(self._marks) if self._marks else np.zeros(0, dtype=SPIKE_MARK)

@@ -21,7 +21,7 @@ from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.recordformat import encode_frame, record_bytes
 from bridge.serve.pacing import SoundPacer
-from bridge.serve.protocol import hello, sound_message
+from bridge.serve.protocol import hello, sound_message, spike_marks
 
 if TYPE_CHECKING:
     from bridge.serve.server import PageServer
@@ -93,7 +93,8 @@ class PageSink:
     def _send(self, events: StepEvents) -> None:
         if self._arrangement is None:
             raise RuntimeError("PageSink.send before open")
-        self._page.server.push_sound(sound_message(events, self._arrangement, self._sounded))
+        marks = spike_marks(events) if events.spikes else None
+        self._page.server.push_sound(sound_message(events, self._arrangement, self._sounded), marks)
         self._sounded += 1
 
 

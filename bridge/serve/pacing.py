@@ -3,8 +3,9 @@
 A page plays each step at its musical length, one after another, starting ``latency`` after it arrives or
 where the step before it ends. Steps that arrive faster than they can be played would queue without end:
 ``SoundPacer`` keeps the queue at most ``max_backlog_s`` long, as the built-in speakers output does
-(``bridge.sinks.live_player``), and lets the rest go, counted. An alarm is never let go: a step with an
-alarm that finds no room waits, and sounds in the next step's place. Once live outputs play on one musical
+(``bridge.sinks.live_player``), and lets the rest go, counted. An alarm (NaN, Inf or spike) is never let go:
+a step with one that finds no room waits, and sounds in the next step's place (the latest alarm step waits,
+and a step with spikes alone never takes the place of one with a NaN or Inf). Once live outputs play on one musical
 clock, steps arrive at most as fast as they are played and nothing is thinned here.
 """
 
@@ -42,12 +43,12 @@ class SoundPacer:
         start = max(now, self._queue_end)
         if start - now > self.max_backlog_s:
             self.thinned += 1
-            if events.alarms:
-                self._held = events  # the latest alarm waits for room
+            if _rank(events) and _rank(events) >= _rank(self._held):
+                self._held = events  # the latest alarm waits for room; spikes alone do not replace a NaN/Inf
             return None
         sent = events
         if self._held is not None:
-            if not events.alarms:
+            if _rank(self._held) > _rank(events):
                 sent = self._held
                 self.thinned += 1  # this one gives its place to the alarm
             self._held = None
@@ -59,3 +60,10 @@ class SoundPacer:
         """At the end: an alarm step still waiting for room, once; else ``None``."""
         held, self._held = self._held, None
         return held
+
+
+def _rank(events: StepEvents | None) -> int:
+    """How much a step must sound: 2 with a NaN/Inf alarm, 1 with spike alarms alone, else 0."""
+    if events is None:
+        return 0
+    return 2 if events.alarms else 1 if events.spikes else 0

@@ -30,8 +30,10 @@ from aiohttp import WSCloseCode, web
 
 from bridge.errors import SinkError
 from bridge.serve import check_token, is_loopback, new_token
-from bridge.serve.history import FrameHistory, SoundHistory
-from bridge.serve.protocol import SOUND_PAST, frames_message
+import numpy as np
+
+from bridge.serve.history import FrameHistory, SoundHistory, SpikeHistory
+from bridge.serve.protocol import SOUND_PAST, SPIKE_MARK, frames_message, spikes_message
 from bridge.serve.routes import StaticFiles, token_check
 
 log = logging.getLogger("bridge")
@@ -105,9 +107,10 @@ class PageServer:
         self.stats = ServerStats()
         self.history = FrameHistory()
         self.sound_history = SoundHistory()
+        self.spike_history = SpikeHistory()
         self._hello: dict[str, Any] = {}
         self._frames: collections.deque[tuple[bytes, bool]] = collections.deque()
-        self._sounds: collections.deque[bytes] = collections.deque()
+        self._sounds: collections.deque[tuple[bytes, np.ndarray | None]] = collections.deque()
         self._ended: dict[str, Any] | None = None
         self._end_sent = False
         self._wake_pending = False
@@ -170,9 +173,10 @@ class PageServer:
         """Hand over one frame as its run log record; ``alarm``: it holds a NaN or infinite norm."""
         self._frames.append((record, alarm))
 
-    def push_sound(self, message: bytes) -> None:
-        """Hand over one ``SOUND`` message; pages get it at once."""
-        self._sounds.append(message)
+    def push_sound(self, message: bytes, spikes: np.ndarray | None = None) -> None:
+        """Hand over one ``SOUND`` message, and its step's spike alarms as ``SPIKE_MARK`` rows (for pages that
+        connect later); pages get it at once."""
+        self._sounds.append((message, spikes))
         self._wake()
 
     def push_end(self, frames: int) -> None:
@@ -229,6 +233,8 @@ class PageServer:
                      history_stride=self.history.stride, frames_seen=self.history.frames_seen)
         opening: list[bytes | str] = [json.dumps(hello)]
         opening += _chunks(self.history.records())
+        if len(self.spike_history):
+            opening.append(spikes_message(self.spike_history.marks()))
         opening += self.sound_history.messages()
         if self._end_sent and self._ended is not None:
             opening.append(json.dumps(self._ended))
@@ -292,7 +298,9 @@ class PageServer:
             for client in list(self._clients):
                 self._queue_frames(client, chunks)
         while self._sounds:
-            message = self._sounds.popleft()
+            message, spikes = self._sounds.popleft()
+            if spikes is not None and len(spikes):
+                self.spike_history.add(spikes.astype(SPIKE_MARK, copy=False))
             self.stats.sound_steps += 1
             self.sound_history.add(bytes((SOUND_PAST,)) + message[1:])
             for client in self._clients:

@@ -12,7 +12,7 @@ window.gradbridge = window.gradbridge || {};
   const stats = GB.stats = {state: 'connecting', framesReceived: 0, soundReceived: 0, soundPlayed: 0,
                             connections: 0, lastLagS: NaN, lags: [], animationFrames: 0, longTasks: 0,
                             longTaskMs: 0, ended: false, serverFrames: 0, normsDraws: 0, normsDrawMs: 0,
-                            rollDrawMs: 0, decodeMs: 0};
+                            rollDrawMs: 0, decodeMs: 0, spikes: 0};
   const player = GB.player = new GB.Player();
   let hello = null, store = null, sounds = new GB.SoundLog(), clockOffsetS = 0, socket = null, retryMs = 500;
   let drawnNorms = -1, drawnSounds = -1, normsAt = 0, rollAt = 0, normsEveryMs = NORMS_EVERY_MS;
@@ -47,6 +47,7 @@ window.gradbridge = window.gradbridge || {};
       hello = GB.hello = message;
       stats.connections++;
       stats.framesReceived = 0;
+      stats.spikes = 0;
       stats.ended = false;
       clockOffsetS = nowS - message.server_time_s;
       store = GB.store = new GB.FrameStore(message.layer_names.length);
@@ -86,11 +87,15 @@ window.gradbridge = window.gradbridge || {};
     } else if (kind === GB.protocol.SOUND || kind === GB.protocol.SOUND_PAST) {
       const step = GB.protocol.decodeSound(buffer);
       sounds.add(step);
-      if (!step.past) {
+      if (!step.past) {  // the spikes of steps from before the page connected came in the SPIKES message
         stats.soundReceived++;
+        if (store) store.addSpikes(step.spikes.map((s) => ({step: step.step, layer: s.layer, ratio: s.ratio})));
         if (player.schedule(step)) stats.soundPlayed++;
       }
+    } else if (kind === GB.protocol.SPIKES && store) {
+      store.addSpikes(GB.protocol.decodeSpikes(buffer));
     }
+    if (store) stats.spikes = store.spikesSeen;
   }
 
   function showRun(message) {
@@ -143,6 +148,7 @@ window.gradbridge = window.gradbridge || {};
       $('last-step').textContent = store.last ? String(store.last.step) : '–';
       $('lag').textContent = Number.isFinite(stats.lastLagS) ? `${stats.lastLagS.toFixed(2)} s` : '–';
       $('played').textContent = String(stats.soundPlayed);
+      $('spikes').textContent = String(stats.spikes);
     }
     requestAnimationFrame(draw);
   }

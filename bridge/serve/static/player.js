@@ -15,6 +15,13 @@ window.gradbridge = window.gradbridge || {};
 (function (GB) {
   const LATENCY_S = 0.15, MAX_BACKLOG_S = 1.0, HORIZON_S = 0.1, MIDI_TICK_MS = 25, ALL_NOTES_OFF = 123;
 
+  // x rounded to the nearest integer, halves to the even one, as the built-in synth rounds times to samples
+  // (NumPy's rint, Python's round); Math.round takes halves up.
+  function roundHalfEven(x) {
+    const r = Math.round(x);
+    return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  }
+
   function workletUrl() {
     return 'static/synth-worklet.js?token=' + encodeURIComponent(GB.token || '');
   }
@@ -25,17 +32,20 @@ window.gradbridge = window.gradbridge || {};
       channels: a.audio_channels, voices: a.voices, phase: a.phase, attack_s: a.attack_s, release_s: a.release_s,
       max_frequency_hz: a.max_frequency_hz, min_frequency_hz: s.min_frequency_hz,
       alarm_frequencies_hz: s.alarm_frequencies_hz, alarm_amplitude: s.alarm_amplitude,
-      alarm_edge_s: s.alarm_edge_s, steps}};
+      spike_frequencies_hz: s.spike_frequencies_hz, spike_amplitude: s.spike_amplitude,
+      alarm_edge_s: s.alarm_edge_s, limit_knee: s.limit_knee, peak: s.peak, steps}};
   }
 
-  // One step for the worklet, starting at audio frame `frame`.
-  function workletStep(step, frame, sampleRate) {
+  // One step for the worklet, starting at audio frame `frame`: times in frames, lengths cut at the built-in synth's
+  // longest note.
+  function workletStep(step, frame, sampleRate, maxNoteS) {
+    const at = (x) => frame + roundHalfEven(x.offsetS * sampleRate);
+    const length = (x) => roundHalfEven(Math.min(x.durationS, maxNoteS) * sampleRate);
     return {
-      notes: step.notes.map((n) => ({layer: n.layer, frame: frame + Math.round(n.offsetS * sampleRate),
-                                     length: Math.round(n.durationS * sampleRate), frequency: n.frequency,
+      notes: step.notes.map((n) => ({layer: n.layer, frame: at(n), length: length(n), frequency: n.frequency,
                                      amplitude: n.amplitude})),
-      alarms: step.alarms.map((a) => ({frame: frame + Math.round(a.offsetS * sampleRate),
-                                       length: Math.round(a.durationS * sampleRate)})),
+      alarms: step.alarms.map((a) => ({frame: at(a), length: length(a)})),
+      spikes: step.spikes.map((a) => ({frame: at(a), length: length(a)})),
     };
   }
 
@@ -98,7 +108,7 @@ window.gradbridge = window.gradbridge || {};
       let start = Math.max(now + LATENCY_S, this.queueEnd);
       if (start - now > LATENCY_S + MAX_BACKLOG_S) start = now + LATENCY_S;
       this.queueEnd = start + step.durationS;
-      this.node.port.postMessage(workletStep(step, Math.round(start * sr), sr));
+      this.node.port.postMessage(workletStep(step, Math.round(start * sr), sr, this.hello.synth.max_note_s));
       if (this.midiOut) {
         for (const m of step.midi) {
           this.midiQueue.push({at: start + m.offsetS, order: m.order, seq: this.seq++, bytes: m.bytes,
@@ -175,10 +185,12 @@ window.gradbridge = window.gradbridge || {};
     const a = hello.arrangement, sr = a.sample_rate;
     if (!steps.length) return [];
     const first = steps[0].step, last = steps[steps.length - 1];
-    const frames = Math.ceil(((last.step - first) * a.seconds_per_step + last.durationS + (tailS || 0)) * sr);
+    const frames = roundHalfEven((last.step - first) * a.seconds_per_step * sr) + roundHalfEven(last.durationS * sr) +
+      Math.ceil((tailS || 0) * sr);  // to the end of the last step, in whole frames as the built-in synth counts
     const ctx = new OfflineAudioContext(a.audio_channels, frames, sr);
     await ctx.audioWorklet.addModule(workletUrl());
-    const placed = steps.map((s) => workletStep(s, Math.round((s.step - first) * a.seconds_per_step * sr), sr));
+    const placed = steps.map((s) => workletStep(s, roundHalfEven((s.step - first) * a.seconds_per_step * sr), sr,
+                                                hello.synth.max_note_s));
     const node = new AudioWorkletNode(ctx, 'gradbridge-synth', synthOptions(hello, placed));
     node.connect(ctx.destination);
     const buffer = await ctx.startRendering();

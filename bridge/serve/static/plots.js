@@ -1,12 +1,14 @@
-// The page's plots, drawn on canvases: each layer's norm over steps (log scale) with alarms marked, loss and
-// learning rate, and a piano roll of the notes that sound. Each draws at most one point pair (lowest, highest)
+// The page's plots, drawn on canvases: each layer's norm over steps (log scale) with alarms marked (a red line at
+// a NaN or infinite norm, an amber line under a triangle at a spike alarm), loss and learning rate, and a piano
+// roll of the notes that sound. Each draws at most one point pair (lowest, highest)
 // per pixel column, whatever the length of the run.
 'use strict';
 window.gradbridge = window.gradbridge || {};
 
 (function (GB) {
   const MARGIN = {left: 56, right: 56, top: 10, bottom: 22};
-  const ALARM = '#d7263d', AXIS = '#8a8f98', TEXT = '#c9ccd1';
+  const ALARM = '#d7263d', SPIKE = '#ffb000', AXIS = '#8a8f98', TEXT = '#c9ccd1';
+  const drawn = {spikes: []};  // where the last norms drawing put each spike alarm: [{step, layer, x}] (CSS pixels)
 
   function layerColour(i, n) { return `hsl(${(i * 360 / Math.max(n, 1) * 7.3) % 360}, 70%, 60%)`; }
 
@@ -58,6 +60,7 @@ window.gradbridge = window.gradbridge || {};
     const w = box.width, h = box.height, f = frameOf(w, h), L = store.layers, n = store.count;
     const W = Math.max(50, Math.round(w * ratio)), H = Math.max(50, Math.round(h * ratio));
     const lo = store.lo.slice(0, n * L), hi = store.hi.slice(0, n * L), alarms = store.alarms.slice();
+    const spikes = store.spikes.slice();
     let min = Infinity, max = -Infinity;
     for (let i = 0; i < n * L; i++) {
       if (lo[i] > 0 && lo[i] < min) min = lo[i];
@@ -125,9 +128,27 @@ window.gradbridge = window.gradbridge || {};
         g.moveTo(x, f.y0); g.lineTo(x, f.y1);
       }
       g.stroke();
+      drawn.spikes = [];
+      g.strokeStyle = SPIKE; g.globalAlpha = 0.8; g.setLineDash([3, 3]);
+      g.beginPath();
+      const marks = new Path2D();
+      for (const spike of spikes) {  // an amber dashed line under a triangle at every step with a spike alarm
+        const x = Math.round(f.x0 + (spike.step - first) / span * (f.x1 - f.x0)) + 0.5;
+        g.moveTo(x, f.y0 + 6); g.lineTo(x, f.y1);
+        marks.moveTo(x - 4, f.y0); marks.lineTo(x + 4, f.y0); marks.lineTo(x, f.y0 + 7); marks.closePath();
+        drawn.spikes.push({step: spike.step, layer: spike.layer, x});
+      }
+      g.stroke();
+      g.setLineDash([]);
       g.globalAlpha = 1;
+      g.fillStyle = SPIKE;
+      g.fill(marks);
       g.textAlign = 'left';
+      g.fillStyle = ALARM;
       if (alarms.length) g.fillText(`${alarms.length} NaN/Inf`, f.x1 + 4, f.y0 + 10);
+      g.fillStyle = SPIKE;
+      const seen = store.spikesSeen;
+      if (spikes.length) g.fillText(`${seen} spike${seen === 1 ? '' : 's'}`, f.x1 + 4, f.y0 + 24);
     }
 
     return {
@@ -202,7 +223,7 @@ window.gradbridge = window.gradbridge || {};
   }
 
   // The last sound steps side by side: a bar per note at its pitch (MIDI note), its place and length within the
-  // step; alarms as red bars along the top.
+  // step; alarms as red bars along the top, spike alarms as amber bars just under them.
   function drawPianoRoll(canvas, log, layers, shown) {
     const {g, w, h} = fit(canvas), f = frameOf(w, h);
     const steps = log.steps.slice(-shown);
@@ -228,10 +249,14 @@ window.gradbridge = window.gradbridge || {};
         }
         if (s.alarms.length && !paths.has(-1)) paths.set(-1, new Path2D());
         for (const a of s.alarms) paths.get(-1).rect(x + a.offsetS * scale, f.y0, Math.max(2, a.durationS * scale - 1), 6);
+        if (s.spikes.length && !paths.has(-2)) paths.set(-2, new Path2D());
+        for (const a of s.spikes) {
+          paths.get(-2).rect(x + a.offsetS * scale, f.y0 + 7, Math.max(2, a.durationS * scale - 1), 6);
+        }
       });
       g.globalAlpha = past ? 0.5 : 1;
       for (const [layer, path] of paths) {
-        g.fillStyle = layer < 0 ? ALARM : layerColour(layer, layers);
+        g.fillStyle = layer === -1 ? ALARM : layer === -2 ? SPIKE : layerColour(layer, layers);
         g.fill(path);
       }
     }
@@ -241,5 +266,5 @@ window.gradbridge = window.gradbridge || {};
                (f.x0 + f.x1) / 2, f.y1 + 15);
   }
 
-  GB.plots = {normsPainter, drawNorms, drawLossLr, drawPianoRoll, layerColour};
+  GB.plots = {normsPainter, drawNorms, drawLossLr, drawPianoRoll, layerColour, drawn, SPIKE};
 })(window.gradbridge);

@@ -1,5 +1,6 @@
 // What the page keeps of a run, bounded however long it runs: frames in buckets (each layer's lowest and highest
-// finite norm, loss and learning rate), every alarm, and the last sound steps for the piano roll.
+// finite norm, loss and learning rate), every alarm (the first 10 000 NaN/Inf norms, the first 10 000 spike alarms
+// the server sounded), and the last sound steps for the piano roll.
 // A bucket holds one frame until CAPACITY buckets are full; then neighbours merge in pairs and each bucket holds
 // twice as many steps, so the plots keep each stretch's extremes at any length.
 'use strict';
@@ -22,6 +23,8 @@ window.gradbridge = window.gradbridge || {};
       this.lossHi = new Float64Array(CAPACITY).fill(NaN);
       this.lr = new Float64Array(CAPACITY).fill(NaN);
       this.alarms = [];  // {step, layer, kind: 'nan' | '+inf' | '-inf'}
+      this.spikes = [];  // {step, layer, ratio}: the spike alarms sounded (the server finds them, the page never does)
+      this.spikesSeen = 0;  // spike alarms heard of, also those past the first ALARMS
       this.frames = 0;
       this.last = null;  // {step, captureS}
       this.version = 0;  // moves on with every change (plots redraw when it moved)
@@ -79,6 +82,16 @@ window.gradbridge = window.gradbridge || {};
       this.lossHi.fill(NaN, this.count);
       this.lr.fill(NaN, this.count);
       this.width *= 2;
+    }
+
+    // Spike alarms, from a sound step (with its step) or from the server's history of them: [{step, layer, ratio}].
+    addSpikes(marks) {
+      if (!marks.length) return;
+      for (const m of marks) {
+        if (this.spikes.length < ALARMS) this.spikes.push({step: m.step, layer: m.layer, ratio: m.ratio});
+      }
+      this.spikesSeen += marks.length;
+      this.version++;
     }
 
     // The frames held one per bucket (only while no bucket merged): [{step, norms: [...]}], NaN for an alarm.
