@@ -6,7 +6,8 @@ carries nothing: its end tells the follower that the training process is gone, h
 
 On the follower's stdout, one line of JSON when the outputs are open (``{"ready": true, "description": ...,
 "failed_to_open": {name: text}}``, or ``{"ready": false, "error": text, "kind": "TypeError" | "ValueError" |
-""}``); once the training process is done, about one a second while it finishes (``{"progress": frames
+"", "type": the error's class name}``, raised again in the training process as the same class when it is one
+of ``bridge.errors``); once the training process is done, about one a second while it finishes (``{"progress": frames
 delivered, "left": frames left or null}``), and one when it is done (``{"report": {...}}``, a
 ``FollowReport``). Nothing else, so the pipe never fills while training runs. Its messages go to stderr.
 """
