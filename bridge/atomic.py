@@ -4,7 +4,9 @@ A command that fails part-way (a damaged input, a full disk, Ctrl-C) leaves its 
 file of that name is untouched and no half-written file takes its place. The temporary file lies in the
 target's folder (``NAME.XXXXXXXX.part``), so the rename (``os.replace``) stays within one file system,
 where it is atomic on POSIX and Windows. Only a process killed outright (``kill -9``) leaves a ``.part``
-file behind; the target is untouched then too.
+file behind; the target is untouched then too. A target that exists but is not a regular file (``/dev/null``,
+a named pipe, a terminal) is written directly: there is nothing there to keep, and it must never be renamed
+over.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bridge.errors import SinkError
 
 log = logging.getLogger("bridge")
 
-__all__ = ["PART_SUFFIX", "discard", "put_in_place", "replacing", "temporary_beside"]
+__all__ = ["PART_SUFFIX", "discard", "put_in_place", "replacing", "temporary_beside", "written_in_place"]
 
 #: The suffix of a file being written, before it is renamed into place.
 PART_SUFFIX = ".part"
@@ -31,13 +33,26 @@ def _target_of(path: str) -> str:
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
+def written_in_place(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a folder (a device, a named pipe, a
+    terminal): such a target is written directly, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def temporary_beside(path: str | os.PathLike[str], what: str = "file") -> str:
-    """Create an empty file beside ``path`` (``NAME.XXXXXXXX.part``) and return its path.
+    """Create an empty file beside ``path`` (``NAME.XXXXXXXX.part``) and return its path; for a target
+    written in place (``written_in_place``), ``path`` itself.
 
     Its permissions are the existing target's, else a new file's (0666 less the umask). Raises
     ``SinkError`` naming ``what`` and ``path`` when the folder is missing or cannot be written, or
     when ``path`` is a folder.
     """
+    if written_in_place(path):
+        return os.fspath(path)
     target = _target_of(os.fspath(path))
     folder = os.path.dirname(os.path.abspath(target))
     if os.path.isdir(target):
@@ -68,16 +83,21 @@ def temporary_beside(path: str | os.PathLike[str], what: str = "file") -> str:
 
 def put_in_place(temporary: str, path: str | os.PathLike[str], what: str = "file") -> None:
     """Rename the complete ``temporary`` over ``path`` (``SinkError`` naming both if it cannot be)."""
+    if temporary == os.fspath(path):  # written in place
+        return
     try:
         os.replace(temporary, _target_of(os.fspath(path)))
     except OSError as exc:
-        discard(temporary)
+        discard(temporary, path)
         raise SinkError(f"cannot put {what} {path} in place: {exc.strerror or exc}; it was left as it was. "
                         f"Fix: check that you can write to its folder") from exc
 
 
-def discard(temporary: str) -> None:
-    """Remove an unfinished temporary file (gone already: nothing to do)."""
+def discard(temporary: str, path: str | os.PathLike[str]) -> None:
+    """Remove the unfinished temporary file of ``path`` (gone already, or ``path`` written in place: nothing
+    to do)."""
+    if temporary == os.fspath(path):
+        return
     with contextlib.suppress(FileNotFoundError):
         os.remove(temporary)
 
@@ -90,6 +110,6 @@ def replacing(path: str | os.PathLike[str], what: str = "file") -> Iterator[str]
     try:
         yield temporary
     except BaseException:
-        discard(temporary)
+        discard(temporary, path)
         raise
     put_in_place(temporary, path, what)

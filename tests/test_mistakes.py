@@ -19,6 +19,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -144,6 +145,19 @@ def test_an_output_on_its_own_input_is_refused_and_the_input_kept(tmp_path: Path
     link.symlink_to(run)  # another name for the same file is refused too
     assert main([verb, str(run), "-o", str(link)]) == 1
     assert "is the same file as run=" in capsys.readouterr().err and sha(run) == before
+
+
+@pytest.mark.parametrize("verb", ["render", "midi", "export"])
+def test_an_output_that_is_a_device_is_written_in_place_never_replaced(tmp_path: Path, verb: str) -> None:
+    run = write_run(tmp_path / "run.gbrun", range(5))
+    before = os.stat(os.devnull)
+    done = gradbridge(verb, str(run), "-o", os.devnull)
+    assert done.returncode == 0, done.stderr
+    after = os.stat(os.devnull)  # still the very same character device, not a file renamed over it
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    assert not [name for name in os.listdir(os.path.dirname(os.devnull)) if name.endswith(".part")]
+    exported = gradbridge("export", str(run), "-o", "/dev/stdout")  # a pipe: the CSV comes out on stdout
+    assert exported.returncode == 0 and exported.stdout.splitlines()[0] == "step,wall_time,loss,lr,a,b"
 
 
 def test_watch_refuses_the_run_log_or_a_file_on_another_output_before_anything_opens(tmp_path: Path) -> None:

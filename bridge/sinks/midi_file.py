@@ -120,7 +120,7 @@ class MidiFileSink:
         try:
             self._out = open(self._temporary, "wb")  # noqa: SIM115 - written and closed in close()
         except OSError as exc:
-            discard(self._temporary)
+            discard(self._temporary, self.path)
             raise SinkError(self._write_error(exc)) from exc
         self._arrangement = arrangement
         self._tempo_us = tempo_to_microseconds(bpm)
@@ -309,7 +309,7 @@ class MidiFileSink:
                 out.close()
             except OSError as exc:  # the failure that got us here is the one to report
                 log.debug("closing the unfinished MIDI file %s: %s", self._temporary, exc)
-        discard(self._temporary)
+        discard(self._temporary, self.path)
 
     def _write(self, out: IO[bytes], arrangement: Arrangement) -> None:
         tracks = list(self._tracks) + ([self._alarms] if self._alarms is not None else [])
