@@ -51,12 +51,14 @@ def temporary_beside(path: str | os.PathLike[str], what: str = "file") -> str:
     ``SinkError`` naming ``what`` and ``path`` when the folder is missing or cannot be written, or
     when ``path`` is a folder.
     """
+    if not os.fspath(path):
+        raise SinkError(f"the {what}'s path is empty. Fix: give a file name")
     if written_in_place(path):
         return os.fspath(path)
     target = _target_of(os.fspath(path))
     folder = os.path.dirname(os.path.abspath(target))
     if os.path.isdir(target):
-        raise SinkError(f"cannot write {what} {path}: it is a folder. Fix: give a file name, e.g. {path}/run.wav")
+        raise SinkError(f"cannot write {what} {path}: it is a folder. Fix: give the name of a file in it")
     if not os.path.isdir(folder):
         raise SinkError(f"cannot write {what} {path}: folder {folder} does not exist. Fix: create it first, or "
                         f"choose another path")

@@ -89,15 +89,14 @@ def render_run(run: str, output: str, kind: str, *, mapping: str | None = None, 
     name = Path(output).name
     if kind == "wav":
         bytes_per_frame = arrangement.audio_channels * (2 if wav_format == "int16" else 4)
-        size = f", about {file_size_words(music_s * arrangement.sample_rate * bytes_per_frame)}"
-        print(f"gradbridge: writing {output}: {extent.frames} steps, {describe_duration(music_s)} of audio{size}",
-              file=announce)
+        length = (f"{describe_duration(music_s)} of audio, about "
+                  f"{file_size_words(music_s * arrangement.sample_rate * bytes_per_frame)}")
     else:
-        print(f"gradbridge: writing {output}: {extent.frames} steps, {describe_duration(music_s)} of music",
-              file=announce)
+        length = f"{describe_duration(music_s)} of music"
     untouched = f"{output} was left as it was" if os.path.exists(output) else f"{output} was not written"
     started = time.perf_counter()
     with replacing(output, "WAV file" if kind == "wav" else "MIDI file") as temporary:
+        print(f"gradbridge: writing {output}: {extent.frames} steps, {length}", file=announce)
         outputs = open_outputs(spec(temporary), chosen, info)
         if kind == "wav":
             progress = Progress(round(music_s * arrangement.sample_rate), f"wav {name}", stream=announce)

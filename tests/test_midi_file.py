@@ -486,7 +486,7 @@ def test_missing_directory_raises_sink_error_at_open(tmp_path: Path) -> None:
 
 
 def test_directory_as_path_raises_sink_error(tmp_path: Path) -> None:
-    with pytest.raises(SinkError, match="it is a folder. Fix: give a file name"):
+    with pytest.raises(SinkError, match="it is a folder. Fix: give the name of a file in it"):
         MidiFileSink(tmp_path).open(make_arrangement([("l", 0, 0)]))
 
 

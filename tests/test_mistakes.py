@@ -570,4 +570,6 @@ def test_the_follower_process_keeps_the_type_of_the_error_it_refuses_with(tmp_pa
         bridge.watch(model, optimizer, midi="x", midi_api="beos", announce=None)
     with pytest.raises(ValueError, match="OSC target 'localhost' has no port"):  # refused before anything starts
         bridge.watch(model, optimizer, osc="localhost", announce=None)
+    with pytest.raises(TypeError, match="announce must be a text stream such as sys.stderr, or None"):
+        bridge.watch(model, optimizer, announce=5)  # type: ignore[arg-type]
     assert not optimizer._optimizer_step_pre_hooks
