@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import TextIO
 
 from bridge.atomic import replacing
-from bridge.errors import GradbridgeError
+from bridge.errors import GradbridgeError, SinkError
 from bridge.frames import Frame
 
-__all__ = ["Progress", "export_run", "render_run"]
+__all__ = ["WAV_LIMIT_BYTES", "Progress", "export_run", "render_run"]
+
+#: The most bytes a WAV file can hold (its sizes are 32-bit): a longer render is refused before it starts.
+WAV_LIMIT_BYTES = 0xFFFFFFFF
 
 
 class Progress:
@@ -89,8 +92,12 @@ def render_run(run: str, output: str, kind: str, *, mapping: str | None = None, 
     name = Path(output).name
     if kind == "wav":
         bytes_per_frame = arrangement.audio_channels * (2 if wav_format == "int16" else 4)
-        length = (f"{describe_duration(music_s)} of audio, about "
-                  f"{file_size_words(music_s * arrangement.sample_rate * bytes_per_frame)}")
+        wav_bytes = music_s * arrangement.sample_rate * bytes_per_frame
+        length = f"{describe_duration(music_s)} of audio, about {file_size_words(wav_bytes)}"
+        if wav_bytes > WAV_LIMIT_BYTES:
+            raise SinkError(f"{output} would hold {extent.frames} steps, {length}: over the 4 GiB a WAV file can "
+                            f"hold. Fix: render a shorter run, a preset with shorter steps or fewer channels, or "
+                            f"write a MIDI file (gradbridge midi)")
     else:
         length = f"{describe_duration(music_s)} of music"
     untouched = f"{output} was left as it was" if os.path.exists(output) else f"{output} was not written"

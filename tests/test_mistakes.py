@@ -504,6 +504,13 @@ def test_a_preset_asking_for_hours_of_audio_says_so_first_and_shows_progress(tmp
     assert printed.index("writing") < printed.index("wav long.wav [")  # the length came first
     assert status == 130 and f"gradbridge: interrupted; nothing was written to {out}" in printed
     assert not out.exists() and leftovers(tmp_path) == []  # Ctrl-C wrote nothing half-way
+    csv.write_text("step,a,b\n" + "".join(f"{step},1.0,2.0\n" for step in range(500)))  # 8 h 20 min of audio
+    done = gradbridge("render", str(csv), "-o", str(out), "-m", str(preset))
+    assert done.returncode == 1 and error_line(done.stderr) == (
+        f"gradbridge: error: {out} would hold 500 steps, 8 h 20 min of audio, about 5.29 GB: over the 4 GiB a WAV "
+        "file can hold. Fix: render a shorter run, a preset with shorter steps or fewer channels, or write a MIDI "
+        "file (gradbridge midi)")
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 # -- text a spreadsheet or a MIDI reader would misread ---------------------------------------------------------------
