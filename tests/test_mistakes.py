@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mido
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -457,9 +458,10 @@ def test_a_midi_file_that_fails_at_close_names_its_path_and_the_fix_and_keeps_th
 # -- long renders say how long they will be --------------------------------------------------------------------------
 
 
-def run_on_a_terminal(args: list[str], until: Callable[[str], bool], timeout: float = TIMEOUT_S) -> tuple[int, str]:
-    """Run ``gradbridge args`` with its stderr on a terminal (a pty) until ``until(what it printed)``, then
-    Ctrl-C it (SIGINT to its process group); its exit status and what it printed."""
+def run_on_a_terminal(args: list[str], until: Callable[[str], bool] | None = None,
+                      timeout: float = TIMEOUT_S) -> tuple[int, str]:
+    """Run ``gradbridge args`` with its stderr on a terminal (a pty) to its end, or until ``until(what it
+    printed)`` and then Ctrl-C (SIGINT to its process group); its exit status and what it printed."""
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     child = subprocess.Popen([sys.executable, "-m", "bridge", *args], stdout=subprocess.DEVNULL, stderr=slave,
@@ -467,50 +469,67 @@ def run_on_a_terminal(args: list[str], until: Callable[[str], bool], timeout: fl
     os.close(slave)
     printed = ""
     deadline = time.monotonic() + timeout
+    interrupted = False
     try:
-        while not until(printed) and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.5)[0]:
-                try:
-                    printed += os.read(master, 4096).decode()
-                except OSError:  # the child closed the terminal
-                    break
-        os.killpg(child.pid, signal.SIGINT)
-        status = child.wait(timeout=timeout)
-        while select.select([master], [], [], 0.2)[0]:
+        while time.monotonic() < deadline:
+            if until is not None and not interrupted and until(printed):
+                os.killpg(child.pid, signal.SIGINT)
+                interrupted = True
+            if not select.select([master], [], [], 0.2)[0]:
+                continue
             try:
                 chunk = os.read(master, 4096).decode()
-            except OSError:
+            except OSError:  # the child ended and closed the terminal
                 break
             if not chunk:
                 break
             printed += chunk
+        return child.wait(timeout=timeout), printed
     finally:
         os.close(master)
         if child.poll() is None:
             child.kill()
-    return status, printed
 
 
 def test_a_preset_asking_for_hours_of_audio_says_so_first_and_shows_progress(tmp_path: Path) -> None:
     preset = tmp_path / "long.toml"
-    preset.write_text("[timing]\nlayout = \"chord\"\nstep_s = 60.0\nnote_s = 60.0\n")
+    preset.write_text("[timing]\nlayout = \"chord\"\nstep_s = 60.0\nnote_s = 60.0\n"
+                      "[sound]\nchannels = 1\nsample_rate = 22050\nmax_frequency_hz = 10000.0\n")
     csv = tmp_path / "r20.csv"
     csv.write_text("step,a,b\n" + "".join(f"{step},1.0,2.0\n" for step in range(20)))
     out = tmp_path / "long.wav"
-    status, printed = run_on_a_terminal(["render", str(csv), "-o", str(out), "-m", str(preset)],
-                                        until=lambda text: re.search(r"\] +[1-9]\d*%", text) is not None)
-    assert f"gradbridge: writing {out}: 20 steps, 20 min 0 s of audio, about 212 MB" in printed
-    assert re.search(r"wav long\.wav \[#*\.+\] +[1-9]\d*%", printed), printed  # a bar, part of the way
-    assert printed.index("writing") < printed.index("wav long.wav [")  # the length came first
-    assert status == 130 and f"gradbridge: interrupted; nothing was written to {out}" in printed
-    assert not out.exists() and leftovers(tmp_path) == []  # Ctrl-C wrote nothing half-way
-    csv.write_text("step,a,b\n" + "".join(f"{step},1.0,2.0\n" for step in range(500)))  # 8 h 20 min of audio
-    done = gradbridge("render", str(csv), "-o", str(out), "-m", str(preset))
+    status, printed = run_on_a_terminal(["render", str(csv), "-o", str(out), "-m", str(preset)])
+    assert status == 0, printed
+    assert f"gradbridge: writing {out}: 20 steps, 20 min 0 s of audio, about 52.9 MB" in printed
+    bars = re.findall(r"wav long\.wav \[([#.]+)\] +(\d+)%", printed)
+    assert [int(percent) for _, percent in bars] == sorted(int(percent) for _, percent in bars)
+    assert len(bars) >= 3 and bars[-1] == ("#" * 30, "100") and 0 < int(bars[1][1]) < 100  # on its way, then done
+    assert printed.index("writing") < printed.index("wav long.wav [") < printed.index("wrote")  # the length first
+    assert wav_frames(out) == 20 * 60 * 22050
+    csv.write_text("step,a,b\n" + "".join(f"{step},1.0,2.0\n" for step in range(2000)))  # 33 h 20 min of audio
+    done = gradbridge("render", str(csv), "-o", str(tmp_path / "huge.wav"), "-m", str(preset))
     assert done.returncode == 1 and error_line(done.stderr) == (
-        f"gradbridge: error: {out} would hold 500 steps, 8 h 20 min of audio, about 5.29 GB: over the 4 GiB a WAV "
-        "file can hold. Fix: render a shorter run, a preset with shorter steps or fewer channels, or write a MIDI "
-        "file (gradbridge midi)")
-    assert not out.exists() and leftovers(tmp_path) == []
+        f"gradbridge: error: {tmp_path / 'huge.wav'} would hold 2000 steps, 33 h 20 min of audio, about 5.29 GB: "
+        "over the 4 GiB a WAV file can hold. Fix: render a shorter run, a preset with shorter steps or fewer "
+        "channels, or write a MIDI file (gradbridge midi)")
+    assert not (tmp_path / "huge.wav").exists() and leftovers(tmp_path) == []
+
+
+def test_ctrl_c_during_a_render_leaves_the_older_file_untouched(tmp_path: Path) -> None:
+    csv = tmp_path / "many.csv"
+    rng = np.random.default_rng(3)
+    norms = np.exp(rng.normal(0.0, 1.0, size=(20_000, 8)))
+    csv.write_text("step," + ",".join(f"l{i}" for i in range(8)) + "\n"
+                   + "".join(f"{step}," + ",".join(f"{v:.4g}" for v in row) + "\n" for step, row in enumerate(norms)))
+    good = tmp_path / "good.wav"
+    assert gradbridge("render", str(write_run(tmp_path / "short.gbrun", range(3))), "-o", str(good)).returncode == 0
+    before = sha(good)
+    status, printed = run_on_a_terminal(["render", str(csv), "-o", str(good)],
+                                        until=lambda text: re.search(r"\] +[1-9]\d*%", text) is not None)
+    assert status == 130, printed
+    assert f"gradbridge: interrupted; nothing was written to {good} (an older file of that name is left as it was)" \
+        in printed
+    assert sha(good) == before and leftovers(tmp_path) == []  # Ctrl-C wrote nothing half-way
 
 
 # -- text a spreadsheet or a MIDI reader would misread ---------------------------------------------------------------

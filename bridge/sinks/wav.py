@@ -32,6 +32,9 @@ _WAVE_FORMAT_PCM = 1
 _WAVE_FORMAT_IEEE_FLOAT = 3
 _RIFF_LIMIT = 0xFFFFFFFF  # RIFF sizes are 32-bit
 _CHUNK_FRAMES = 1 << 16  # frames popped from the synth at once (bounds memory across long silences)
+# ... or this share of what the synth holds, when more: each pop moves what is left to the buffer's start,
+# so popping a fixed amount from minutes of held audio (long notes) took time quadratic in their length
+_CHUNK_SHARE = 8
 
 
 class WavSink:
@@ -127,7 +130,7 @@ class WavSink:
         if self._write_failed:
             raise SinkError(f"WAV file {self.path} failed earlier; it takes no more samples")
         while True:
-            samples = self._synth.pop_ready(max_frames=_CHUNK_FRAMES)
+            samples = self._synth.pop_ready(max_frames=self._chunk_frames())
             if samples.shape[0] == 0:
                 break
             self._append(samples)
@@ -146,7 +149,7 @@ class WavSink:
         stopping = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         try:
             while not (self._write_failed or stopping):
-                samples = self._synth.finish(max_frames=_CHUNK_FRAMES)
+                samples = self._synth.finish(max_frames=self._chunk_frames())
                 if samples.shape[0] == 0:
                     break
                 self._append(samples)
@@ -161,6 +164,11 @@ class WavSink:
             raise first
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _chunk_frames(self) -> int:
+        """How many frames to pop at once: ``_CHUNK_FRAMES``, or an eighth of what the synth holds if more."""
+        held = self._synth.buffered_samples if self._synth is not None else 0
+        return max(_CHUNK_FRAMES, held // _CHUNK_SHARE)
 
     def _settle(self) -> None:
         """Make the header count the whole sample frames on disk (after a failed write, cut a partial one)."""
