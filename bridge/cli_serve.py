@@ -37,10 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     the run from its start for its plots and plays from the moment it is opened. Serves until Ctrl-C."""
     import threading
 
-    from bridge.cli import _mapping_for
     from bridge.follower import Follower
     from bridge.follower_process import stop_on_signals
     from bridge.mapping import Mapping
+    from bridge.offline import mapping_for
     from bridge.outputs import OutputSpec, open_outputs
     from bridge.serve import require_aiohttp
     from bridge.tail import open_tail
@@ -50,10 +50,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       max_fps=args.max_fps)
     stop = threading.Event()
     stop_on_signals(stop)
-    tail = open_tail(args.run, from_start=not args.from_now, stop=stop)
+    tail = open_tail(args.run, from_start=not args.from_now, stop=stop, strict=args.strict)
     if tail is None:
         return 130
-    mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
+    mapping = Mapping.load(mapping_for(tail.info.metadata, args.mapping), keep_gaps=args.keep_gaps)
     outputs = open_outputs(spec, mapping, tail.info, run_name=Path(tail.where).name if args.run != "-" else "")
     if outputs.failed_to_open:
         tail.close()
@@ -100,4 +100,7 @@ def add_serve_parser(verbs: Any) -> None:
     serve.add_argument("--every", type=int, default=None, help="sound every Nth step")
     serve.add_argument("--max-fps", type=float, default=None, help="sound at most this many steps a second")
     add_serve_options(serve, "--port", default=8765)
+    from bridge.cli import add_reading_options
+
+    add_reading_options(serve)
     serve.set_defaults(func=cmd_serve)

@@ -86,8 +86,8 @@ def serve(stream: BinaryIO, protocol: TextIO) -> int:
         mapping = Mapping(setup.preset)
         outputs = open_outputs(setup.outputs, mapping, tail.info, run_name=os.path.basename(setup.run_log))
     except Exception as exc:  # reported to the training process, which raises it before training starts
-        kind = "TypeError" if isinstance(exc, TypeError) else "ValueError" if isinstance(exc, ValueError) else ""
-        _say(protocol, {"ready": False, "error": f"{type(exc).__name__}: {exc}", "kind": kind})
+        base = "TypeError" if isinstance(exc, TypeError) else "ValueError" if isinstance(exc, ValueError) else ""
+        _say(protocol, {"ready": False, "error": str(exc), "kind": base, "type": type(exc).__name__})
         return 1
     page = page_of(outputs)
     _say(protocol, {"ready": True, "description": outputs.arrangement.description,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bridge.errors import OutputPathError
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.pipeline import Outputs, build_outputs
@@ -42,6 +43,16 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def refuse_same_files(named: Sequence[tuple[str, str]]) -> None:
+    """``OutputPathError`` naming both when two of the ``(what, path)`` pairs name one file (the first an
+    input or an output, the second an output that would destroy it)."""
+    for index, (name, path) in enumerate(named):
+        for what, other in named[:index]:
+            if _same_file(path, other):
+                raise OutputPathError(f"{name}={path!r} is the same file as {what}={other!r}: one would destroy "
+                                      f"the other. Fix: give each its own path")
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,16 @@ class OutputSpec:
             raise ValueError(f"serve_host must be an address to listen on, e.g. \"127.0.0.1\", got {self.serve_host!r}")
         if self.serve_token is not None:
             check_token(self.serve_token)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Refuse a WAV format or OSC target the outputs could not use, before anything starts."""
+        from bridge.sinks.osc import parse_osc_target
+
+        if self.wav_format not in ("int16", "float32"):
+            raise ValueError(f"wav_format must be 'int16' (16-bit PCM) or 'float32'; got {self.wav_format!r}")
+        if self.osc is not None:
+            parse_osc_target(self.osc)
 
     @property
     def has_files(self) -> bool:
@@ -116,17 +137,10 @@ class OutputSpec:
 
     def check_paths(self, inputs: Sequence[tuple[str, str]] = ()) -> None:
         """Refuse, before anything opens, two outputs on one path, or an output on one of ``inputs``
-        (``(what, path)`` pairs, e.g. ``("run", "a.gbrun")``): ``ValueError`` naming both."""
-        taken: list[tuple[str, str]] = [(what, path) for what, path in inputs]
-        for name in ("record", "wav", "midi_file"):
-            path = getattr(self, name)
-            if path is None:
-                continue
-            for what, other in taken:
-                if _same_file(path, other):
-                    raise ValueError(f"{name}={path!r} is the same file as {what}={other!r}: one would destroy "
-                                     f"the other. Fix: give each its own path")
-            taken.append((name, path))
+        (``(what, path)`` pairs, e.g. ``("run", "a.gbrun")``): ``OutputPathError`` (a ``ValueError``) naming
+        both."""
+        refuse_same_files([*inputs, *((name, getattr(self, name)) for name in ("record", "wav", "midi_file")
+                                      if getattr(self, name) is not None)])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (for the follower process)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.dispatch import Consumer, Delivery, DispatchStats
-from bridge.errors import SinkError
+from bridge.errors import SinkError, UsageError
 from bridge.events import Arrangement, StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.health import RunHealth
@@ -62,7 +62,7 @@ class SharedMapping:
         its first and last frame.
         """
         if self.rate is not None:
-            raise RuntimeError("a rate-controlled mapping sounds frame by frame; use events_for(frame)")
+            raise UsageError("a rate-controlled mapping sounds frame by frame; use events_for(frame)")
         if not (self._block and frames and frames[0] is self._block[0] and frames[-1] is self._block[-1]
                 and len(frames) == len(self._block)):
             self._block_events = self.mapping.map_frames(frames)
@@ -159,10 +159,17 @@ class Outputs:
         return sum(consumer is not self.health for consumer in self.consumers)
 
     def finish_stats(self, stats: DispatchStats) -> DispatchStats:
-        """``stats`` with each output that could not be opened counted as one error "at start", and what the
+        """``stats`` with each output that could not be opened counted as one error "at start", the failures
+        an output counted while going on (a sink's ``failures()``, e.g. OSC datagrams refused), and what the
         run's health says in place of its "ok"."""
         for name, text in self.failed_to_open.items():
             stats.add_error(name, f"at start ({text})")
+        for consumer in self.consumers:
+            failures = getattr(getattr(consumer, "sink", None), "failures", None)
+            counted = failures() if callable(failures) else None
+            if counted is not None and consumer.name not in stats.first_errors:
+                stats.errors[consumer.name] = stats.errors.get(consumer.name, 0) + counted[0]
+                stats.first_errors[consumer.name] = counted[1]
         if self.health is not None:
             stats.notes[self.health.name] = self.health.summary()
         return stats
@@ -185,7 +192,7 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
     groups: list[tuple[SharedMapping, Sequence[Sink], type[BlockSinkConsumer | SinkConsumer]]] = [
         (shared, sinks, BlockSinkConsumer)]
     if live_sinks:
-        live = SharedMapping(Mapping(mapping.preset), run_info.layer_names, rate)
+        live = SharedMapping(mapping.fresh(), run_info.layer_names, rate)
         groups.append((live, live_sinks, SinkConsumer))
     for group, members, consumer in groups:
         for sink in members:

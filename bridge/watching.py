@@ -253,6 +253,9 @@ def watch(
     if not isinstance(process, bool):
         raise TypeError(f"process must be True (outputs in a follower process) or False (on a thread here), "
                         f"got {process!r}")
+    if announce is not None and not callable(getattr(announce, "write", None)):
+        raise TypeError(f"announce must be a text stream such as sys.stderr, or None (silent); got "
+                        f"{type(announce).__name__}")
     chosen = mapping if isinstance(mapping, Mapping) else Mapping.load(mapping)
     found = find_layers(model, include=layers, params=params, groups=groups, depth=depth)
     part = participation(ranks, model, found)

@@ -13,7 +13,9 @@ class Sink(Protocol):
 
     The dispatcher calls ``open`` once, ``send`` for each step in step order, then ``close`` once, all
     from the same thread. A sink raises ``bridge.errors.SinkError`` (or any exception) when it fails; the
-    dispatcher reports that once and keeps the other sinks going.
+    dispatcher reports that once and keeps the other sinks going. A sink that goes on through failures of
+    its own (an OSC receiver that refuses) may have ``failures() -> (count, text) | None``, the text read
+    after "failed" (``"14 time(s) from step 3 (why)"``): the closing summary then says so instead of "ok".
     """
 
     name: str
