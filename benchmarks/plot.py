@@ -70,7 +70,7 @@ def write_runs(folder: Path, steps: int, layers: int) -> tuple[Path, Path, np.nd
 
     csv_path, log_path = folder / "run.csv", folder / "run.gbrun"
     write_csv(csv_path, info, frames())  # type: ignore[arg-type]
-    with RunLogWriter(log_path, info) as writer:
+    with RunLogWriter(log_path, info) as writer:  # one os.write a frame: the run log as the hook writes it
         for frame in frames():  # type: ignore[attr-defined]
             writer.append(frame)
     return csv_path, log_path, norms

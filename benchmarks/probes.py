@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+from bridge.dispatch import Delivery, DispatchStats
+from bridge.frames import Frame
+from bridge.pipeline import Outputs
+from bridge.runlog import RunLogWriter
 from bridge.watching import Watch
 
 
@@ -209,3 +213,17 @@ def midi_track_count(path: Path) -> int:
             offset += 8 + int.from_bytes(chunk[4:], "big")
             tracks += 1
     return tracks if offset == size and tracks == declared else -1
+
+
+def deliver_all(frames: list[Frame], outputs: Outputs, writer: RunLogWriter | None) -> DispatchStats:
+    """What the hook and a follower do with ``frames``, on this thread: append each to ``writer`` (if any) and
+    hand it to every output, then close them; the stats (for timing an output's work per frame offline)."""
+    delivery = Delivery(outputs.consumers)
+    for frame in frames:
+        if writer is not None:
+            writer.append(frame)
+        delivery.deliver(frame)
+    stats = delivery.close()
+    if writer is not None:
+        writer.close()
+    return stats

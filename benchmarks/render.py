@@ -250,7 +250,7 @@ def bench_cli(report: Report, steps: int, rounds: int, folder: Path) -> None:
         took = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr}")
-        found = re.search(r"in ([0-9.]+) s", done.stderr)
+        found = re.search(r"of music in ([0-9.]+) s", done.stderr)
         inner[name].append(float(found.group(1)) if found else float("nan"))
         return [took]
 

@@ -53,11 +53,11 @@ import torch
 import harness
 from harness import Report, median
 from jackserver import jack_server
-from probes import (OscReceiver, drain, midi_track_count, native_threads, process_cpu_ticks, resident_bytes,
-                    thread_cpu_ns, thread_names, wav_frame_count)
+from probes import (OscReceiver, deliver_all, drain, midi_track_count, native_threads, process_cpu_ticks,
+                    resident_bytes, thread_cpu_ns, thread_names, wav_frame_count)
 from standins import LAYER_SIZE, PRESET, STEP_SAMPLES, Norms, StandInLoop, Steps
 
-from bridge.dispatch import Delivery, DispatchStats
+from bridge.dispatch import DispatchStats
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
 from bridge.outputs import OutputSpec, open_outputs
@@ -211,14 +211,7 @@ def output_costs(folder: Path, layers: int, preset: Path, jack: str | None, fram
             tids_before, here = set(thread_cpu_ns()), threading.get_native_id()
             outputs = open_outputs(spec, Mapping.load(str(preset)), info)
             before, own_before = thread_cpu_ns(), time.thread_time_ns()
-            delivery = Delivery(outputs.consumers)
-            for frame in batch:
-                if writer is not None:
-                    writer.append(frame)
-                delivery.deliver(frame)
-            stats = delivery.close()
-            if writer is not None:
-                writer.close()
+            stats = deliver_all(batch, outputs, writer)
             own, after = time.thread_time_ns() - own_before, thread_cpu_ns()
             others = set(after) - tids_before - {here}
             samples[name]["follower"].append(own / frames / 1e3)

@@ -176,13 +176,14 @@ class PendingFrame:
     """A captured step whose numbers may still be in flight from the device; ``resolve()`` finishes it.
 
     ``packed`` holds the norms (per layer, or per parameter with ``layer_of`` giving each one's layer,
-    combined here as in ``combine``), followed by the scalars whose ``slots`` are indices into it.
+    combined here as in ``combine``), followed by the scalars whose ``slots`` are indices into it; ``repair``
+    (``NormReader.repair``) reads again in float64 the norms a float32 sum may have got wrong.
 
     ``ready`` says, without waiting, whether the device copy (if any) has completed; ``resolve()`` waits
     for it and returns the ``Frame``. Resolving twice returns the same ``Frame``.
     """
 
-    __slots__ = ("_event", "_frame", "_layer_count", "_layer_of", "_packed", "_slots", "step", "time_s")
+    __slots__ = ("_event", "_frame", "_layer_count", "_layer_of", "_packed", "_repair", "_slots", "step", "time_s")
 
     def __init__(
         self,
@@ -193,6 +194,7 @@ class PendingFrame:
         slots: Mapping[str, int | float | torch.Tensor],
         event: Any = None,
         layer_of: np.ndarray | None = None,
+        repair: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.step = step
         self.time_s = time_s
@@ -201,6 +203,7 @@ class PendingFrame:
         self._slots = dict(slots)
         self._event = event
         self._layer_of = layer_of
+        self._repair = repair
         self._frame: Frame | None = None
 
     @property
@@ -223,12 +226,14 @@ class PendingFrame:
                 else:
                     scalars[key] = float(slot)
             count = self._layer_count if self._layer_of is None else len(self._layer_of)
-            norms = combine(values[:count], self._layer_of, self._layer_count)
+            read = values[:count] if self._repair is None else self._repair(values[:count])
+            norms = combine(read, self._layer_of, self._layer_count)
             self._frame = Frame(self.step, self.time_s, norms, scalars["loss"], scalars["lr"])
             self._packed = torch.empty(0)
             self._slots = {}
             self._event = None
             self._layer_of = None
+            self._repair = None
         return self._frame
 
 
@@ -271,6 +276,7 @@ class Capture:
         self._reader = NormReader(layers, share=share)
         # looked up once: the hook reads these every step (see _capture)
         self._read_parameters = self._reader.read_parameters
+        self._repair = self._reader.repair if self._reader.needs_repair else None
         self._layer_count = self._reader.layer_count
         self._sharded = self._participation.sharded
         self._measures = self._participation.measures
@@ -362,7 +368,10 @@ class Capture:
         if loss is None:
             loss = math.nan
         if type(lr) is float and type(loss) is float and norms.is_cpu:  # the usual case
-            self._on_frame(Frame(step, time_s, combine(norms.numpy(), layer_of, self._layer_count), loss, lr))
+            values = norms.numpy()
+            if self._repair is not None:  # a float32 sum: a norm it may have got wrong is read again
+                values = self._repair(values)
+            self._on_frame(Frame(step, time_s, combine(values, layer_of, self._layer_count), loss, lr))
             return
         self._hand_off(step, time_s, norms, layer_of, loss, lr)
 
@@ -395,7 +404,8 @@ class Capture:
             packed = host
         elif device.type != "cpu":
             packed = packed.to("cpu")
-        pending = PendingFrame(step, time_s, self._layer_count, packed, slots, event, layer_of)
+        repair = self._repair if device.type == "cpu" and not self._sharded else None
+        pending = PendingFrame(step, time_s, self._layer_count, packed, slots, event, layer_of, repair)
         if event is None:
             self._on_frame(pending.resolve())
             return

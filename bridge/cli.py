@@ -1,5 +1,5 @@
 """The ``gradbridge`` command: ``demo``, ``render``, ``midi``, ``plot``, ``export``, ``replay``, ``follow``,
-``ports``, ``mappings``.
+``serve``, ``ports``, ``mappings``.
 
 ``render``, ``midi``, ``plot`` and ``export`` read a run log or a CSV of norms and never import torch.
 """
@@ -12,15 +12,21 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bridge.outputs import OutputSpec
 
+from bridge.cli_serve import add_serve_options, add_serve_parser, announce_page, follow_summary
+from bridge.dispatch import DispatchStats
 from bridge.errors import GradbridgeError
-from bridge.frames import Frame
+from bridge.offline import Progress, mapping_for
+from bridge.steps import MAX_GAP_STEPS
+
+__all__ = ["Progress", "build_parser", "main"]
 
 EPILOG = """examples:
   gradbridge demo                                  the 2019 post's experiment: demo.wav, demo.mid, demo.gbrun
@@ -35,148 +41,108 @@ EPILOG = """examples:
   gradbridge follow run.gbrun --midi DAW --midi-clock   on the preset's sixteenth notes, the DAW in time
   gradbridge follow run.gbrun --midi DAW --clock-in DAW  on the DAW's own MIDI clock
   ssh gpu-box cat run.gbrun | gradbridge follow - --play            a run on another machine
+  gradbridge serve run.gbrun --port 8765           a page that plays and plots the run, reachable through
+                                                   ssh -N -L 8765:127.0.0.1:8765 gpu-box
   gradbridge ports                                 MIDI outputs this machine has, and the MIDI API
   gradbridge mappings                              every preset, in plain words
+
+steps: each logged step sounds as one musical step, whatever its number (a run logged every 10 steps plays
+  without silences; the real numbers stay in OSC, in the MIDI file's markers and in an exported CSV);
+  --keep-gaps sounds missing steps as silence. Outputs are written whole: a render that fails part-way
+  leaves an older file of that name as it was.
+
+exit status:
+  0    done
+  1    a problem with the input, a preset, an output or this machine; one line says what, where and the fix
+       (replay and follow: also when an output failed on the way; the closing summary says which)
+  2    a mistake in the command line itself (an unknown option, a missing argument)
+  130  interrupted (Ctrl-C); an offline output is then left as it was
+  143  follow: ended by SIGTERM, its files finished
 """
 
 
-class Progress:
-    """A one-line progress bar on a terminal; silent when the stream is not a terminal."""
-
-    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.total = max(total, 1)
-        self.label = label
-        self.stream = stream
-        self.width = width
-        self.enabled = stream.isatty()
-        self._last = -1
-
-    def update(self, done: int) -> None:
-        """Show ``done`` of ``total`` (redraws only when the percentage changes)."""
-        if not self.enabled:
-            return
-        percent = min(100, done * 100 // self.total)
-        if percent != self._last:
-            filled = self.width * percent // 100
-            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {percent:3d}%")
-            self.stream.flush()
-            self._last = percent
-
-    def finish(self) -> None:
-        """End the line."""
-        if self.enabled:
-            self.update(self.total)
-            self.stream.write("\n")
-
-
-def _counted(frames: Iterable[Frame], progress: Progress) -> Iterator[Frame]:
-    for done, frame in enumerate(frames, 1):
-        if done % 64 == 0:
-            progress.update(done)
-        yield frame
-    progress.finish()
-
-
-def _run_length(path: str) -> int:
-    """How many frames a run log holds (0 when unknown, e.g. a CSV)."""
-    from bridge.runlog import MAGIC, RunLogReader
-
-    with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            return 0
-    return RunLogReader(path).records_on_disk
-
-
-def _mapping_for(run_metadata: dict[str, str], requested: str | None) -> str:
-    """The preset to use: the one asked for, else the one the run was recorded with, else pentatonic."""
-    return requested or run_metadata.get("mapping") or "pentatonic"
-
-
-def _offline(args: argparse.Namespace, spec: OutputSpec) -> int:
-    from bridge.mapping import Mapping
-    from bridge.outputs import open_outputs
-    from bridge.pipeline import render_frames
-    from bridge.runlog import open_run
-
-    spec.check_paths(inputs=[("run", args.run)])
-    info, frames = open_run(args.run)
-    mapping = Mapping.load(_mapping_for(info.metadata, args.mapping))
-    print(f"gradbridge: {mapping.arrange(info.layer_names).description}", file=sys.stderr)
-    started = time.perf_counter()
-    kind = "wav" if spec.wav is not None else "midi"
-    progress = Progress(_run_length(args.run), f"{kind} {Path(args.output).name}")
-    stats = render_frames(_counted(frames, progress), open_outputs(spec, mapping, info))
-    seconds = time.perf_counter() - started
-    music_s = stats.frames_done * mapping.arrangement.seconds_per_step
-    print(f"gradbridge: wrote {args.output}: {stats.frames_done} steps, {music_s:.2f} s of music "
-          f"in {seconds:.2f} s", file=sys.stderr)
-    return 0
+def add_reading_options(parser: argparse.ArgumentParser, *, gaps: bool = True) -> None:
+    """``--strict`` (any damage in the run log is an error) and, where the run's steps are placed in time,
+    ``--keep-gaps``."""
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on any damaged record of the run log (default: skip it, warn, read the rest)")
+    if gaps:
+        parser.add_argument("--keep-gaps", action="store_true",
+                            help="sound missing step numbers as silence (default: each logged step is one musical "
+                                 f"step; a gap over {MAX_GAP_STEPS} steps is refused)")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Render a run log or CSV to a WAV file with the built-in synth."""
-    from bridge.outputs import OutputSpec
+    from bridge.offline import render_run
 
-    return _offline(args, OutputSpec(wav=args.output, wav_format=args.format))
+    render_run(args.run, args.output, "wav", mapping=args.mapping, strict=args.strict, keep_gaps=args.keep_gaps,
+               wav_format=args.format)
+    return 0
 
 
 def cmd_midi(args: argparse.Namespace) -> int:
     """Write a run log or CSV as a Standard MIDI File."""
-    from bridge.outputs import OutputSpec
+    from bridge.offline import render_run
 
-    return _offline(args, OutputSpec(midi_file=args.output))
+    render_run(args.run, args.output, "midi", mapping=args.mapping, strict=args.strict, keep_gaps=args.keep_gaps)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run log as CSV (step, wall_time, loss, lr, one column per layer)."""
-    from bridge.outputs import OutputSpec
-    from bridge.runlog import open_run, write_csv
+    from bridge.offline import export_run
 
-    OutputSpec(record=args.output).check_paths(inputs=[("run", args.run)])
-    info, frames = open_run(args.run)
-    rows = write_csv(args.output, info, frames)
-    print(f"gradbridge: wrote {args.output}: {rows} steps x {len(info.layer_names)} layers", file=sys.stderr)
+    export_run(args.run, args.output, strict=args.strict)
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draw a run log or CSV: norms per layer, NaN/Inf alarms, loss and learning rate, and the notes played."""
+    from bridge.outputs import refuse_same_files
     from bridge.plot import plot_run
 
+    refuse_same_files([("run", args.run), ("output", args.output)])
     started = time.perf_counter()
     data = plot_run(args.run, args.output, mapping=args.mapping, width_px=args.width, height_px=args.height,
-                    dpi=args.dpi)
+                    dpi=args.dpi, strict=args.strict)
     print(f"gradbridge: wrote {args.output}: {data.frame_count} steps x {data.layer_count} layers, preset "
           f"{data.mapping_name}, {data.alarm_count} NaN/Inf alarms, in {time.perf_counter() - started:.2f} s",
           file=sys.stderr)
     return 0
 
 
-def _live_spec(args: argparse.Namespace, **files: str | None) -> OutputSpec:
-    """The outputs asked for by the live options (``add_live_options``) and ``files``."""
+def _status(stats: DispatchStats) -> int:
+    """The exit status after live outputs ran: 1 when one of them failed (the summary says which), else 0."""
+    return 1 if stats.first_errors else 0
+
+
+def _live_spec(args: argparse.Namespace, **more: object) -> OutputSpec:
+    """The outputs asked for by the live options (``add_live_options``) and ``more`` (files, the page)."""
     from bridge.outputs import OutputSpec
 
     clocks = {name: getattr(args, name) for name in ("clock", "midi_clock", "clock_in", "link") if hasattr(args, name)}
     return OutputSpec(midi=args.midi, midi_api=args.midi_api, midi_virtual=args.virtual, osc=args.osc,
-                      play=args.play, every=args.every, max_fps=args.max_fps, **clocks, **files)
+                      play=args.play, every=args.every, max_fps=args.max_fps, **clocks, **more)  # type: ignore[arg-type]
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Send a recorded run (or CSV) live to MIDI, OSC and the speakers, at musical time."""
     from bridge.mapping import Mapping
     from bridge.outputs import open_outputs
-    from bridge.replay import replay
+    from bridge.replay import check_speed, replay
     from bridge.runlog import open_run
 
     spec = dataclasses.replace(_live_spec(args), clock="free")  # replay paces the steps at musical time itself
     if not spec.has_live:
         raise GradbridgeError("nothing to replay to. Fix: add --midi PORT, --osc HOST:PORT or --play")
-    info, frames = open_run(args.run)
-    mapping = Mapping.load(_mapping_for(info.metadata, args.mapping))
+    check_speed(args.speed)
+    info, frames = open_run(args.run, strict=args.strict)
+    mapping = Mapping.load(mapping_for(info.metadata, args.mapping), keep_gaps=args.keep_gaps)
     print(f"gradbridge: {mapping.arrange(info.layer_names).description}", file=sys.stderr)
-    stats = replay(frames, open_outputs(spec, mapping, info), speed=args.speed)
+    stats = replay(frames, open_outputs(spec, mapping, info), speed=args.speed, keep_gaps=args.keep_gaps)
     print(f"gradbridge: {stats.summary()}", file=sys.stderr)
-    return 0
+    return _status(stats)
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
@@ -190,25 +156,31 @@ def cmd_follow(args: argparse.Namespace) -> int:
     from bridge.outputs import open_outputs
     from bridge.tail import open_tail
 
-    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file)
+    spec = _live_spec(args, wav=args.wav, midi_file=args.midi_file, serve=args.serve, serve_host=args.host,
+                      serve_token=args.token)
     spec = dataclasses.replace(spec, wav_format=args.format)
     if not (spec.has_live or spec.has_files):
-        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --wav FILE "
-                              "or --midi-file FILE")
+        raise GradbridgeError("nothing to follow to. Fix: add --osc HOST:PORT, --midi PORT, --play, --serve PORT, "
+                              "--wav FILE or --midi-file FILE")
+    if spec.serve is not None:
+        from bridge.serve import require_aiohttp
+
+        require_aiohttp()
     if args.run != "-":
         spec.check_paths(inputs=[("run", args.run)])
     stop, signals = threading.Event(), []
     stop_on_signals(stop, signals)
-    tail = open_tail(args.run, from_start=args.from_start, stop=stop)
+    tail = open_tail(args.run, from_start=args.from_start, stop=stop, strict=args.strict)
     if tail is None:
         return 128 + signals[0] if signals else 130
-    mapping = Mapping.load(_mapping_for(tail.info.metadata, args.mapping))
-    outputs = open_outputs(spec, mapping, tail.info)
+    mapping = Mapping.load(mapping_for(tail.info.metadata, args.mapping), keep_gaps=args.keep_gaps)
+    outputs = open_outputs(spec, mapping, tail.info, run_name=Path(tail.where).name if args.run != "-" else "")
     where = "from its start" if args.from_start or args.run == "-" else "from now"
     print(f"gradbridge: following {tail.where} {where}: {outputs.arrangement.description}", file=sys.stderr)
+    announce_page(outputs)
     report = Follower(tail, outputs, stop=stop).run()
-    print(f"gradbridge: {report.reason}; {report.stats.summary()}", file=sys.stderr)
-    return 128 + signals[0] if signals else 0  # 130 after Ctrl-C, 143 after SIGTERM
+    print(f"gradbridge: {report.reason}; {follow_summary(report)}", file=sys.stderr)
+    return 128 + signals[0] if signals else _status(report.stats)  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
@@ -235,7 +207,7 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_clock_options(parser: argparse.ArgumentParser) -> None:
-    """The options of the live clock, shared by ``demo`` and ``follow``."""
+    """The options of the live clock, shared by ``demo``, ``follow`` and ``serve``."""
     parser.add_argument("--clock", choices=("tempo", "free"), default=None,
                         help="live outputs tick at the preset's tempo, each tick the max of the steps since the "
                              "last (tempo), or sound each step as it arrives (free); default: the preset's")
@@ -326,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "render":
             sub.add_argument("--format", choices=("int16", "float32"), default="int16",
                              help="WAV samples (default int16)")
+        add_reading_options(sub)
         sub.set_defaults(func=func)
 
     plot = verbs.add_parser("plot", help="draw a run log or CSV as a picture (PNG, SVG or PDF; needs matplotlib)",
@@ -339,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--height", type=int, default=1000, help="height in pixels (default 1000)")
     plot.add_argument("--dpi", type=int, default=100,
                       help="dots per inch (default 100); SVG and PDF are width/dpi by height/dpi inches")
+    add_reading_options(plot, gaps=False)
     plot.set_defaults(func=cmd_plot)
 
     export = verbs.add_parser("export", help="write a run log as CSV", description=cmd_export.__doc__)
     export.add_argument("run", help="a run log (.gbrun)")
     export.add_argument("-o", "--output", default="norms.csv", help="output CSV (default norms.csv)")
+    add_reading_options(export, gaps=False)
     export.set_defaults(func=cmd_export)
 
     replay = verbs.add_parser("replay", help="send a recorded run live to MIDI, OSC or the speakers",
@@ -351,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("run", help="a run log (.gbrun) or a CSV of norms")
     replay.add_argument("-m", "--mapping", default=None,
                         help="preset name or .toml path (default: the run's own preset, else pentatonic)")
-    replay.add_argument("--speed", type=float, default=1.0, help="2 plays twice as fast (default 1)")
+    replay.add_argument("--speed", type=float, default=1.0, help="2 plays twice as fast (default 1; 0.001 to 1000000)")
     add_live_options(replay)
+    add_reading_options(replay)
     replay.set_defaults(func=cmd_replay)
 
     follow = verbs.add_parser("follow", help="drive outputs from a run log while another process writes it",
@@ -367,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--format", choices=("int16", "float32"), default="int16", help="WAV samples (default int16)")
     add_live_options(follow)
     add_clock_options(follow)
+    add_serve_options(follow, "--serve")
+    add_reading_options(follow)
     follow.set_defaults(func=cmd_follow)
+
+    add_serve_parser(verbs)
 
     ports = verbs.add_parser("ports", help="list MIDI outputs and the MIDI API in use", description=cmd_ports.__doc__)
     ports.add_argument("--api", choices=("alsa", "jack", "coremidi", "winmm"), default=None,
@@ -379,23 +359,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A warning as one line, ``gradbridge: warning: ...`` (not Python's file, line and source)."""
+    print(f"gradbridge: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 a problem with input or output, 130 Ctrl-C)."""
+    """Run the command line; returns the exit status the help lists (0 done, 1 a problem with the input, a
+    preset, an output or the machine, 2 a mistake in the command line, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="gradbridge: %(message)s")
+    with warnings.catch_warnings():
+        if not args.verbose:
+            warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except BrokenPipeError:  # e.g. `gradbridge mappings | head`: the reader left, nothing is wrong
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
         return 0
     except KeyboardInterrupt:
-        print("gradbridge: interrupted; what was recorded so far has been written", file=sys.stderr)
+        if args.verb in ("render", "midi", "export", "plot"):
+            print(f"gradbridge: interrupted; nothing was written to {args.output} (an older file of that name is "
+                  "left as it was)", file=sys.stderr)
+        else:
+            print("gradbridge: interrupted; what was recorded so far has been written", file=sys.stderr)
         return 130
     except (GradbridgeError, ValueError, TypeError, OSError, RuntimeError, ImportError) as err:
         if args.verbose:
             raise
         print(f"gradbridge: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # not a mistake of the user's: say so, in one line
+        if args.verbose:
+            raise
+        print(f"gradbridge: error: {type(err).__name__}: {err} (this is a gradbridge bug: run it again with -v "
+              f"for the traceback, and please report it)", file=sys.stderr)
         return 1
 
 

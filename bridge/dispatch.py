@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from bridge.errors import UsageError
 from bridge.frames import Frame
 
 logger = logging.getLogger("bridge")
@@ -46,6 +47,7 @@ class DispatchStats:
         first_unreadable: the first unreadable frame or record, in words, or ``None``.
         notes: what an output that did not fail has to say instead of "ok" (e.g. the run's alarms).
         remarks: further facts for the closing line (the follower's lag, a kept run log, ...).
+        missed: per output switched off by a failure, the frames it did not get (the failing one included).
     """
 
     frames_in: int = 0
@@ -58,15 +60,22 @@ class DispatchStats:
     first_unreadable: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
     remarks: list[str] = field(default_factory=list)
+    missed: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """The stats in plain words, e.g. ``"200 frames in, 0 dropped; wav: ok; midi: failed at step 12 (...)"``."""
+        """The stats in plain words, e.g. ``"200 frames in, 0 dropped; wav: ok; midi: failed at step 12 (...),
+        188 frame(s) missed"``: every output with its state, ok (or its note), failed at start (why), or failed
+        later (when, why, and what it missed or how many times)."""
         parts = [f"{self.frames_in} frames in, {self.frames_dropped} dropped"]
         if self.frames_unreadable:
             parts.append(f"{self.frames_unreadable} unreadable ({self.first_unreadable})")
         for name in self.consumers:
             first = self.first_errors.get(name)
-            parts.append(f"{name}: {self.notes.get(name, 'ok')}" if first is None else f"{name}: failed {first}")
+            if first is None:
+                parts.append(f"{name}: {self.notes.get(name, 'ok')}")
+            else:
+                missed = self.missed.get(name, 0)
+                parts.append(f"{name}: failed {first}" + (f", {missed} frame(s) missed" if missed else ""))
         parts.extend(self.remarks)
         return "; ".join(parts)
 
@@ -104,6 +113,7 @@ class Delivery:
         self._consumers = _check_consumers(consumers)
         self._stats = DispatchStats(consumers=tuple(c.name for c in self._consumers))
         self._failed: set[str] = set()
+        self._delivered_before_failing: dict[str, int] = {}
         self._closed = False
 
     @property
@@ -119,7 +129,7 @@ class Delivery:
     def deliver(self, frame: Frame) -> None:
         """Hand ``frame`` to every consumer still working."""
         if self._closed:
-            raise RuntimeError("this delivery is closed; make a new one")
+            raise UsageError("this delivery is closed; make a new one")
         self._stats.frames_in += 1
         for consumer in self._consumers:
             if consumer.name in self._failed:
@@ -128,6 +138,7 @@ class Delivery:
                 consumer.handle(frame)
             except Exception as exc:  # isolate: one broken output must not stop the others
                 self._failed.add(consumer.name)
+                self._delivered_before_failing[consumer.name] = self._stats.frames_in - 1
                 self._record_error(consumer.name, f"at step {frame.step}", exc, report=True)
         self._stats.frames_done += 1
 
@@ -141,6 +152,8 @@ class Delivery:
                 except Exception as exc:  # isolate: every consumer gets its close
                     self._record_error(consumer.name, "at close", exc, report=consumer.name not in self._failed)
                     self._failed.add(consumer.name)
+            for name, delivered in self._delivered_before_failing.items():
+                self._stats.missed[name] = self._stats.frames_in - delivered
         return self._stats
 
     def run(self, frames: Iterable[Frame]) -> DispatchStats:

@@ -17,3 +17,15 @@ class RunLogError(GradbridgeError, ValueError):
 
 class SinkError(GradbridgeError, RuntimeError):
     """A sink (MIDI port, OSC receiver, audio device, file) could not be opened or written."""
+
+
+class StepError(GradbridgeError, ValueError):
+    """A run's steps cannot be placed in musical time as asked (kept gaps that go back or are too long)."""
+
+
+class OutputPathError(GradbridgeError, ValueError):
+    """Two outputs on one path, or an output on an input: refused before anything opens."""
+
+
+class UsageError(GradbridgeError, RuntimeError):
+    """A gradbridge object used out of order (e.g. before it was set up, or after it was closed)."""

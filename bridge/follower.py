@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.dispatch import Delivery, DispatchStats
+from bridge.errors import UsageError
 from bridge.frames import Frame
 from bridge.pipeline import Outputs
 from bridge.tail import LogTail
@@ -191,7 +192,7 @@ class FollowerThread:
         if self._error is not None:
             raise self._error
         if self._report is None:
-            raise RuntimeError("the follower thread ended without a report")
+            raise UsageError("the follower thread ended without a report")
         return self._report
 
     def _run(self) -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bridge import errors
 from bridge.errors import SinkError
 from bridge.follower import FollowReport
 from bridge.wire import FollowerSetup, report_from_dict
@@ -52,6 +53,7 @@ class FollowerProcess:
         self.description = ""
         self.failed_to_open: dict[str, str] = {}
         self.clock_origin_s: float | None = None  # where its live clock's beat 0 falls, time.monotonic() s
+        self.page_url: str | None = None  #: the address of the page it serves (``OutputSpec.serve``), token included
         self._report: FollowReport | None = None
         self._finished = False
 
@@ -134,13 +136,13 @@ class FollowerProcess:
                             f"`{sys.executable} -m {CHILD_MODULE}` can start here, or pass process=False to "
                             f"follow the run log on a thread of this process")
         if not message.get("ready"):
-            error, kind = str(message.get("error")), message.get("kind")
-            text = f"the follower process could not open the outputs: {error}"
-            raise (TypeError if kind == "TypeError" else ValueError if kind == "ValueError" else SinkError)(text)
+            cls = error_class(str(message.get("type", "")), str(message.get("kind", "")))
+            raise cls(f"the follower process could not open the outputs: {message.get('error')}")
         self.description = str(message["description"])
         self.failed_to_open = dict(message["failed_to_open"])
         origin = message.get("clock_origin_s")
         self.clock_origin_s = float(origin) if isinstance(origin, (int, float)) else None
+        self.page_url = message.get("page_url")
 
     def _read_message(self, timeout_s: float) -> dict[str, Any] | None:
         """The follower's next line of JSON, or ``None`` at its end or after ``timeout_s`` seconds."""
@@ -202,6 +204,16 @@ class FollowerProcess:
                 self._process.wait()
         if self._process.stdout is not None:
             self._process.stdout.close()
+
+
+def error_class(name: str, base: str) -> type[Exception]:
+    """The class to raise here for an error the follower process reported: the same gradbridge error
+    (``bridge.errors``) when it was one, else ``TypeError`` or ``ValueError`` as its ``base``, else
+    ``SinkError``."""
+    found = getattr(errors, name, None)
+    if isinstance(found, type) and issubclass(found, errors.GradbridgeError):
+        return found
+    return {"TypeError": TypeError, "ValueError": ValueError}.get(base, SinkError)
 
 
 def _lower_priority() -> None:  # pragma: no cover - runs in the child between fork and exec

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, TextIO
 
 from bridge.follower import Follower
 from bridge.mapping import Mapping
-from bridge.outputs import open_outputs
+from bridge.outputs import open_outputs, page_of
 from bridge.tail import FileTail
 from bridge.wire import LENGTH, FollowerSetup, report_to_dict
 
@@ -87,13 +87,14 @@ def serve(stream: BinaryIO, protocol: TextIO) -> int:
         setup = FollowerSetup.from_json(body)
         tail = FileTail(setup.run_log)
         mapping = Mapping(setup.preset)
-        outputs = open_outputs(setup.outputs, mapping, tail.info)
+        outputs = open_outputs(setup.outputs, mapping, tail.info, run_name=os.path.basename(setup.run_log))
     except Exception as exc:  # reported to the training process, which raises it before training starts
-        kind = "TypeError" if isinstance(exc, TypeError) else "ValueError" if isinstance(exc, ValueError) else ""
-        _say(protocol, {"ready": False, "error": f"{type(exc).__name__}: {exc}", "kind": kind})
+        base = "TypeError" if isinstance(exc, TypeError) else "ValueError" if isinstance(exc, ValueError) else ""
+        _say(protocol, {"ready": False, "error": str(exc), "kind": base, "type": type(exc).__name__})
         return 1
+    page = page_of(outputs)
     _say(protocol, {"ready": True, "description": outputs.arrangement.description,
-                    "failed_to_open": outputs.failed_to_open,
+                    "failed_to_open": outputs.failed_to_open, "page_url": None if page is None else page.url,
                     "clock_origin_s": outputs.live.origin_s if outputs.live is not None else None})
     follower = Follower(tail, outputs, stop=stop, writer_gone=lambda: _pipe_ended(fd), wake_fds=(fd,),
                         progress=lambda done, left: _say(protocol, {"progress": done, "left": left}))

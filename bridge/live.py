@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from bridge.beatgrid import BeatGrid, Grid, GridSteps, StepSource
 from bridge.clock import FreeClock, TempoClock
 from bridge.frames import Frame
+from bridge.mapping import Mapping
 from bridge.presets import Preset
 from bridge.rate import CLOCKS, RateControl
 from bridge.sinks.base import Sink
@@ -194,13 +195,14 @@ def beats_per_step(preset: Preset, layer_count: int) -> float:
     return preset.seconds_per_step(layer_count) * preset.tempo_bpm / 60.0
 
 
-def build_live(preset: Preset, layer_names: Sequence[str], sinks: Sequence[Sink], settings: LiveSettings) -> LiveSide:
-    """Make the clock for the opened live ``sinks``, start their MIDI clock (those that send one) and it.
+def build_live(mapping: Mapping, layer_names: Sequence[str], sinks: Sequence[Sink], settings: LiveSettings) -> LiveSide:
+    """Make the clock for the opened live ``sinks`` (mapped with ``mapping``'s preset and step rule), start
+    their MIDI clock (those that send one) and it.
 
     Raises ``SinkError`` when the incoming clock's port or the Link session cannot be joined.
     """
-    rate = settings.rate or RateControl()
-    gatherer = TickGatherer(preset, layer_names, rate.aggregate)
+    rate, preset = settings.rate or RateControl(), mapping.preset
+    gatherer = TickGatherer(mapping, layer_names, rate.aggregate)
     per_step = beats_per_step(preset, len(layer_names))
     clocked = [s for s in sinks if getattr(s, "wants_clock", False)]
     grid: Grid | None = None

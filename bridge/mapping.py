@@ -2,7 +2,8 @@
 
 The mapping is a pure function of the frames it has seen. Its state: each layer's reference level
 (``range = "reference"``, ``bridge.reference``) or running range (``range = "auto"``), the recent norms
-the spike detector compares with (``bridge.spikes``), and the first step (time zero). Replaying the same
+the spike detector compares with (``bridge.spikes``), and where the next step sounds (``bridge.steps``: by
+default each logged step is one musical step; ``keep_gaps`` sounds missing steps as silence). Replaying the same
 frames gives the same events, whether they come one at a time (``map_frame``) or in blocks (``map_frames``).
 """
 
@@ -17,18 +18,18 @@ import numpy as np
 
 from bridge.channels import MELODIC_CHANNELS, plan_channels
 from bridge.describe import describe, voice_amplitude
+from bridge.errors import UsageError
 from bridge.events import MIN_FREQUENCY_HZ, Alarm, Arrangement, LayerVoice, Notes, Spike, StepEvents
 from bridge.frames import Frame
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset
 from bridge.reference import ReferenceLevels, reference_value
 from bridge.spikes import LOG_FLOOR, SpikeDetector, log_norms
+from bridge.steps import MAX_GAP_STEPS, StepClock
 
 log = logging.getLogger("bridge")
 
 __all__ = ["LOG_FLOOR", "MELODIC_CHANNELS", "MIN_FREQUENCY_HZ", "Mapping", "apply_curve", "describe",
            "frequency_to_note", "note_to_frequency", "scale_notes"]
-
-
 
 
 def note_to_frequency(note: np.ndarray | float) -> np.ndarray:
@@ -70,14 +71,18 @@ class Mapping:
     Build it with ``Mapping(preset)`` or ``Mapping.load("pentatonic")``; call ``arrange`` once with the
     layer names, then ``map_frame`` for each frame in step order (live outputs), or ``map_frames`` for a
     block of frames at once (offline outputs): both give the same events.
+
+    A step starts at its musical position × the preset's seconds per step (``bridge.steps.StepClock``): by
+    default the n-th frame mapped is at position n; with ``keep_gaps=True``, at its step number minus the
+    first one, gaps of at most ``max_gap_steps`` steps sounding as silence.
     """
 
-    def __init__(self, preset: Preset) -> None:
+    def __init__(self, preset: Preset, *, keep_gaps: bool = False, max_gap_steps: int = MAX_GAP_STEPS) -> None:
         if not isinstance(preset, Preset):
             raise TypeError(f"Mapping needs a Preset (see bridge.presets.load_preset), got {type(preset).__name__}")
         self.preset = preset
         self._arrangement: Arrangement | None = None
-        self._first_step: int | None = None
+        self._clock = StepClock(keep_gaps, max_gap_steps)
         self._set_layers(0)
         if preset.mode == "scale":
             self._notes = scale_notes(preset.scale, preset.root, preset.low_note, preset.high_note)
@@ -89,15 +94,24 @@ class Mapping:
         self._overflow_scale = max(preset.hz_per_unit, 1.0) if preset.mode == "linear_hz" else 1.0
 
     @classmethod
-    def load(cls, name_or_path: str | Path) -> "Mapping":
+    def load(cls, name_or_path: str | Path, *, keep_gaps: bool = False) -> "Mapping":
         """A mapping from a built-in preset name or a ``.toml`` path."""
-        return cls(load_preset(name_or_path))
+        return cls(load_preset(name_or_path), keep_gaps=keep_gaps)
+
+    @property
+    def keep_gaps(self) -> bool:
+        """Whether missing steps sound as silence (``bridge.steps``)."""
+        return self._clock.keep_gaps
+
+    def fresh(self) -> "Mapping":
+        """A new mapping with this one's preset and step rule and no running state."""
+        return Mapping(self.preset, keep_gaps=self._clock.keep_gaps, max_gap_steps=self._clock.max_gap_steps)
 
     @property
     def arrangement(self) -> Arrangement:
         """The arrangement made by ``arrange`` (error if it was not called yet)."""
         if self._arrangement is None:
-            raise RuntimeError("call Mapping.arrange(layer_names) before using the arrangement")
+            raise UsageError("call Mapping.arrange(layer_names) before using the arrangement")
         return self._arrangement
 
     def arrange(self, layer_names: tuple[str, ...] | list[str]) -> Arrangement:
@@ -134,7 +148,7 @@ class Mapping:
             max_frequency_hz=p.max_frequency_hz, midi_mode=p.midi_mode, midi_cc=p.cc,
             osc_latency_s=p.osc_latency_s,
         )
-        self._first_step = None
+        self._clock.reset()
         self._set_layers(count)
         return self._arrangement
 
@@ -169,9 +183,7 @@ class Mapping:
         if norms.shape != (count,):
             raise ValueError(f"frame at step {frame.step} has {norms.size} norms but the mapping was arranged "
                              f"for {count} layers; give frames of the same run, or call arrange() again")
-        if self._first_step is None:
-            self._first_step = frame.step
-        start_s = (frame.step - self._first_step) * arrangement.seconds_per_step
+        start_s = self._clock.position(frame.step) * arrangement.seconds_per_step
 
         # Two Python reductions instead of NumPy ones (a few µs each on a small array). The scaled sum is NaN
         # or ±Inf when a norm is, or when a norm is so huge that the linear pitch would overflow; those
@@ -210,7 +222,7 @@ class Mapping:
         """Frames in step order → their events, at once: what ``[self.map_frame(f) for f in frames]`` gives.
 
         The same events value for value, and the same state afterwards (running ranges, references, spike
-        history, time zero), so blocks of any size may follow each other and single frames. Computed over
+        history, step position), so blocks of any size may follow each other and single frames. Computed over
         a (steps, layers) array; for offline outputs, which take blocks of tens of frames. A frame with the
         wrong number of norms raises ``map_frame``'s error after the frames before it were mapped.
         """
@@ -224,10 +236,8 @@ class Mapping:
             self.map_frames(frames[:bad])
             self.map_frame(frames[bad])  # raises its error for this frame
         p = self.preset
-        if self._first_step is None:
-            self._first_step = frames[0].step
-        first, step_s = self._first_step, self.arrangement.seconds_per_step
-        start_list = [(frame.step - first) * step_s for frame in frames]
+        step_s = self.arrangement.seconds_per_step
+        start_list = [position * step_s for position in self._clock.positions([frame.step for frame in frames])]
         starts = np.array(start_list)[:, np.newaxis] + self._offsets
 
         norms = np.stack(rows)

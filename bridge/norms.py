@@ -20,6 +20,11 @@ logger = logging.getLogger("bridge")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+#: Norms a float32 sum of squares gives right: below, squares of elements under 3.7e-23 underflow to 0
+#: (a vanishing layer would read 0); above, the sum overflows (sqrt(3.4e38) = 1.8e19). Outside it, a CPU
+#: read sums again in float64.
+FLOAT32_TRUSTED = (1e-15, 1.8e19)
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -74,8 +79,10 @@ class _Group:
     fused: bool = True
     irregular: bool = False
     fast: Callable[[], torch.Tensor] = field(init=False, repr=False)
+    repairable: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        self.repairable = self.fast_dtype != self.norm_dtype
         self.fast = _fast_reader(self)
 
     @property
@@ -86,6 +93,16 @@ class _Group:
     def norm_dtype(self) -> torch.dtype | None:
         """Accumulation dtype of the norms (see ``norm_dtype_for``)."""
         return norm_dtype_for(self.device, self.dtype)
+
+    @property
+    def fast_dtype(self) -> torch.dtype | None:
+        """Accumulation dtype of the fast read: on a CPU, float32 gradients are summed in float32 (float64
+        costs about four times as much there), and the rare norm outside ``FLOAT32_TRUSTED`` (overflowed
+        to +Inf, or so small that its squares may have underflowed) is read again in float64
+        (``NormReader.repair``); elsewhere ``norm_dtype``."""
+        if self.device.type == "cpu" and self.dtype == torch.float32 and not self.local:
+            return None
+        return self.norm_dtype
 
 
 def norm_dtype_for(device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
@@ -104,7 +121,7 @@ def _fast_reader(group: _Group) -> Callable[[], torch.Tensor]:
     strided (it raises otherwise: TypeError for a missing one, RuntimeError or NotImplementedError for a
     sparse one). The parameters and dtype are bound once here: the call runs on the training thread every
     step, right after backward, when each attribute it looks up is a cache miss (1-5 µs each)."""
-    singles, norm_dtype = tuple(group.singles), group.norm_dtype
+    singles, norm_dtype = tuple(group.singles), group.fast_dtype
     stacks = tuple((tuple(stack), len(stack)) for stack in group.stacks)
     if group.local:
         def read_local_shards() -> torch.Tensor:
@@ -268,9 +285,12 @@ class NormReader:
         """The group's per-parameter norms in read order (0 for a missing gradient), or None if none has one."""
         if group.fused and not group.irregular:
             try:
-                return group.fast()
+                norms = group.fast()
             except (RuntimeError, NotImplementedError, TypeError) as exc:
                 return self._inspected(group, exc)
+            if group.repairable:  # a CPU group: no device to wait for
+                return torch.from_numpy(self._repaired(group, norms.numpy()))
+            return norms
         return self._inspected(group, None)
 
     def _inspected(self, group: _Group, failure: Exception | None) -> torch.Tensor | None:
@@ -298,8 +318,9 @@ class NormReader:
 
         The cheapest read: the fused ops alone, no host sync. Gives ``(norms, layer_of)``: with all
         parameters on one device and dtype, ``norms`` holds one norm per parameter (float64; float32 on MPS,
-        0 where the gradient is missing), in read order (the parameters read one by one, then the stacks
-        of same-shape ones), and ``layer_of`` (int64 NumPy array, same length) each one's layer index, or
+        and for float32 gradients on a CPU, where a norm above about 1.8e19 reads +Inf until ``repair``; 0
+        where the gradient is missing), in read order (the parameters read one by one, then the stacks of
+        same-shape ones), and ``layer_of`` (int64 NumPy array, same length) each one's layer index, or
         None when that order is one parameter per layer in layer order; otherwise ``read()`` and None.
         The layer norms are sqrt(bincount(layer_of, norms**2)), squared in float64 (see ``combine``).
         """
@@ -316,6 +337,36 @@ class NormReader:
         if norms is None:
             return torch.zeros(self.layer_count, dtype=torch.float64, device=self._device), None
         return norms, self._layer_of
+
+    @property
+    def needs_repair(self) -> bool:
+        """Whether ``read_parameters()``'s norms, once on the host, go through ``repair`` (a CPU read summed
+        in float32)."""
+        return self._only is not None and self._only.repairable
+
+    def repair(self, norms: np.ndarray) -> np.ndarray:
+        """``read_parameters()``'s norms, read on the host, with each one outside ``FLOAT32_TRUSTED`` read
+        again in float64: a float32 sum overflows above 1.8e19 while the gradient is finite, and the squares
+        of a vanishing layer underflow (a gradient holding Inf stays Inf, an all-zero one stays 0, NaN is
+        left as it is). Cheap when nothing is outside: one comparison per parameter."""
+        group = self._only
+        if group is None or not group.repairable:
+            return norms
+        return self._repaired(group, norms)
+
+    @staticmethod
+    def _repaired(group: _Group, norms: np.ndarray) -> np.ndarray:
+        low, high = FLOAT32_TRUSTED
+        doubtful = np.flatnonzero((norms < low) | (norms >= high))
+        if doubtful.size == 0:
+            return norms
+        params, out = group.params, np.asarray(norms, dtype=np.float64).copy()
+        grads = [params[i].grad for i in doubtful]
+        present = [i for i, g in zip(doubtful, grads) if g is not None]
+        if present:
+            again = torch._foreach_norm([params[i].grad for i in present], 2, dtype=torch.float64)
+            out[present] = torch.stack(again).numpy()
+        return out
 
     def read(self) -> torch.Tensor:
         """Return the layers' gradient norms now: float64, shape ``(layers,)``, no host sync."""

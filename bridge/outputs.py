@@ -11,15 +11,20 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bridge.errors import OutputPathError
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
 from bridge.pipeline import Outputs, build_outputs
 from bridge.live import LiveSettings
 from bridge.presets import Preset
 from bridge.rate import CLOCKS, RateControl
+from bridge.serve import DEFAULT_HOST, check_token
 from bridge.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from bridge.serve.output import PageOutput
 
 PathLike = str | os.PathLike[str]
 
@@ -42,6 +47,16 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def refuse_same_files(named: Sequence[tuple[str, str]]) -> None:
+    """``OutputPathError`` naming both when two of the ``(what, path)`` pairs name one file (the first an
+    input or an output, the second an output that would destroy it)."""
+    for index, (name, path) in enumerate(named):
+        for what, other in named[:index]:
+            if _same_file(path, other):
+                raise OutputPathError(f"{name}={path!r} is the same file as {what}={other!r}: one would destroy "
+                                      f"the other. Fix: give each its own path")
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     """Every output of a run, as the user asked for it (all optional).
@@ -56,6 +71,11 @@ class OutputSpec:
         midi_virtual: create a virtual MIDI output named ``midi`` (or "gradbridge") for a DAW to connect to.
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
+        serve: serve a web page that plays, plots and routes the run to Web MIDI on this TCP port (0: any
+            free one), e.g. 8765 (``bridge.serve``; needs the ``serve`` extra).
+        serve_host: address the page is served on: ``"127.0.0.1"`` (default: this machine only; reach it
+            through an SSH tunnel), or another (a warning says who can then listen).
+        serve_token: the token every request needs (8-256 letters, digits, ``-``, ``_``); ``None``: random.
         every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: on the free
             clock, sound every Nth step, at most ``max_fps`` steps a second; on both clocks, fold the steps
             between two ticks by ``"max"`` or ``"mean"``. Giving ``every`` or ``max_fps`` picks the free clock.
@@ -77,6 +97,9 @@ class OutputSpec:
     midi_virtual: bool = False
     osc: str | None = None
     play: bool = False
+    serve: int | None = None
+    serve_host: str = DEFAULT_HOST
+    serve_token: str | None = None
     every: int | None = None
     max_fps: float | None = None
     aggregate: str | None = None
@@ -95,9 +118,30 @@ class OutputSpec:
         for name in ("midi_virtual", "play", "link"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.serve is not None:
+            if isinstance(self.serve, bool) or not isinstance(self.serve, int):
+                raise TypeError(f"serve must be a TCP port (int) or None, got {type(self.serve).__name__}")
+            if not 0 <= self.serve <= 65535:
+                raise ValueError(f"serve must be a TCP port from 0 to 65535 (0: any free one), got {self.serve}; "
+                                 "e.g. 8765")
+        if not isinstance(self.serve_host, str) or not self.serve_host.strip():
+            raise ValueError(f"serve_host must be an address to listen on, e.g. \"127.0.0.1\", got {self.serve_host!r}")
+        if self.serve_token is not None:
+            check_token(self.serve_token)
+        self._check_values()
         self._check_clocks()
 
+    def _check_values(self) -> None:
+        """Refuse a WAV format or OSC target the outputs could not use, before anything starts."""
+        from bridge.sinks.osc import parse_osc_target
+
+        if self.wav_format not in ("int16", "float32"):
+            raise ValueError(f"wav_format must be 'int16' (16-bit PCM) or 'float32'; got {self.wav_format!r}")
+        if self.osc is not None:
+            parse_osc_target(self.osc)
+
     def _check_clocks(self) -> None:
+        """Refuse a clock, MIDI clock or incoming clock that cannot go together, before anything starts."""
         if self.clock is not None and self.clock not in CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(map(repr, CLOCKS))} or None (the preset's), got "
                              f"{self.clock!r}")
@@ -120,23 +164,16 @@ class OutputSpec:
 
     @property
     def has_live(self) -> bool:
-        """Whether a live output (MIDI port, OSC, speakers) is asked for."""
+        """Whether a live output (MIDI port, OSC, speakers, the page, a MIDI clock port) is asked for."""
         return (self.midi is not None or self.midi_virtual or self.osc is not None or self.play
-                or isinstance(self.midi_clock, str))
+                or self.serve is not None or isinstance(self.midi_clock, str))
 
     def check_paths(self, inputs: Sequence[tuple[str, str]] = ()) -> None:
         """Refuse, before anything opens, two outputs on one path, or an output on one of ``inputs``
-        (``(what, path)`` pairs, e.g. ``("run", "a.gbrun")``): ``ValueError`` naming both."""
-        taken: list[tuple[str, str]] = [(what, path) for what, path in inputs]
-        for name in ("record", "wav", "midi_file"):
-            path = getattr(self, name)
-            if path is None:
-                continue
-            for what, other in taken:
-                if _same_file(path, other):
-                    raise ValueError(f"{name}={path!r} is the same file as {what}={other!r}: one would destroy "
-                                     f"the other. Fix: give each its own path")
-            taken.append((name, path))
+        (``(what, path)`` pairs, e.g. ``("run", "a.gbrun")``): ``OutputPathError`` (a ``ValueError``) naming
+        both."""
+        refuse_same_files([*inputs, *((name, getattr(self, name)) for name in ("record", "wav", "midi_file")
+                                      if getattr(self, name) is not None)])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (for the follower process)."""
@@ -213,15 +250,38 @@ def live_sinks(spec: OutputSpec, preset: Preset | None = None) -> list[Sink]:
 
 
 def open_outputs(spec: OutputSpec, mapping: Mapping, run_info: RunInfo, *,
-                 extra_live_sinks: Sequence[Sink] = (), clock_origin_s: float | None = None) -> Outputs:
-    """Make and open every output ``spec`` asks for, plus ``extra_live_sinks`` (your own), for ``run_info``.
+                 extra_live_sinks: Sequence[Sink] = (), run_name: str = "",
+                 clock_origin_s: float | None = None) -> Outputs:
+    """Make and open every output ``spec`` asks for, plus ``extra_live_sinks`` (your own), for ``run_info``
+    (``run_name``: what the page calls the run, e.g. its run log's file name).
 
     Files take every frame; live outputs sound the ticks of the live clock (``spec.live_for``). An output
     that cannot be made or opened is reported once and left out (``Outputs.failed_to_open``); the others go
-    on. An incoming clock or Link session that cannot be joined raises ``SinkError``. ``clock_origin_s``:
-    where the tempo clock's beat 0 falls (``time.monotonic()`` seconds, one clock for every process of a
-    machine), to tick with another follower's clock; default: just after the outputs open.
+    on. The page (``spec.serve``) is both: a live sink for what sounds, and, after every other consumer, a
+    consumer of every frame for its plots (``page_of(outputs)`` finds it). An incoming clock or Link session
+    that cannot be joined raises ``SinkError``. ``clock_origin_s``: where the tempo clock's beat 0 falls
+    (``time.monotonic()`` seconds, one clock for every process of a machine), to tick with another
+    follower's clock; default: just after the outputs open.
     """
     settings = dataclasses.replace(spec.live_for(mapping), origin_s=clock_origin_s)
-    return build_outputs(mapping, run_info, file_sinks(spec),
-                         live_sinks=[*live_sinks(spec, mapping.preset), *extra_live_sinks], live=settings)
+    page = None
+    if spec.serve is not None:
+        from bridge.serve.output import PageOutput
+
+        page = PageOutput(run_info, host=spec.serve_host, port=spec.serve, token=spec.serve_token,
+                          where=run_name or os.path.basename(spec.record or ""))
+    live = [*live_sinks(spec, mapping.preset), *([page.sink] if page is not None else []), *extra_live_sinks]
+    outputs = build_outputs(mapping, run_info, file_sinks(spec), live_sinks=live, live=settings)
+    if page is not None and page.sink.name not in outputs.failed_to_open:
+        outputs.consumers.append(page.feed)
+    return outputs
+
+
+def page_of(outputs: Outputs) -> PageOutput | None:
+    """The page output among ``outputs`` (``OutputSpec.serve``), or ``None`` when none is serving."""
+    from bridge.serve.output import PageFeed
+
+    for consumer in outputs.consumers:
+        if isinstance(consumer, PageFeed):
+            return consumer.page
+    return None

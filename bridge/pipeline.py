@@ -113,10 +113,17 @@ class Outputs:
         return sum(all(consumer is not other for other in extra) for consumer in self.consumers)
 
     def finish_stats(self, stats: DispatchStats) -> DispatchStats:
-        """``stats`` with each output that could not be opened counted as one error "at start", and what the
+        """``stats`` with each output that could not be opened counted as one error "at start", the failures
+        an output counted while going on (a sink's ``failures()``, e.g. OSC datagrams refused), and what the
         run's health says in place of its "ok"."""
         for name, text in self.failed_to_open.items():
             stats.add_error(name, f"at start ({text})")
+        for consumer in self.consumers:
+            failures = getattr(getattr(consumer, "sink", None), "failures", None)
+            counted = failures() if callable(failures) else None
+            if counted is not None and consumer.name not in stats.first_errors:
+                stats.errors[consumer.name] = stats.errors.get(consumer.name, 0) + counted[0]
+                stats.first_errors[consumer.name] = counted[1]
         if self.health is not None:
             stats.notes[self.health.name] = self.health.summary()
         if self.live is not None:
@@ -153,7 +160,7 @@ def build_outputs(mapping: Mapping, run_info: RunInfo, sinks: Sequence[Sink], *,
     if opened[1]:
         settings = live if live is not None else LiveSettings(rate=rate)
         try:
-            outputs.live = build_live(mapping.preset, run_info.layer_names, opened[1], settings)
+            outputs.live = build_live(mapping, run_info.layer_names, opened[1], settings)
         except BaseException:
             _close_quietly([*opened[0], *opened[1]])
             raise

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bridge.atomic import replacing
 from bridge.errors import GradbridgeError
 from bridge.plot_data import PlotData, first_alarm_step, read_plot_data
 
@@ -50,11 +51,14 @@ def require_matplotlib() -> None:
 
 
 def plot_run(run: str | os.PathLike[str], output: str | os.PathLike[str], *, mapping: str | Path | None = None,
-             width_px: int = DEFAULT_WIDTH_PX, height_px: int = DEFAULT_HEIGHT_PX, dpi: int = DEFAULT_DPI) -> PlotData:
+             width_px: int = DEFAULT_WIDTH_PX, height_px: int = DEFAULT_HEIGHT_PX, dpi: int = DEFAULT_DPI,
+             strict: bool = False) -> PlotData:
     """Draw the run log or CSV ``run`` into ``output`` (.png, .svg or .pdf); returns what was drawn.
 
     ``mapping`` picks the preset whose notes the piano roll shows (default: the run's own, else
-    pentatonic). The picture is ``width_px`` × ``height_px`` pixels at ``dpi`` dots per inch.
+    pentatonic). The picture is ``width_px`` × ``height_px`` pixels at ``dpi`` dots per inch. ``strict``:
+    a damaged run log record is an error instead of being skipped. The picture is written beside
+    ``output`` and renamed into place once complete, so a failure leaves an older file as it was.
     """
     output_text = os.fspath(output)
     format_of(output_text)
@@ -63,7 +67,7 @@ def plot_run(run: str | os.PathLike[str], output: str | os.PathLike[str], *, map
     parent = os.path.dirname(os.path.abspath(output_text))
     if not os.path.isdir(parent):
         raise GradbridgeError(f"cannot write {output_text}: directory {parent} does not exist; create it first")
-    data = read_plot_data(run, mapping)
+    data = read_plot_data(run, mapping, strict=strict)
     save_figure(build_figure(data, width_px=width_px, height_px=height_px, dpi=dpi), output_text)
     return data
 
@@ -141,9 +145,12 @@ def build_figure(data: PlotData, *, width_px: int = DEFAULT_WIDTH_PX, height_px:
 
 
 def save_figure(figure: Figure, output: str | os.PathLike[str]) -> None:
-    """Write ``figure`` to ``output`` in the format its suffix names (.png, .svg, .pdf), at its own size."""
+    """Write ``figure`` to ``output`` in the format its suffix names (.png, .svg, .pdf), at its own size,
+    whole: into a temporary file beside it, renamed into place once complete (``bridge.atomic``)."""
     output_text = os.fspath(output)
-    try:
-        figure.savefig(output_text, format=format_of(output_text), dpi=figure.dpi)
-    except OSError as exc:
-        raise GradbridgeError(f"cannot write {output_text}: {exc.strerror or exc}") from exc
+    file_format = format_of(output_text)
+    with replacing(output_text, "picture") as temporary:
+        try:
+            figure.savefig(temporary, format=file_format, dpi=figure.dpi)
+        except OSError as exc:
+            raise GradbridgeError(f"cannot write {output_text}: {exc.strerror or exc}; it was left as it was") from exc

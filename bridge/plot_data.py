@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.errors import GradbridgeError
 from bridge.events import StepEvents
 from bridge.frames import Frame, RunInfo
 from bridge.mapping import Mapping
@@ -83,24 +84,25 @@ class PlotData:
     def note_starts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every note as ``(layer, start in steps, pitch)`` arrays, ordered by frame then layer.
 
-        The start is the frame's step plus the layer's offset: where the note's musical start time
-        ``(step - first step) × seconds_per_step + offset`` falls on the step axis.
+        The start is the frame's step number plus the layer's offset within its step (the axis shows the
+        real step numbers; in the sound each logged step is one musical step, ``bridge.steps``).
         """
         frame, layer = np.nonzero(self.note_pitch != NO_NOTE)
         start = self.steps[frame] + self.note_offset_steps[layer]
         return layer.astype(np.int64), start, self.note_pitch[frame, layer].astype(np.int64)
 
 
-def read_plot_data(path: str | os.PathLike[str], mapping: str | Path | None = None) -> PlotData:
+def read_plot_data(path: str | os.PathLike[str], mapping: str | Path | None = None, *,
+                   strict: bool = False) -> PlotData:
     """Read a run log or CSV of norms and map it with ``mapping`` (a preset name or ``.toml`` path).
 
     Without ``mapping``, the preset the run was recorded with, else ``DEFAULT_MAPPING``, as
     ``gradbridge render`` and ``midi`` choose. Errors of the run file raise ``RunLogError``; of the
-    preset ``PresetError``.
+    preset ``PresetError``. ``strict``: a damaged run log record raises instead of being skipped.
     """
     from bridge.runlog import open_run
 
-    info, frames = open_run(path)
+    info, frames = open_run(path, strict=strict)
     chosen = mapping if mapping is not None else (info.metadata.get("mapping") or DEFAULT_MAPPING)
     return collect_plot_data(Path(os.fspath(path)).name, info, frames, Mapping.load(chosen))
 
@@ -171,7 +173,7 @@ class _NoteShape:
         tolerance = 1e-9 * max(self._step_s, 1.0) + 8 * np.finfo(np.float64).eps * abs(latest_s)
         moved = np.abs(offset_s - expected_offset_s) > tolerance
         if moved.any() or (np.abs(length_s - expected_length_s) > tolerance).any():
-            raise RuntimeError("the mapping played notes at different places within their steps, or of "
+            raise GradbridgeError("the mapping played notes at different places within their steps, or of "
                                "different lengths, for one layer; the plot draws one note per layer and step "
                                "at a fixed place and cannot show this mapping")
 
@@ -208,13 +210,13 @@ class _Block:
             starts = np.stack([e.notes.start_s for e in events]) - step_starts[:, None]
             shape.check_all(starts, _rows(events, "duration_s"), float(np.abs(step_starts).max()))
             if not (_rows(events, "layer") == np.arange(layers)).all():
-                raise RuntimeError("the mapping's notes are not in layer order; the plot cannot place them")
+                raise GradbridgeError("the mapping's notes are not in layer order; the plot cannot place them")
         elif sizes.any():
             frame = np.repeat(np.arange(count), sizes)
             layer = np.concatenate([e.notes.layer for e in events]).astype(np.int64)
             # within a step, layers strictly increase: no layer plays twice, each note has its own cell
             if not ((np.diff(layer) > 0) | (np.diff(frame) > 0)).all():
-                raise RuntimeError("the mapping played two notes for one layer at one step, or out of layer "
+                raise GradbridgeError("the mapping played two notes for one layer at one step, or out of layer "
                                    "order; the plot draws one note per layer and step")
             pitch[frame, layer] = np.concatenate([e.notes.midi_note for e in events])
             step_starts = np.array([e.start_s for e in events])

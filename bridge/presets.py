@@ -416,6 +416,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
     except (OSError, UnicodeDecodeError) as err:
         raise PresetError(f"{path}: cannot be read ({err}). Fix: check the file's permissions and "
                           "that it is UTF-8 text") from None
+    except RecursionError:
+        raise PresetError(f"{path}: nested too deeply to read (arrays or tables within each other hundreds of "
+                          "levels deep). Fix: a preset holds flat tables of numbers and words; see "
+                          "mappings/perone2019.toml for a working example") from None
     return parse_preset(data, str(path))
 
 

@@ -4,8 +4,8 @@ Reading (``open_csv``): one header row with a ``step`` column (any case, also W&
 column per layer, in file order; the optional columns ``wall_time`` (also ``Wall time``, W&B's
 ``_timestamp``), ``loss`` and ``lr`` fill ``Frame.time_s``, ``loss`` and ``lr``, which are NaN (unknown)
 when absent. A header ``layer:NAME`` is always a layer named ``NAME``. Empty cells and ``nan`` read as
-NaN, ``inf``/``-inf`` as ±Inf; steps may repeat but never decrease. Blank lines are skipped and a UTF-8
-byte order mark is ignored.
+NaN, ``inf``/``-inf`` as ±Inf; steps are whole numbers within int64 (negative ones too) that may repeat
+but never decrease. Blank lines are skipped and a UTF-8 byte order mark is ignored.
 
 Writing (``write_csv``): ``step,wall_time,loss,lr,<layers...>`` with floats written by ``repr``, so reading
 the file back gives the very same float64 values.
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bridge.atomic import replacing
 from bridge.errors import RunLogError
 from bridge.frames import Frame, RunInfo
 from bridge.paths import path_text, require_parent
@@ -38,6 +39,10 @@ EXPECTED_INPUT = "expected a .gbrun run log written by gradbridge, or a CSV with
 
 # The start of a .gbrun run log (``bridge.runlog.MAGIC``), named when a file is neither kind of run file.
 _NOT_A_RUN_LOG = "is not a run log: it does not start with b'GBRUN'"
+# The steps a run may hold: int64, as a run log stores them.
+_STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
+# What a cell starts with when a spreadsheet would run it as a formula (OWASP's list for CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # CSV headers read as something other than a layer, after strip(), lower() and spaces -> "_".
 _RESERVED = {"step": "step", "_step": "step", "wall_time": "wall_time", "_timestamp": "wall_time",
              "loss": "loss", "lr": "lr"}
@@ -61,9 +66,12 @@ def write_csv(path: str | os.PathLike[str], run_info: RunInfo, frames: Iterable[
     """Write frames as CSV ``step,wall_time,loss,lr,<layers...>``; returns how many rows were written.
 
     Floats are written with ``repr`` (``nan``, ``inf``, ``-inf`` included), so ``open_csv`` reads back
-    the very same float64 values. A layer whose name starts with ``layer:`` or would read as a reserved
+    the very same float64 values. A layer whose name starts with ``layer:``, would read as a reserved
     column (``step``, ``_step``, ``wall_time``, ``_timestamp``, ``loss``, ``lr``, any case, spaces for
-    underscores) gets the header ``layer:`` + name; duplicate names are kept, in order.
+    underscores) or starts with a character a spreadsheet runs as a formula (``= + - @``, a tab or a
+    carriage return) gets the header ``layer:`` + name, which reads back as the name itself; duplicate
+    names are kept, in order. The file is written beside ``path`` and renamed into place once complete
+    (``bridge.atomic``): a failure leaves an older file of that name as it was.
     """
     path = path_text(path)
     if not isinstance(run_info, RunInfo):
@@ -71,23 +79,25 @@ def write_csv(path: str | os.PathLike[str], run_info: RunInfo, frames: Iterable[
     layers = len(run_info.layer_names)
     require_parent(path, "CSV")
     rows = 0
-    try:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["step", "wall_time", "loss", "lr",
-                             *(_layer_header(name) for name in run_info.layer_names)])
-            for frame in frames:
-                if not isinstance(frame, Frame):
-                    raise TypeError(f"frames must hold bridge.frames.Frame; got {type(frame).__name__}")
-                frame = frame.resolve()
-                if frame.layer_count != layers:
-                    raise ValueError(f"frame at step {frame.step} has {frame.layer_count} layer norms but "
-                                     f"run_info names {layers} layers")
-                writer.writerow([str(frame.step), repr(frame.time_s), repr(frame.loss), repr(frame.lr),
-                                 *map(repr, frame.norms.tolist())])
-                rows += 1
-    except OSError as exc:
-        raise RunLogError(f"could not write CSV {path}: {exc.strerror or exc}") from exc
+    with replacing(path, "CSV") as temporary:
+        try:
+            with open(temporary, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(["step", "wall_time", "loss", "lr",
+                                 *(_layer_header(name) for name in run_info.layer_names)])
+                for frame in frames:
+                    if not isinstance(frame, Frame):
+                        raise TypeError(f"frames must hold bridge.frames.Frame; got {type(frame).__name__}")
+                    frame = frame.resolve()
+                    if frame.layer_count != layers:
+                        raise ValueError(f"frame at step {frame.step} has {frame.layer_count} layer norms but "
+                                         f"run_info names {layers} layers")
+                    writer.writerow([str(frame.step), repr(frame.time_s), repr(frame.loss), repr(frame.lr),
+                                     *map(repr, frame.norms.tolist())])
+                    rows += 1
+        except OSError as exc:
+            raise RunLogError(f"could not write CSV {path}: {exc.strerror or exc}; {path} was left as it "
+                              f"was. Fix: free disk space, or choose another folder") from exc
     return rows
 
 
@@ -96,8 +106,9 @@ def _reserved_role(header: str) -> str | None:
 
 
 def _layer_header(name: str) -> str:
-    """The CSV header for a layer: its name, or ``layer:`` + name when that would read as something else."""
-    if name.startswith(LAYER_PREFIX) or _reserved_role(name) is not None:
+    """The CSV header for a layer: its name, or ``layer:`` + name when that would read as something else
+    (a reserved column, or a formula in a spreadsheet)."""
+    if name.startswith(LAYER_PREFIX) or name.startswith(_FORMULA_STARTS) or _reserved_role(name) is not None:
         return LAYER_PREFIX + name
     return name
 
@@ -200,6 +211,9 @@ def _iter_frames(path: str, layout: _Layout) -> Iterator[Frame]:
                 step = int(row[step_col])
             except ValueError:  # a float such as 12.0, or no number: the careful parse says which
                 step = _parse_step(row[step_col], _cell_locator(path, line, header)(step_col))
+            if not _STEP_MIN <= step <= _STEP_MAX:
+                raise RunLogError(f"{_cell_locator(path, line, header)(step_col)}: step {row[step_col].strip()!r} "
+                                  f"is outside what a step can be (-2**63 to 2**63-1); correct that cell")
             if previous is not None and step < previous[0]:
                 raise RunLogError(f"{_cell_locator(path, line, header)(step_col)}: step {step} comes after step "
                                   f"{previous[0]} (line {previous[1]}); steps must not decrease, sort the rows by step")

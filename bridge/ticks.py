@@ -156,16 +156,18 @@ class TickGatherer:
     (``take``, the clock's thread); ``absorb`` maps what has arrived so far, ahead of the tick.
 
     Args:
-        preset: the live outputs' preset (mapped by a ``Mapping`` of this gatherer's own).
+        preset: the live outputs' preset (mapped by a ``Mapping`` of this gatherer's own), or the files'
+            ``Mapping``, whose preset and step rule (``keep_gaps``) the gatherer's own then takes.
         layer_names: the run's layers.
         aggregate: ``"max"`` or ``"mean"`` (see the module docstring).
     """
 
-    def __init__(self, preset: Preset, layer_names: Sequence[str], aggregate: str = "max") -> None:
+    def __init__(self, preset: Preset | Mapping, layer_names: Sequence[str], aggregate: str = "max") -> None:
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         self.aggregate = aggregate
-        self.mapping = Mapping(preset)
+        self.mapping = preset.fresh() if isinstance(preset, Mapping) else Mapping(preset)
+        preset = self.mapping.preset
         self.arrangement: Arrangement = self.mapping.arrange(tuple(layer_names))
         self._layers = len(self.arrangement.voices)
         warm = Mapping(preset)  # a throwaway first tick, so that the first real one is not slowed by first calls

@@ -73,6 +73,8 @@ def _merge(stats: DispatchStats, report: FollowReport) -> None:
         stats.first_errors.setdefault(name, theirs.first_errors.get(name, ""))
     for name, note in theirs.notes.items():
         stats.notes.setdefault(name, note)
+    for name, missed in theirs.missed.items():
+        stats.missed[name] = stats.missed.get(name, 0) + missed
     if report.damaged_records:
         stats.frames_unreadable += report.damaged_records
         stats.first_unreadable = stats.first_unreadable or theirs.first_unreadable

@@ -39,7 +39,7 @@ from bridge.follower import Follower, FollowerThread, FollowReport
 from bridge.follower_link import FollowerGone, FollowerProcess
 from bridge.frames import RunInfo
 from bridge.mapping import Mapping
-from bridge.outputs import OutputSpec, open_outputs
+from bridge.outputs import OutputSpec, open_outputs, page_of
 from bridge.runlog import RunLogWriter
 from bridge.signals import SigtermGuard
 from bridge.sinks.base import Sink
@@ -64,8 +64,10 @@ class Watch:
 
     def __init__(self, capture: Capture, writer: RunLogWriter | None, *, process: FollowerProcess | None = None,
                  thread: FollowerThread | None = None, temporary: bool = False, description: str = "",
-                 announce: TextIO | None = None, guard: SigtermGuard | None = None) -> None:
+                 announce: TextIO | None = None, guard: SigtermGuard | None = None,
+                 page_url: str | None = None) -> None:
         self._capture = capture
+        self.page_url = page_url  #: the address of the page serving the run (``serve=``), token included
         self._writer = writer
         self._process = process
         self._thread = thread
@@ -186,6 +188,9 @@ def watch(
     midi: str | None = None,
     osc: str | None = None,
     play: bool = False,
+    serve: int | None = None,
+    serve_host: str = "127.0.0.1",
+    serve_token: str | None = None,
     sinks: Sequence[Sink] = (),
     midi_api: str | None = None,
     midi_virtual: bool = False,
@@ -218,6 +223,11 @@ def watch(
             virtual port named ``midi``, or "gradbridge", for a DAW to connect to) go with it.
         osc: live OSC receiver as ``"host:port"``, e.g. ``"127.0.0.1:57120"`` for SuperCollider.
         play: play live through the built-in synth on the default audio output (needs PyAudio).
+        serve: serve a web page that plays, plots and routes the run to Web MIDI on this TCP port (0: any
+            free one), from the follower process (needs the ``serve`` extra, aiohttp); ``Watch.page_url`` and
+            the start-up line give its address. ``serve_host`` (default ``"127.0.0.1"``: this machine only,
+            reach it through an SSH tunnel) and ``serve_token`` (default: random) go with it. The page stops
+            when the run ends; ``gradbridge serve RUN`` keeps serving a finished run.
         sinks: your own live sinks; they run on a thread of this process (see ``process``).
         every, max_fps, aggregate: live rate control, overriding the preset's ``[live]`` table: on the free
             clock, sound every Nth step, at most ``max_fps`` steps a second; on both, fold the steps between
@@ -255,6 +265,9 @@ def watch(
     if not isinstance(process, bool):
         raise TypeError(f"process must be True (outputs in a follower process) or False (on a thread here), "
                         f"got {process!r}")
+    if announce is not None and not callable(getattr(announce, "write", None)):
+        raise TypeError(f"announce must be a text stream such as sys.stderr, or None (silent); got "
+                        f"{type(announce).__name__}")
     chosen = mapping if isinstance(mapping, Mapping) else Mapping.load(mapping)
     found = find_layers(model, include=layers, params=params, groups=groups, depth=depth)
     part = participation(ranks, model, found)
@@ -263,8 +276,13 @@ def watch(
         return Watch(capture, None, description=f"rank {part.rank} is silent (rank {ranks} sounds)")
     spec = OutputSpec(record=part.path_for(record), wav=part.path_for(wav), midi_file=part.path_for(midi_file),
                       wav_format=wav_format, midi=midi, midi_api=midi_api, midi_virtual=midi_virtual, osc=osc,
-                      play=play, every=every, max_fps=max_fps, aggregate=aggregate, clock=clock,
-                      midi_clock=midi_clock, clock_in=clock_in, link=link)
+                      play=play, serve=serve, serve_host=serve_host, serve_token=serve_token, every=every,
+                      max_fps=max_fps, aggregate=aggregate, clock=clock, midi_clock=midi_clock, clock_in=clock_in,
+                      link=link)
+    if serve is not None:
+        from bridge.serve import require_aiohttp
+
+        require_aiohttp()
     spec.check_paths()
     spec.live_for(chosen)  # a bad every / max_fps / aggregate / clock is refused here, before anything starts
     sinks = list(sinks)
@@ -274,19 +292,22 @@ def watch(
         handle, log_path = tempfile.mkstemp(prefix="gradbridge-", suffix=".gbrun")
         os.close(handle)
     writer = RunLogWriter(log_path, run_info)
-    follower = thread = None
+    follower = thread = page_url = None
     description = ""
     try:
         # a follower runs even with no output asked for: it reads the log to say what the run's alarms were
         if process:
             follower = FollowerProcess.start(FollowerSetup(writer.path, chosen.preset, spec))
-            description = follower.description
+            description, page_url = follower.description, follower.page_url
         if sinks or not process:
             own = spec if not process else OutputSpec(every=every, max_fps=max_fps, aggregate=aggregate, clock=clock,
                                                        midi_api=midi_api, clock_in=clock_in, link=link)
             origin_s = follower.clock_origin_s if follower is not None else None  # one grid for both
-            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks, clock_origin_s=origin_s)
+            outputs = open_outputs(own, chosen, run_info, extra_live_sinks=sinks, clock_origin_s=origin_s,
+                                   run_name=os.path.basename(writer.path))
             description = description or outputs.arrangement.description
+            page = page_of(outputs)
+            page_url = page_url if page is None else page.url
             thread = FollowerThread(Follower(FileTail(writer.path), outputs)).start()
         capture = Capture(model, optimizer, found, writer.append, auto=auto, participation=part)
     except BaseException:
@@ -295,24 +316,28 @@ def watch(
     description = description or Mapping(chosen.preset).arrange(run_info.layer_names).description
     if announce is not None:
         print(f"gradbridge: {description}", file=announce)
+        if page_url is not None:
+            from bridge.serve import reach_hint
+
+            print(f"gradbridge: serving {page_url}   ({reach_hint(page_url)})", file=announce)
     return Watch(capture, writer, process=follower, thread=thread, temporary=temporary, description=description,
-                 announce=announce, guard=SigtermGuard.install())
+                 announce=announce, guard=SigtermGuard.install(), page_url=page_url)
 
 
 def _ignore(frame: object) -> None:
     """A silent rank's frames go nowhere (it measures only to join the reduction)."""
 
 
-def _abandon(writer: RunLogWriter, link: FollowerProcess | None, thread: FollowerThread | None,
+def _abandon(writer: RunLogWriter, follower: FollowerProcess | None, thread: FollowerThread | None,
              temporary: str | None) -> None:
     """Undo a watch that could not start: close the log (its followers then end) and remove a temporary one."""
     try:
         writer.close()
     except RunLogError as exc:  # the start-up error that got us here is the one to raise
         log.debug("closing the run log of a watch that could not start: %s", exc)
-    if link is not None:
+    if follower is not None:
         try:
-            link.finish()
+            follower.finish()
         except FollowerGone as exc:
             log.debug("the follower of a watch that could not start: %s", exc)
     if thread is not None:

@@ -5,10 +5,12 @@ On the follower's stdin, once: a 4-byte little-endian length, then that many byt
 carries nothing: its end tells the follower that the training process is gone, however it ended.
 
 On the follower's stdout, one line of JSON when the outputs are open (``{"ready": true, "description": ...,
-"failed_to_open": {name: text}}``, or ``{"ready": false, "error": text, "kind": "TypeError" | "ValueError" |
-""}``); once the training process is done, about one a second while it finishes (``{"progress": frames
-delivered, "left": frames left or null}``), and one when it is done (``{"report": {...}}``, a
-``FollowReport``). Nothing else, so the pipe never fills while training runs. Its messages go to stderr.
+"failed_to_open": {name: text}, "page_url": the page's address or null}``, or ``{"ready": false, "error": text,
+"kind": "TypeError" | "ValueError" | "", "type": the error's class name}``, raised again in the training process
+as the same class when it is one of ``bridge.errors``); once the training process is done, about one a second
+while it finishes (``{"progress": frames delivered, "left": frames left or null}``), and one when it is done
+(``{"report": {...}}``, a ``FollowReport``). Nothing else, so the pipe never fills while training runs. Its
+messages go to stderr.
 """
 
 from __future__ import annotations

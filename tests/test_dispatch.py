@@ -63,7 +63,9 @@ def test_failing_consumer_is_reported_once_and_switched_off(caplog: pytest.LogCa
     assert "'midi-port'" in message and "RuntimeError: boom" in message and "the others go on" in message
     assert stats.errors == {"midi-port": 1}
     assert stats.first_errors == {"midi-port": "at step 3 (RuntimeError: boom)"}
-    assert stats.summary() == "8 frames in, 0 dropped; midi-port: failed at step 3 (RuntimeError: boom); wav: ok"
+    assert stats.missed == {"midi-port": 5}  # steps 3 to 7
+    assert stats.summary() == ("8 frames in, 0 dropped; midi-port: failed at step 3 (RuntimeError: boom), 5 frame(s) "
+                               "missed; wav: ok")
 
 
 def test_close_is_idempotent_and_a_closed_delivery_refuses_frames() -> None:

@@ -154,8 +154,10 @@ def test_an_osc_receiver_that_is_down_is_reported_once_and_nothing_else_is_lost(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     port = closed_udp_port()
     stats = watched_run(tmp_path, 15, osc=f"127.0.0.1:{port}")
-    # UDP does not fail the send itself: the refusal of one datagram is reported on the next send
-    assert (stats.frames_done, stats.errors) == (15, {})
+    # UDP does not fail the send itself: the refusal of one datagram is reported on the next send, from step 1
+    # on, and the closing summary counts them (the sink goes on, so the frames are still done)
+    assert (stats.frames_done, stats.errors) == (15, {"osc": 14})
+    assert f"osc: failed 14 time(s) from step 1 (refused: nothing listens on 127.0.0.1:{port})" in stats.summary()
     reported = follower_warnings(capfd, "OSC to")
     assert len(reported) == 1
     assert f"OSC to 127.0.0.1:{port} failed (ConnectionRefusedError" in reported[0]

@@ -39,7 +39,14 @@ def test_perone2019_frequencies_and_times() -> None:
     assert [v.channel for v in arrangement.voices] == [0, 1, 2, 3]
     mapping.map_frame(Frame(step=10, time_s=0.0, norms=[0.5, 0.5, 0.5, 0.5]))
     events = mapping.map_frame(Frame(step=12, time_s=1.0, norms=[0.1, 1.0, 2.5, 0.0], loss=2.3, lr=0.01))
-    # two steps after the first one: 2 x 60 ms
+    # the second step logged is one musical step after the first (60 ms), whatever its number
+    assert (events.step, events.start_s) == (12, pytest.approx(0.06))
+    assert list(events.notes.start_s) == pytest.approx([0.06, 0.07, 0.08, 0.09])
+    kept = Mapping.load("perone2019", keep_gaps=True)
+    kept.arrange(NAMES)
+    kept.map_frame(Frame(step=10, time_s=0.0, norms=[0.5, 0.5, 0.5, 0.5]))
+    events = kept.map_frame(Frame(step=12, time_s=1.0, norms=[0.1, 1.0, 2.5, 0.0], loss=2.3, lr=0.01))
+    # with kept gaps: two steps after the first one, 2 x 60 ms
     assert events.start_s == pytest.approx(0.12)
     assert list(events.notes.start_s) == pytest.approx([0.12, 0.13, 0.14, 0.15])
     assert list(events.notes.duration_s) == pytest.approx([0.01] * 4)
@@ -76,7 +83,7 @@ def test_extreme_norms_give_valid_midi_and_finite_frequencies() -> None:
             assert np.all((notes.value >= 0) & (notes.value <= 1))
 
 
-def chromatic_one_layer() -> Mapping:
+def chromatic_one_layer(keep_gaps: bool = False) -> Mapping:
     """One layer "a", log curve, auto range, chromatic notes 60..72 (13 of them), chord steps of 0.5 s."""
     preset = parse_preset({
         "timing": {"layout": "chord", "step_s": 0.5, "note_s": 0.5},
@@ -85,7 +92,7 @@ def chromatic_one_layer() -> Mapping:
         "midi": {"velocity": "value"},
         "sound": {"attack_s": 0.0, "release_s": 0.0},
     }, "test")
-    mapping = Mapping(preset)
+    mapping = Mapping(preset, keep_gaps=keep_gaps)
     mapping.arrange(["a"])
     return mapping
 
@@ -283,14 +290,19 @@ def test_map_frames_worked_example_running_range_and_times() -> None:
     # one layer, log curve, chromatic 60..72 (13 notes), chord steps of 0.5 s; the steps skip 12 -> 15
     mapping = chromatic_one_layer()
     norms = [1.0, 100.0, 10.0, 0.0, math.nan, 1000.0]
-    events = mapping.map_frames([Frame(10 + s + 2 * (s > 2), 0.0, [n]) for s, n in enumerate(norms)])
+    frames = [Frame(10 + s + 2 * (s > 2), 0.0, [n]) for s, n in enumerate(norms)]
+    events = mapping.map_frames(frames)
     # log10: 0 (range 0..0: middle, note 66), 2 (new top: 72), 1 (halfway: 66), zero (lowest, range kept: 60),
     # NaN (an alarm, no note), 3 (new top: 72)
     assert [list(e.notes.midi_note) for e in events] == [[66], [72], [66], [60], [], [72]]
-    assert [e.start_s for e in events] == [0.0, 0.5, 1.0, 2.5, 3.0, 3.5]
+    assert [e.step for e in events] == [10, 11, 12, 15, 16, 17]
+    assert [e.start_s for e in events] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]  # one logged step after another
     assert [list(e.notes.value) for e in events] == [[0.5], [1.0], [0.5], [0.0], [], [1.0]]
     assert [list(e.notes.velocity) for e in events] == [[84], [127], [84], [40], [], [127]]  # rint(40 + 87 v)
-    assert [(a.layer, a.kind, a.midi_note, a.start_s) for a in events[4].alarms] == [(0, "nan", 49, 3.0)]
+    assert [(a.layer, a.kind, a.midi_note, a.start_s) for a in events[4].alarms] == [(0, "nan", 49, 2.0)]
+    kept = chromatic_one_layer(keep_gaps=True).map_frames(frames)  # steps 13 and 14 sound as silence
+    assert [e.start_s for e in kept] == [0.0, 0.5, 1.0, 2.5, 3.0, 3.5]
+    assert [(a.kind, a.start_s) for a in kept[4].alarms] == [("nan", 3.0)]
     # the range is now log10 1..1000 = 0..3: 10 is a third of the way, index round(12 / 3) = 4, note 64
     assert list(mapping.map_frame(Frame(16, 0.0, [10.0])).notes.midi_note) == [64]
 
@@ -306,9 +318,10 @@ def test_map_frames_wrong_layer_count_maps_the_frames_before_then_fails() -> Non
     mapping.arrange(["a"])
     with pytest.raises(ValueError, match="frame at step 7 has 2 norms but the mapping was arranged for 1 layers"):
         mapping.map_frames([Frame(5, 0.0, [1.0]), Frame(6, 0.0, [100.0]), Frame(7, 0.0, [1.0, 2.0])])
-    # steps 5 and 6 were mapped: time zero is step 5, and 100 is the top of the range (a first frame sounds 66)
+    # steps 5 and 6 were mapped: step 8 is the third step sounded, and 100 is the top of the range (a first
+    # frame sounds 66)
     after = mapping.map_frame(Frame(8, 0.0, [100.0]))
-    assert (after.start_s, list(after.notes.midi_note)) == (1.5, [72])
+    assert (after.start_s, list(after.notes.midi_note)) == (1.0, [72])
 
 
 def test_map_frames_of_nothing_and_before_arrange() -> None:

@@ -480,14 +480,13 @@ def test_missing_directory_raises_sink_error_at_open(tmp_path: Path) -> None:
         sink.open(make_arrangement([("l", 0, 0)]))
     message = str(caught.value)
     assert str(path) in message
-    assert "No such file or directory" in message
-    assert "choose a path in an existing directory" in message
+    assert f"folder {path.parent} does not exist. Fix: create it first" in message
     assert not path.parent.exists()
     sink.close()  # nothing was opened: closing is a no-op
 
 
 def test_directory_as_path_raises_sink_error(tmp_path: Path) -> None:
-    with pytest.raises(SinkError, match="Is a directory"):
+    with pytest.raises(SinkError, match="it is a folder. Fix: give the name of a file in it"):
         MidiFileSink(tmp_path).open(make_arrangement([("l", 0, 0)]))
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bridge.capture import Capture, PendingFrame, find_layers
+from bridge.frames import Frame
 from bridge.norms import STACK_MAX_NUMEL, NormReader, combine
 
 
@@ -257,7 +258,9 @@ def test_missing_gradient_in_a_stack_counts_zero_until_it_returns(
         assert reader.read().tolist() == pytest.approx([13.0, 7.0, 8.0], rel=1e-7)
         seen = spy_on_fused_pass(monkeypatch)
         assert reader.read().tolist() == pytest.approx([13.0, 7.0, 8.0], rel=1e-7)
-    assert seen == []  # back on the stacks: the gradients are no longer looked at one by one
+    # back on the stacks: the gradients are no longer looked at one by one; only the all-zero (1, 2) weight
+    # is read again in float64, as any norm below FLOAT32_TRUSTED is (it may be a vanishing one)
+    assert seen == [[(1, 2)]]
     assert caplog.records == []  # a missing gradient is no failure of the fused pass
 
 
@@ -305,3 +308,41 @@ def test_stacked_norms_equal_each_gradients_own_norm() -> None:
     expected = [math.sqrt(float(m.weight.grad.norm()) ** 2 + float(m.bias.grad.norm()) ** 2) for m in model]
     for path in all_paths(model):
         assert path == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_float32_sum_that_overflows_on_a_cpu_is_read_again_in_float64_on_every_capture_path() -> None:
+    # the fast CPU read sums float32 gradients in float32: 1e20 squared overflows there, and the host reads
+    # that norm again in float64; a gradient that holds Inf stays an Inf alarm
+    element = float(np.float32(1e20))
+    model = nn.Sequential(linear([[1e20, 1e20], [1e20, 1e20]]), linear([[3.0, 4.0]]), linear([[math.inf, 1.0]]))
+    reader = NormReader(find_layers(model))
+    assert reader.needs_repair
+    raw, layer_of = reader.read_parameters()
+    assert layer_of is None and raw.dtype == torch.float32 and raw.tolist()[1:] == [5.0, math.inf]
+    assert raw.tolist()[0] == math.inf  # what float32 gives before the host reads it again
+    assert reader.repair(raw.numpy()).tolist() == [element * 2.0, 5.0, math.inf]
+    with_tensor_loss: list[Frame] = []
+    capture = Capture(model, None, None, with_tensor_loss.append, auto=False)
+    capture.step(loss=torch.tensor(0.5))  # a loss tensor takes the packed path
+    assert with_tensor_loss[0].norms.tolist() == [element * 2.0, 5.0, math.inf]
+    assert with_tensor_loss[0].loss == 0.5
+    assert frame_norms(model) == [element * 2.0, 5.0, math.inf]
+
+
+def test_a_vanishing_float32_gradient_reads_its_norm_not_zero() -> None:
+    # elements of 1e-24 square to 1e-48, below float32's smallest (1.4e-45): a float32 sum gives 0; the
+    # host reads such a norm again in float64: sqrt(4) x 1e-24
+    tiny = float(np.float32(1e-24))
+    model = nn.Sequential(linear([[1e-24, 1e-24], [1e-24, 1e-24]]), linear([[3.0, 4.0]]))
+    raw, _ = NormReader(find_layers(model)).read_parameters()
+    assert raw.tolist() == [0.0, 5.0]
+    for path in all_paths(model):
+        assert path == pytest.approx([2.0 * tiny, 5.0], rel=1e-12)
+
+
+def test_every_group_of_a_mixed_reader_reads_its_own_doubtful_norms_again() -> None:
+    # a float64 layer first, then a float32 one whose 1e20 elements overflow a float32 sum: two groups
+    element = float(np.float32(1e20))
+    model = nn.Sequential(linear([[3.0, 4.0]], dtype=torch.float64), linear([[1e20, 1e20]]))
+    for path in all_paths(model):
+        assert path == pytest.approx([5.0, element * math.sqrt(2.0)], rel=1e-12)

@@ -1,4 +1,5 @@
-"""The built wheel carries the presets: they load by name after a regular, non-editable install."""
+"""The built wheel carries the presets and the page's files: presets load by name, and the page server finds
+its static files, after a regular, non-editable install."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def test_presets_load_by_name_from_an_installed_wheel(tmp_path: Path) -> None:
     probe = (
         "import bridge, bridge.presets as p, bridge.mapping as m; "
         "print(bridge.__file__); print(','.join(p.builtin_names())); "
-        "print(m.Mapping.load('pentatonic').preset.scale)"
+        "print(m.Mapping.load('pentatonic').preset.scale); "
+        "from importlib import resources; "
+        "print(','.join(sorted(f.name for f in (resources.files('bridge.serve') / 'static').iterdir())))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
@@ -29,4 +32,5 @@ def test_presets_load_by_name_from_an_installed_wheel(tmp_path: Path) -> None:
     assert lines[0].startswith(str(site))  # the wheel's copy, not the checkout
     assert lines[1] == "daw,pentatonic,perone2019"
     assert lines[2] == "major_pentatonic"
+    assert lines[3] == "app.js,decode.js,index.html,player.js,plots.js,store.js,style.css,synth-worklet.js"
     assert (site / "bridge" / "py.typed").is_file()

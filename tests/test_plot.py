@@ -43,6 +43,13 @@ def small_norms() -> tuple[np.ndarray, np.ndarray]:
     return steps, norms
 
 
+def logged_step(steps: np.ndarray, position: float, tolerance: float) -> float:
+    """The step number on the plot's axis of a musical position in the MIDI file (the p-th step logged is
+    at position p), with the fraction into the step kept."""
+    index = math.floor(position + tolerance)
+    return float(steps[index]) + position - index
+
+
 def write_log(path: Path, steps: np.ndarray, norms: np.ndarray, names: tuple[str, ...] = NAMES,
               mapping: str = "perone2019") -> Path:
     with RunLogWriter(path, RunInfo(names, {"mapping": mapping})) as writer:
@@ -105,10 +112,11 @@ def test_piano_roll_holds_the_notes_of_the_midi_file(small_run: Path, tmp_path: 
     figure = build_figure(data, width_px=1200, height_px=800)
     step_s = data.seconds_per_step
     tolerance = tick_s / step_s  # half a tick either way, in steps, as the file rounds times to ticks
-    from_midi = sorted((layer, FIRST_STEP + seconds / step_s, note)
+    steps, norms = small_norms()
+    # each logged step is one musical step in the file: the p-th step logged sounds at p x step_s
+    from_midi = sorted((layer, logged_step(steps, seconds / step_s, tolerance), note)
                        for layer, name in enumerate(NAMES) for seconds, note in tracks[name])
     drawn = sorted(drawn_notes(figure, len(NAMES)))
-    steps, norms = small_norms()
     assert len(drawn) == len(from_midi) == int(np.isfinite(norms).sum())
     for (layer, x, note), (midi_layer, midi_x, midi_note) in zip(drawn, from_midi):
         assert (layer, note) == (midi_layer, midi_note)
@@ -135,8 +143,8 @@ def test_alarm_markers_sit_on_the_alarm_steps_and_match_the_midi_alarms(small_ru
     step_s = data.seconds_per_step
     from_midi = []
     for seconds, note in tracks["alarms"]:
-        step = math.floor(seconds / step_s + tick_s / step_s)  # within half a tick of the step's start or later
-        from_midi.append((FIRST_STEP + step, round((seconds - step * step_s) / 0.01), note))
+        position = math.floor(seconds / step_s + tick_s / step_s)  # within half a tick of the step's start or later
+        from_midi.append((int(steps[position]), round((seconds - position * step_s) / 0.01), note))
     from_midi.sort()
     ours = sorted((int(x), int(y), 49 if kind == "nan" else 52) for kind, points in drawn.items() for x, y in points)
     assert from_midi == ours

@@ -30,8 +30,12 @@ def test_paced_waits_for_each_steps_musical_time() -> None:
     frames = [Frame(step=s, time_s=0.0, norms=[1.0]) for s in (10, 11, 13)]
     out = list(paced(frames, seconds_per_step=0.125, speed=2.0, clock=clock, sleep=clock.sleep))
     assert out == frames
-    # step 11 is due 0.0625 s after step 10, step 13 at 0.1875 s
-    assert clock.sleeps == [0.0625, 0.125]
+    # each logged step is one musical step: step 11 is due 0.0625 s after step 10, step 13 0.0625 s later
+    assert clock.sleeps == [0.0625, 0.0625]
+    kept = FakeClock()
+    assert list(paced(frames, seconds_per_step=0.125, speed=2.0, clock=kept, sleep=kept.sleep, keep_gaps=True)) == frames
+    # with kept gaps step 13 is due at 3 x 0.0625 s = 0.1875 s: step 12's silence is waited out
+    assert kept.sleeps == [0.0625, 0.125]
 
 
 def test_paced_does_not_wait_when_behind() -> None:

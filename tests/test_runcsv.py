@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bridge import runlog
 from bridge.errors import RunLogError
@@ -246,3 +248,60 @@ def test_bad_cell_after_a_cell_of_spaces_is_named(tmp_path: Path) -> None:
         next(frames)
     assert str(error.value) == (f"{path}, line 3, column 5 ('c'): cannot read '3x' as a number; expected a "
                                 "decimal number, 'nan', 'inf', '-inf' or an empty cell")
+
+
+# --- fuzz -------------------------------------------------------------------------------------------------------
+
+# Pieces a CSV of norms is made of, for text that gets past the header check and into the rows.
+CSV_PIECES = st.sampled_from(["step", "_step", "Step", "loss", "lr", "wall_time", "layer:", "a", "b", ",", ",,", "\n",
+                              "\r\n", '"', '""', " ", "0", "1", "-1", "12", "1.5", "1e308", "9223372036854775808",
+                              "-9223372036854775809", "nan", "inf", "-inf", "1_0", "0x10", "\x00", "\ufeff", "é",
+                              "=cmd|' /C calc'!A0", "\t", "1" * 40])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), pieces=st.lists(CSV_PIECES, max_size=60))
+def test_any_bytes_give_csv_frames_or_a_run_log_error_and_nothing_else(tmp_path: Path, data: bytes,
+                                                                       pieces: list[str]) -> None:
+    """Fuzz: noise alone, noise after a good header, and CSV-like text built from the pieces CSVs of norms are
+    made of: reading never raises anything but RunLogError, and every frame it gives has the header's layer
+    count, a step within int64 and steps that never decrease."""
+    path = tmp_path / "fuzz.csv"
+    text = "".join(pieces)
+    for candidate in (data, b"step,a,b\n" + data, ("step,a,b\n" + text).encode("utf-8", "surrogatepass"),
+                      text.encode("utf-8", "surrogatepass")):
+        path.write_bytes(candidate)
+        try:
+            info, frames = open_csv(path)
+            read = list(frames)
+        except RunLogError:
+            continue
+        assert all(frame.layer_count == len(info.layer_names) for frame in read)
+        assert all(-(2**63) <= frame.step < 2**63 for frame in read)
+        assert [frame.step for frame in read] == sorted(frame.step for frame in read)
+
+
+def test_a_step_outside_int64_is_refused_naming_the_cell(tmp_path: Path) -> None:
+    for step in ("1e308", "9223372036854775808", "-9223372036854775809"):
+        path = tmp_path / "big.csv"
+        path.write_text(f"step,fc1\n0,1.0\n{step},2.0\n")
+        with pytest.raises(RunLogError) as caught:
+            read_run(path)
+        assert str(caught.value) == (f"{path}, line 3, column 1 ('step'): step {step!r} is outside what a step can "
+                                     f"be (-2**63 to 2**63-1); correct that cell")
+    path.write_text("step,fc1\n-9223372036854775808,1.0\n9223372036854775807,2.0\n")  # the ends of int64 are steps
+    assert [frame.step for frame in read_run(path)[1]] == [-(2**63), 2**63 - 1]
+
+
+def test_layer_names_a_spreadsheet_would_run_as_formulas_are_written_escaped_and_read_back(tmp_path: Path) -> None:
+    import csv
+
+    names = ("=cmd|' /C calc'!A0", "+1", "-x", "@SUM(A1)", "\tt", "fc1", "layer:=y")
+    path = tmp_path / "norms.csv"
+    write_csv(path, RunInfo(names), [Frame(0, 1.0, [1.0] * len(names))])
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    assert header == ["step", "wall_time", "loss", "lr", "layer:=cmd|' /C calc'!A0", "layer:+1", "layer:-x",
+                      "layer:@SUM(A1)", "layer:\tt", "fc1", "layer:layer:=y"]
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in header)
+    assert read_run(path)[0].layer_names == names

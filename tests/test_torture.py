@@ -34,6 +34,7 @@ from bridge.mapping import Mapping
 from bridge.pipeline import build_outputs, render_frames
 from bridge.presets import NOTE_NAMES, SCALES, Preset, load_preset, parse_preset
 from bridge.sinks.midi_file import MidiFileSink
+from bridge.sinks.midi_tracks import text_to_ascii
 from bridge.sinks.osc import OscSink
 from bridge.sinks.synth import PEAK, render_events
 from bridge.sinks.wav import WavSink
@@ -230,18 +231,22 @@ def check_midi_file(path: Path, preset: Preset, names: tuple[str, ...], frames: 
         if is_alarm:
             assert ons == alarms
         else:
-            assert track.name.encode("latin-1").decode("utf-8") == names[index]  # mido reads names as latin-1
+            assert track.name == text_to_ascii(names[index]).decode("ascii")  # ASCII, whatever the name
             assert ons == ons_expected[index]
     assert set(programmed) == set(channels)
     markers = [m.text for m in midi.tracks[0] if m.type == "marker"]
-    assert len(markers) == sum(1 for step in events if step.spikes)
-    assert all(text.startswith("spike: ") for text in markers)
+    # a marker names each step number that does not follow on from the one before (from 0), then its spikes
+    numbered = [f"step {frame.step}" for frame, before in zip(frames, [-1] + [f.step for f in frames])
+                if frame.step != before + 1]
+    assert [text for text in markers if text.startswith("step ")] == numbered
+    assert len(markers) - len(numbered) == sum(1 for step in events if step.spikes)
+    assert all(text.startswith(("spike: ", "step ")) for text in markers)
 
 
 def expected_audio_frames(preset: Preset, layers: int, frames: list[Frame]) -> int:
     """Samples from the first step's start to the last step's end (notes end inside their step)."""
     step_s = preset.seconds_per_step(layers)
-    last_start = (frames[-1].step - frames[0].step) * step_s
+    last_start = (len(frames) - 1) * step_s  # each logged step is one musical step, whatever its number
     return round(last_start * preset.sample_rate) + round(step_s * preset.sample_rate)
 
 
@@ -268,7 +273,7 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
             messages.append(content)
     step_s = preset.seconds_per_step(len(names))
     position = 0
-    for frame, step_events in zip(frames, mapped(preset, names, frames)):
+    for logged, (frame, step_events) in enumerate(zip(frames, mapped(preset, names, frames))):
         finite = [i for i, n in enumerate(frame.norms) if math.isfinite(n)]
         wrong = [i for i, n in enumerate(frame.norms) if not math.isfinite(n)]
         step_message = messages[position]
@@ -277,7 +282,7 @@ def check_osc(datagrams: list[bytes], preset: Preset, names: tuple[str, ...], fr
         assert (step, layer_count) == (min(frame.step, 2**31 - 1), len(names))  # int32 on the wire, clamped
         assert first_step == last_step == step  # a step sent on its own stands for itself
         assert same(loss, f32(frame.loss)) and same(lr, f32(frame.lr))
-        assert start_s == pytest.approx((frame.step - frames[0].step) * step_s, rel=1e-6)
+        assert start_s == pytest.approx(logged * step_s, rel=1e-6)  # the n-th step logged sounds at n
         assert duration_s == pytest.approx(step_s, rel=1e-6)
         layer_messages = messages[position + 1:position + 1 + len(finite)]
         for index, message in zip(finite, layer_messages):

@@ -117,16 +117,16 @@ def test_samples_are_streamed_while_the_run_goes(tmp_path: Path) -> None:
         assert reader.getnframes() == sink.frames_written
 
 
-def test_sizes_are_patched_while_running_so_a_cut_run_still_plays(tmp_path: Path) -> None:
+def test_sizes_are_patched_after_every_batch_so_a_cut_run_still_plays(tmp_path: Path) -> None:
     path = tmp_path / "run.wav"
     sink = WavSink(path)
     sink.open(make_arrangement(1))
-    steps = make_steps(110)  # 5.5 s of steps: one patch after 5 s of audio
+    steps = make_steps(110)  # 5.5 s of steps
     for step in steps:
         sink.send(step)
-    patched = 5 * SR  # sending step 100 (at 5.0 s) completed the first 5 s of audio: sizes patched then
+    patched = round(109 * 0.05 * SR)  # sending step 109 made every sample before its start final: all written
     with wave.open(str(path), "rb") as reader:  # read while the sink is still open
-        assert reader.getnframes() == patched
+        assert reader.getnframes() == patched == sink.frames_written
         assert len(reader.readframes(patched)) == 2 * patched
     sink.close()
     with wave.open(str(path), "rb") as reader:

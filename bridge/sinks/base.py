@@ -16,7 +16,9 @@ class Sink(Protocol):
     thread (``bridge.live``; it must return quickly: every live output shares that thread), which has
     stopped when ``close`` comes. A live sink may also take ``send_tick`` (``bridge.ticks.TickSink``). A
     sink raises ``bridge.errors.SinkError`` (or any exception) when it fails; the dispatcher reports that
-    once and keeps the other sinks going.
+    once and keeps the other sinks going. A sink that goes on through failures of its own (an OSC receiver
+    that refuses) may have ``failures() -> (count, text) | None``, the text read after "failed" (``"14
+    time(s) from step 3 (why)"``): the closing summary then says so instead of "ok".
     """
 
     name: str

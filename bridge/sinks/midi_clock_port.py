@@ -30,7 +30,7 @@ class MidiClockPort(MidiPortSink):
         if not isinstance(arrangement, Arrangement):
             raise TypeError(f"arrangement must be an Arrangement, got {type(arrangement).__name__}")
         self._mode, self._cc, self._channels = "notes", 0, []
-        self._start({})
+        self._start([])
 
     def send(self, events: StepEvents) -> None:
         """Notes do not go to a clock port."""

@@ -6,13 +6,21 @@ sounded, a track named ``"alarms"`` on the percussion channel with the NaN/Inf a
 Layers that share a channel (more than 15 layers) share its program, sent once, by the first of their
 tracks, and a pitch struck by several of them at one tick is written once, in the first one's track.
 
+Track 0 also holds a marker "step N" wherever the step numbers do not simply count up from 0 (the first
+step when it is not 0, and each step that is not the one before plus 1), so the real step numbers of a run
+logged every 10 steps, or followed from its middle, can be read off the file (``bridge.steps``: each logged
+step sounds as one musical step). Every text in the file is ASCII (``text_to_ascii``).
+
 Events are encoded straight to bytes as they arrive (``bridge.sinks.midi_tracks``). Each track keeps a small
 in-memory buffer that spills into one shared temporary file, plus a heap of pending note-offs, so a run of a
-million steps × 64 layers never holds message objects in memory. The file itself is assembled at ``close``.
+million steps × 64 layers never holds message objects in memory. The file itself is assembled at ``close``,
+into a temporary file beside ``path`` that is renamed over it once complete (``bridge.atomic``): a failure
+(a full disk) leaves no half-written file, and an older file of that name as it was.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections import Counter
@@ -21,6 +29,7 @@ from typing import IO, Union
 
 import numpy as np
 
+from bridge.atomic import discard, put_in_place, temporary_beside
 from bridge.errors import SinkError
 from bridge.events import PERCUSSION_CHANNEL, Arrangement, StepEvents
 from bridge.sinks.midi_tracks import (
@@ -30,8 +39,11 @@ from bridge.sinks.midi_tracks import (
     delta_time,
     encode_melodies,
     meta_event,
+    text_to_ascii,
     vlq,
 )
+
+log = logging.getLogger("bridge")
 
 _MAX_TEMPO_US = 0xFFFFFF
 _MAX_SECONDS = 1e9  # later times are written at this time (31 years), so ticks always fit in int64
@@ -66,7 +78,8 @@ def _time_key(seconds: float) -> float:
 class MidiFileSink:
     """Writes the run to ``path`` as a type 1 Standard MIDI File, at ``ticks_per_beat`` (1–32767) ticks per beat.
 
-    The path is created at ``open`` (so a bad path fails before training starts) and filled at ``close``.
+    A temporary file beside the path is created at ``open`` (so a bad path fails before training starts),
+    filled at ``close`` and renamed over the path then.
     Times are converted from absolute seconds with the tempo as the file stores it (whole microseconds per
     beat), so a reader gets back the seconds of the run without drift. Within a track, note-offs come before
     note-ons at the same tick; a pitch struck again while it still sounds is ended there and struck anew
@@ -103,9 +116,11 @@ class MidiFileSink:
             raise ValueError(f"arrangement.tempo_bpm must be a finite number > 0, got {arrangement.tempo_bpm!r}")
         if not arrangement.voices:
             raise ValueError("arrangement.voices is empty; a MIDI file needs at least one layer")
+        self._temporary = temporary_beside(self.path, "MIDI file")
         try:
-            self._out = open(self.path, "wb")
+            self._out = open(self._temporary, "wb")  # noqa: SIM115 - written and closed in close()
         except OSError as exc:
+            discard(self._temporary, self.path)
             raise SinkError(self._write_error(exc)) from exc
         self._arrangement = arrangement
         self._tempo_us = tempo_to_microseconds(bpm)
@@ -119,7 +134,7 @@ class MidiFileSink:
         for voice in arrangement.voices:
             channel = int(np.clip(voice.channel, 0, 15))
             program = int(np.clip(voice.program, 0, 127))
-            header = meta_event(0x03, str(voice.name).encode("utf-8"))
+            header = meta_event(0x03, text_to_ascii(voice.name))
             if channel not in programmed:
                 header += bytes((0x00, 0xC0 | channel, program))
                 programmed.add(channel)
@@ -133,7 +148,8 @@ class MidiFileSink:
                 self._channel_of_layer[int(voice.index)] = int(np.clip(voice.channel, 0, 15))
         self._shared_channels = len(programmed) < len(arrangement.voices)
         self._name_of_layer = {int(v.index): str(v.name) for v in arrangement.voices}
-        self._markers: list[tuple[int, bytes]] = []  # (tick, text) of each step's spike marker, in time order
+        self._markers: list[tuple[int, bytes]] = []  # (tick, text) of the step and spike markers, in time order
+        self._next_step = 0  # the step number that follows on without a marker
         self._alarms: TrackWriter | None = None
         self._end_tick = 0
         self._skipped: Counter[str] = Counter()
@@ -169,6 +185,9 @@ class MidiFileSink:
                 np.repeat(np.arange(len(blocks)), [len(n) for n in blocks]),
             )
         for step in steps:
+            if step.step != self._next_step:
+                self._mark(step.start_s, f"step {step.step}")
+            self._next_step = step.step + 1
             if step.spikes:
                 beeps = sorted([(a, "alarms") for a in step.alarms] + [(a, "spike alarms") for a in step.spikes],
                                key=lambda beep: _time_key(beep[0].start_s))  # the track takes them in time order
@@ -195,16 +214,19 @@ class MidiFileSink:
 
     def _mark_spikes(self, step: StepEvents) -> None:
         """A marker in track 0 at the step's start naming the layers that spiked, e.g. "spike: fc1 x7.3"."""
-        start = float(step.start_s)
+        named = [f"{self._name_of_layer.get(s.layer, f'layer {s.layer}')} x{s.ratio:.3g}" for s in step.spikes[:3]]
+        more = f" and {len(step.spikes) - 3} more" if len(step.spikes) > 3 else ""
+        self._mark(step.start_s, f"spike: {', '.join(named)}{more}")
+
+    def _mark(self, start_s: float, text: str) -> None:
+        """A marker (FF 06) in track 0 at ``start_s`` seconds; one at a non-finite time is left out."""
+        start = float(start_s)
         if not np.isfinite(start):
             return
         tick = int(seconds_to_ticks(min(max(start, 0.0), _MAX_SECONDS), self.ticks_per_beat, self._file_bpm))
-        named = [f"{self._name_of_layer.get(s.layer, f'layer {s.layer}')} x{s.ratio:.3g}" for s in step.spikes[:3]]
-        more = f" and {len(step.spikes) - 3} more" if len(step.spikes) > 3 else ""
-        text = f"spike: {', '.join(named)}{more}".encode("utf-8")
         if self._markers and tick < self._markers[-1][0]:  # steps out of time order: kept in order
             tick = self._markers[-1][0]
-        self._markers.append((tick, text))
+        self._markers.append((tick, text_to_ascii(text)))
 
     def _send_notes(
         self, layer: np.ndarray, start_s: np.ndarray, duration_s: np.ndarray, midi_note: np.ndarray,
@@ -259,7 +281,8 @@ class MidiFileSink:
         return np.sort(order[~same])
 
     def close(self) -> None:
-        """Write the file: every pending note-off, end of track on every track. Idempotent."""
+        """Write the file: every pending note-off, end of track on every track; then rename it into place.
+        Idempotent. On failure (a full disk) the path is left as it was and ``SinkError`` names it and the fix."""
         if self._closed or self._arrangement is None:
             self._closed = True
             return
@@ -269,13 +292,24 @@ class MidiFileSink:
             if out is not None:
                 self._write(out, self._arrangement)
                 out.close()
-        except OSError as exc:
-            raise SinkError(self._write_error(exc)) from exc
+        except (OSError, SinkError) as exc:
+            self._abandon(out)
+            if isinstance(exc, SinkError):
+                raise
+            raise SinkError(self._close_error(exc)) from exc
         finally:
-            if out is not None:
-                out.close()
             self._spill.close()
+        put_in_place(self._temporary, self.path, "MIDI file")
         self._report()
+
+    def _abandon(self, out: IO[bytes] | None) -> None:
+        """After a failure at close: drop the unfinished temporary file (what is left unwritten is lost)."""
+        if out is not None and not out.closed:
+            try:
+                out.close()
+            except OSError as exc:  # the failure that got us here is the one to report
+                log.debug("closing the unfinished MIDI file %s: %s", self._temporary, exc)
+        discard(self._temporary, self.path)
 
     def _write(self, out: IO[bytes], arrangement: Arrangement) -> None:
         tracks = list(self._tracks) + ([self._alarms] if self._alarms is not None else [])
@@ -285,8 +319,8 @@ class MidiFileSink:
         for track in tracks:
             track.finish(end_tick)
         tempo = (
-            meta_event(0x03, f"gradbridge: {arrangement.mapping_name}".encode("utf-8"))
-            + (meta_event(0x01, arrangement.description.encode("utf-8")) if arrangement.description else b"")
+            meta_event(0x03, text_to_ascii(f"gradbridge: {arrangement.mapping_name}"))
+            + (meta_event(0x01, text_to_ascii(arrangement.description)) if arrangement.description else b"")
             + meta_event(0x51, self._tempo_us.to_bytes(3, "big"))
             + meta_event(0x58, bytes((4, 2, 24, 8)))
         )
@@ -319,3 +353,9 @@ class MidiFileSink:
             f"cannot write the MIDI file {self.path!r}: {reason} (errno {exc.errno}); choose a path in an "
             "existing directory you can write to, and not the name of a directory"
         )
+
+    def _close_error(self, exc: OSError) -> str:
+        reason = exc.strerror or str(exc)
+        return (f"could not finish the MIDI file {self.path!r} at close: {reason} (errno {exc.errno}); it was not "
+                f"written (an older file of that name is left as it was). Fix: free disk space, then write it "
+                f"from the run log: gradbridge midi RUN.gbrun -o {self.path}")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import atexit
 import heapq
 import itertools
-import logging
 import math
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 import rtmidi
 
 from bridge.errors import SinkError
-from bridge.events import MIDI_MODES, PERCUSSION_CHANNEL, Arrangement, StepEvents
+from bridge.events import Arrangement, StepEvents
 from bridge.sinks.midi_clock import CLOCK_PULSE, RAW, STOP, MidiClockWriter, PulseTrain, writer_to_realtime
+from bridge.sinks.midi_messages import (BEND, CC, OFF, ON, check_midi_mode, program_changes, step_messages,
+                                        voice_channels)
 from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
                                       resolve_api, stack_error)
 
@@ -42,8 +44,7 @@ LATE_AFTER_S = 0.010
 _CHECK_S = 0.25  # how often the scheduler makes sure the port (and the JACK server) still exist
 _SETTLE_PERIODS, _SETTLE_MIN_S, _SETTLE_MAX_S = 4, 0.05, 0.25  # JACK: let a new or closing connection settle
 _JOIN_S = 5.0
-_NOTE_S = (0.001, 3600.0)  # note lengths are clipped to this; > 0, so a note-off always follows its note-on
-_OFF, _ON, _CC, _BEND, _RAW = 0, 1, 2, 3, RAW  # _RAW: a system message (status a, data bytes packed in b)
+_OFF, _ON, _CC, _BEND, _RAW = OFF, ON, CC, BEND, RAW  # _RAW: a system message (status a, data bytes packed in b)
 _Item = tuple[float, int, int, int, int, int, int, int]  # due (monotonic s), order, seq, kind, channel, a, b, note id
 
 
@@ -119,22 +120,14 @@ class MidiPortSink(MidiClockWriter):
             raise TypeError(f"arrangement must be an Arrangement, got {type(arrangement).__name__}")
         if self._out is not None or self._closed:
             raise SinkError(f"{self.name} was opened before; make a new MidiPortSink for another run")
-        if arrangement.midi_mode not in MIDI_MODES:
-            raise ValueError(f"arrangement.midi_mode must be one of {MIDI_MODES}, got {arrangement.midi_mode!r}")
         if not arrangement.voices:
             raise ValueError("arrangement.voices is empty; a MIDI port needs at least one layer")
-        self._mode, self._cc = arrangement.midi_mode, int(arrangement.midi_cc)
-        if not 0 <= self._cc <= (31 if self._mode == "cc14" else 119):
-            raise ValueError(f"arrangement.midi_cc must be 0-119 (0-31 for \"cc14\"), got {self._cc}; fix the preset")
-        self._channels = [min(max(int(v.channel), 0), 15) for v in arrangement.voices]
-        programs: dict[int, int] = {}
-        if self._mode == "notes":
-            for voice, channel in zip(arrangement.voices, self._channels):
-                programs.setdefault(channel, min(max(int(voice.program), 0), 127))
-        self._start(programs)
+        self._mode, self._cc = check_midi_mode(arrangement)
+        self._channels = voice_channels(arrangement)
+        self._start(program_changes(arrangement))
 
-    def _start(self, programs: dict[int, int]) -> None:
-        """Open the port, send each channel of ``programs`` its program, start the scheduler thread."""
+    def _start(self, programs: list[tuple[int, int]]) -> None:
+        """Open the port, send the program changes ``programs`` (messages), start the scheduler thread."""
         self.api = resolve_api(self.requested_api)
         if self.virtual and self.api == "winmm":
             raise SinkError("Windows MM cannot create virtual MIDI ports. Fix: install a loopback driver such as "
@@ -146,8 +139,8 @@ class MidiPortSink(MidiClockWriter):
                 if not self.virtual:  # the connection starts with a later JACK cycle: programs sent now were lost
                     self._settle()
             self._used_channels.update(self._channels)
-            for channel, program in programs.items():
-                self._write((0xC0 | channel, program))
+            for message in programs:
+                self._write(message)
         except Exception:
             self._release_port()
             raise
@@ -204,43 +197,11 @@ class MidiPortSink(MidiClockWriter):
             self._cond.notify()
 
     def _messages_of(self, events: StepEvents, now: float) -> list[_Item]:
-        notes, items, seq, cc = events.notes, [], self._seq, self._cc
-
-        def due(start_s: float) -> float:  # a step plays relative to its arrival
-            offset = start_s - events.start_s
-            return now + (offset if math.isfinite(offset) and offset > 0 else 0.0)
-
-        struck: set[tuple[float, int, int]] = set()  # layers sharing a channel strike a pitch once
-
-        def note(at: float, length_s: float, channel: int, pitch: int, velocity: int) -> None:
-            nid, pitch, velocity = next(self._note_ids), min(max(int(pitch), 0), 127), min(max(int(velocity), 1), 127)
-            if (at, channel, pitch) in struck:
-                return
-            struck.add((at, channel, pitch))
-            length_s = min(max(length_s, _NOTE_S[0]), _NOTE_S[1]) if math.isfinite(length_s) else _NOTE_S[0]
-            items.append((at, 1, next(seq), _ON, channel, pitch, velocity, nid))
-            items.append((at + length_s, 0, next(seq), _OFF, channel, pitch, 0, nid))  # order 0: offs go first
-
-        for layer, start, length, pitch, velocity, value in zip(
-                notes.layer.tolist(), notes.start_s.tolist(), notes.duration_s.tolist(), notes.midi_note.tolist(),
-                notes.velocity.tolist(), notes.value.tolist()):
-            if not 0 <= layer < len(self._channels):
-                raise ValueError(f"note for layer {layer}, but the arrangement has {len(self._channels)} layers")
-            at, channel = due(start), self._channels[layer]
-            if self._mode == "notes":
-                note(at, length, channel, pitch, velocity)
-            elif math.isfinite(value):
-                value = min(max(value, 0.0), 1.0)
-                if self._mode == "cc":
-                    items.append((at, 1, next(seq), _CC, channel, cc, round(value * 127), 0))
-                elif self._mode == "cc14":
-                    v14 = round(value * 16383)
-                    items.append((at, 1, next(seq), _CC, channel, cc, v14 >> 7, 0))
-                    items.append((at, 1, next(seq), _CC, channel, cc + 32, v14 & 127, 0))
-                else:  # pitchbend round(value × 16383) − 8192, kept in its unsigned 14-bit form
-                    items.append((at, 1, next(seq), _BEND, channel, round(value * 16383), 0, 0))
-        for alarm in (*events.alarms, *events.spikes):
-            note(due(alarm.start_s), alarm.duration_s, PERCUSSION_CHANNEL, alarm.midi_note, alarm.velocity)
+        """The step's messages (``bridge.sinks.midi_messages.step_messages``) as heap items due from ``now``."""
+        seq, first_id = self._seq, next(self._note_ids)
+        items = [(now + m.offset_s, m.order, next(seq), m.kind, m.channel, m.a, m.b, m.note and first_id + m.note)
+                 for m in step_messages(events, self._channels, self._mode, self._cc)]
+        self._note_ids = itertools.count(first_id + len(items) + 1)
         return items
 
     def _run(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
+import unicodedata
 from typing import IO
 
 import numpy as np
@@ -49,6 +50,25 @@ def delta_time(ticks: int) -> bytes:
 def meta_event(kind: int, data: bytes) -> bytes:
     """A meta event at delta 0: ``00 FF kind length data``."""
     return b"\x00\xff" + bytes((kind,)) + vlq(len(data)) + data
+
+
+# Characters common in layer names and preset descriptions, spelled in ASCII for MIDI text.
+_ASCII_SPELLINGS = str.maketrans({"\u2013": "-", "\u2014": "--", "\u2212": "-", "\u2018": "'", "\u2019": "'",
+                                  "\u201c": '"', "\u201d": '"', "\u00d7": "x", "\u2026": "...", "\u2192": "->",
+                                  "\u2190": "<-", "\u2264": "<=", "\u2265": ">=", "\u00b1": "+/-", "\u00b7": ".",
+                                  "\u221a": "sqrt", "\u00b5": "u", "\u03bc": "u", "\u00b0": " deg"})
+
+
+def text_to_ascii(text: str) -> bytes:
+    """``text`` for a MIDI text or name event, in ASCII, which every reader shows as written (MIDI text has
+    no declared encoding; mido and midicsv read its bytes as Latin-1). ASCII characters stay as they are;
+    dashes, quotes, ×, → and the like get their ASCII spellings, accents are dropped (é → e), and any
+    other character becomes ``?``."""
+    if text.isascii():
+        return text.encode("ascii")
+    spelled = unicodedata.normalize("NFKD", text.translate(_ASCII_SPELLINGS))
+    return "".join("" if unicodedata.combining(char) else char if char.isascii() else "?"
+                   for char in spelled).encode("ascii")
 
 
 def encode_events(deltas: np.ndarray, status: np.ndarray, data1: np.ndarray,

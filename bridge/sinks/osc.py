@@ -137,6 +137,8 @@ class OscSink:
     - ``sent``: datagrams handed to the OS (UDP does not say whether they arrived);
     - ``dropped``: steps with at least one datagram the OS would not take (send buffer full, error);
     - ``errors``: socket errors, including refusals that tell an earlier datagram found no listener.
+
+    ``failures()`` tells the closing summary about them: how many, from which step, and why.
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, prefix: str = DEFAULT_PREFIX) -> None:
@@ -166,6 +168,8 @@ class OscSink:
         self._spike_heads: list[bytes] = []
         self._step_head = osc_string(prefix + "/step") + osc_string(",ifffifii")
         self._warned = False
+        self._step = 0  # the step being sent
+        self._first_failure: str | None = None
         self.sent = 0
         self.dropped = 0
         self.errors = 0
@@ -207,6 +211,7 @@ class OscSink:
         spike_head = osc_string(self.prefix + "/spike") + osc_string(",isfff")
         self._spike_heads = [spike_head + struct.pack(">i", v.index) + osc_string(v.name) for v in arrangement.voices]
         self._warned = False
+        self._first_failure = None
         self.sent = self.dropped = self.errors = 0
 
     def send(self, events: StepEvents) -> None:
@@ -221,10 +226,19 @@ class OscSink:
         if self._socket is None:
             raise SinkError(f"OSC sink to {self.target} is not open: send() came before open() or after close()")
         timetag = IMMEDIATELY if self._latency_s == 0 else seconds_to_timetag(at_s + self._latency_s)
+        self._step = last_step
         messages = self._encode(events, first_step, last_step)
         handed_on = [self._send_datagram(datagram) for datagram in pack_bundles(messages, timetag)]
         if not all(handed_on):
             self.dropped += 1
+
+    def failures(self) -> tuple[int, str] | None:
+        """The sends that failed while the sink went on (refused, or not taken by the OS): their count and,
+        in words, from which step and why; ``None`` when every send went out."""
+        if not self.errors:
+            return None
+        lost = f"; {self.dropped} step(s) not sent" if self.dropped else ""
+        return self.errors, f"{self.errors} time(s) from step {self._first_failure}{lost}"
 
     def close(self) -> None:
         """Close the socket and log what was lost, if anything. Idempotent."""
@@ -302,6 +316,9 @@ class OscSink:
         if self._warned:
             return
         self._warned = True
+        why = (f"refused: nothing listens on {self.target}" if isinstance(error, ConnectionRefusedError)
+               else f"{type(error).__name__}: {error.strerror or error}, sending to {self.target}")
+        self._first_failure = f"{self._step} ({why})"
         if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             fix = ("the send buffer is full: the receiver or network cannot keep up; lower the rate with the "
                    "preset's [live] every or max_fps")
