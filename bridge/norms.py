@@ -24,6 +24,11 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 #: (a vanishing layer would read 0); above, the sum overflows (sqrt(3.4e38) = 1.8e19). Outside it, a CPU
 #: read sums again in float64.
 FLOAT32_TRUSTED = (1e-15, 1.8e19)
+# A group whose float32 read has more than 1 norm in REPAIR_SHARE_TO_SWITCH outside FLOAT32_TRUSTED on
+# REPAIRS_TO_SWITCH reads in a row (a network whose gradients vanish) is summed in float64 from then on:
+# one float64 pass costs less than a float32 pass and a second one over most of the parameters.
+REPAIR_SHARE_TO_SWITCH = 8
+REPAIRS_TO_SWITCH = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class _Group:
     tensor on ``device``), ``weight`` the ``share`` factors or None when all are 1, both in read order;
     ``local``: some are DTensors, measured by their local shard. ``fused``: the fused pass works here.
     ``irregular`` is True while gradients are seen missing or not strided: then every read checks both.
+    ``float32_sums``: the fast read sums float32 on a CPU (see ``fast_dtype``); ``wide_repairs`` counts
+    the reads in a row that found many norms to repair (see ``REPAIRS_TO_SWITCH``).
     """
 
     device: torch.device
@@ -80,9 +87,16 @@ class _Group:
     irregular: bool = False
     fast: Callable[[], torch.Tensor] = field(init=False, repr=False)
     repairable: bool = field(init=False)
+    float32_sums: bool = field(init=False, default=True)
+    wide_repairs: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.repairable = self.fast_dtype != self.norm_dtype
+        self.fast = _fast_reader(self)
+
+    def sum_in_norm_dtype(self) -> None:
+        """Read in ``norm_dtype`` from now on: no float32 sums, nothing left to repair."""
+        self.float32_sums = self.repairable = False
         self.fast = _fast_reader(self)
 
     @property
@@ -99,8 +113,8 @@ class _Group:
         """Accumulation dtype of the fast read: on a CPU, float32 gradients are summed in float32 (float64
         costs about four times as much there), and the rare norm outside ``FLOAT32_TRUSTED`` (overflowed
         to +Inf, or so small that its squares may have underflowed) is read again in float64
-        (``NormReader.repair``); elsewhere ``norm_dtype``."""
-        if self.device.type == "cpu" and self.dtype == torch.float32 and not self.local:
+        (``NormReader.repair``); elsewhere, and once ``sum_in_norm_dtype`` was called, ``norm_dtype``."""
+        if self.float32_sums and self.device.type == "cpu" and self.dtype == torch.float32 and not self.local:
             return None
         return self.norm_dtype
 
@@ -358,6 +372,12 @@ class NormReader:
     def _repaired(group: _Group, norms: np.ndarray) -> np.ndarray:
         low, high = FLOAT32_TRUSTED
         doubtful = np.flatnonzero((norms < low) | (norms >= high))
+        if doubtful.size * REPAIR_SHARE_TO_SWITCH <= norms.size:
+            group.wide_repairs = 0
+        else:
+            group.wide_repairs += 1
+            if group.wide_repairs >= REPAIRS_TO_SWITCH:
+                group.sum_in_norm_dtype()
         if doubtful.size == 0:
             return norms
         params, out = group.params, np.asarray(norms, dtype=np.float64).copy()

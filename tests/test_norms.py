@@ -15,7 +15,7 @@ from torch import nn
 
 from bridge.capture import Capture, PendingFrame, find_layers
 from bridge.frames import Frame
-from bridge.norms import STACK_MAX_NUMEL, NormReader, combine
+from bridge.norms import REPAIR_SHARE_TO_SWITCH, REPAIRS_TO_SWITCH, STACK_MAX_NUMEL, NormReader, combine
 
 
 def linear(weight: list[list[float]], bias: list[float] | None = None, dtype: torch.dtype = torch.float32) -> nn.Linear:
@@ -338,6 +338,36 @@ def test_a_vanishing_float32_gradient_reads_its_norm_not_zero() -> None:
     assert raw.tolist() == [0.0, 5.0]
     for path in all_paths(model):
         assert path == pytest.approx([2.0 * tiny, 5.0], rel=1e-12)
+
+
+def test_a_reader_whose_float32_norms_mostly_vanish_sums_in_float64_after_three_such_reads() -> None:
+    # 2 of 3 norms below FLOAT32_TRUSTED: more than 1 in REPAIR_SHARE_TO_SWITCH, so after REPAIRS_TO_SWITCH
+    # (3) reads in a row the fast read sums in float64, and gives the same norms with nothing to repair
+    assert (REPAIR_SHARE_TO_SWITCH, REPAIRS_TO_SWITCH) == (8, 3)
+    tiny = float(np.float32(1e-24))
+    model = nn.Sequential(linear([[1e-24, 1e-24]]), linear([[1e-24, 1e-24]]), linear([[3.0, 4.0]]))
+    reader = NormReader(find_layers(model))
+    expected = [math.sqrt(2.0) * tiny, math.sqrt(2.0) * tiny, 5.0]
+    dtypes = []
+    for _ in range(4):
+        raw, _ = reader.read_parameters()
+        dtypes.append(raw.dtype)
+        assert reader.repair(raw.numpy()).tolist() == pytest.approx(expected, rel=1e-12)
+    assert dtypes == [torch.float32] * 3 + [torch.float64]
+    assert not reader.needs_repair
+    assert reader.read_parameters()[0].tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_reader_that_repairs_one_norm_in_many_keeps_summing_in_float32() -> None:
+    # 1 of 8 norms below FLOAT32_TRUSTED is not more than 1 in 8: the float32 read stays, and repairs it
+    tiny = float(np.float32(1e-24))
+    model = nn.Sequential(linear([[1e-24, 1e-24]]), *[linear([[3.0, 4.0]]) for _ in range(7)])
+    reader = NormReader(find_layers(model))
+    for _ in range(5):
+        raw, _ = reader.read_parameters()
+        assert raw.dtype == torch.float32
+        assert reader.repair(raw.numpy()).tolist() == pytest.approx([math.sqrt(2.0) * tiny] + [5.0] * 7, rel=1e-12)
+    assert reader.needs_repair
 
 
 def test_every_group_of_a_mixed_reader_reads_its_own_doubtful_norms_again() -> None:
