@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,6 +372,11 @@ class NormReader:
     @staticmethod
     def _repaired(group: _Group, norms: np.ndarray) -> np.ndarray:
         low, high = FLOAT32_TRUSTED
+        values = norms.tolist()  # plain floats: three passes in C, where NumPy's would cost 70 µs cold
+        total = sum(values)  # finite: no NaN or Inf, so that min and max below are exact
+        if math.isfinite(total) and low <= min(values) and max(values) < high:
+            group.wide_repairs = 0
+            return norms
         doubtful = np.flatnonzero((norms < low) | (norms >= high))
         if doubtful.size * REPAIR_SHARE_TO_SWITCH <= norms.size:
             group.wide_repairs = 0
@@ -425,9 +431,11 @@ def combine(norms: np.ndarray, layer_of: np.ndarray | None, layer_count: int) ->
     ``norms``: one norm per parameter (any float dtype); ``layer_of``: each one's layer index in
     ``[0, layer_count)``, or None when ``norms`` already holds one norm per layer.
     """
-    values = np.asarray(norms, dtype=np.float64)
     if layer_of is None:
-        return values[:layer_count].copy()
-    with np.errstate(over="ignore"):  # a norm above 1.3e154 squares to inf: the layer's norm is inf
-        squares = np.square(values)
+        return np.array(norms[:layer_count], dtype=np.float64)
+    if norms.dtype == np.float32:  # squared in float64: no overflow, no errstate (20 µs right after backward)
+        squares = np.square(norms, dtype=np.float64)
+    else:
+        with np.errstate(over="ignore"):  # a norm above 1.3e154 squares to inf: the layer's norm is inf
+            squares = np.square(np.asarray(norms, dtype=np.float64))
     return np.sqrt(np.bincount(layer_of, weights=squares, minlength=layer_count))

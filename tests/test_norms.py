@@ -329,6 +329,17 @@ def test_a_float32_sum_that_overflows_on_a_cpu_is_read_again_in_float64_on_every
     assert frame_norms(model) == [element * 2.0, 5.0, math.inf]
 
 
+def test_a_nan_before_an_overflowed_float32_sum_does_not_hide_it_from_the_repair() -> None:
+    # NaN compares false with everything: the repair's quick check must not take [NaN, +Inf, 5] for
+    # norms in range; the overflowed one is read again, the NaN stays an alarm
+    element = float(np.float32(1e20))
+    model = nn.Sequential(linear([[math.nan, 1.0]]), linear([[1e20, 1e20], [1e20, 1e20]]), linear([[3.0, 4.0]]))
+    raw, _ = NormReader(find_layers(model)).read_parameters()
+    assert np.isnan(raw.numpy()).sum() == 1 and np.isposinf(raw.numpy()).sum() == 1  # before the repair
+    for path in all_paths(model):
+        assert math.isnan(path[0]) and path[1:] == pytest.approx([element * 2.0, 5.0], rel=1e-12)
+
+
 def test_a_vanishing_float32_gradient_reads_its_norm_not_zero() -> None:
     # elements of 1e-24 square to 1e-48, below float32's smallest (1.4e-45): a float32 sum gives 0; the
     # host reads such a norm again in float64: sqrt(4) x 1e-24
