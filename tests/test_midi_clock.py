@@ -27,12 +27,16 @@ CLOCK, START, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFC, 0xF2
 
 #: Appends frames of three layers to a run log at ``rate`` steps a second, on absolute deadlines, for
 #: ``steps`` steps (-1: until killed); layer b is NaN at every step that is a multiple of ``nan_every``.
+#: With a sixth argument it prints "open" once the log has its header and waits for a line on stdin.
 WRITER = r"""
 import math, sys, time
 from bridge.frames import Frame, RunInfo
 from bridge.runlog import RunLogWriter
 path, mapping, rate, steps, nan_every = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 with RunLogWriter(path, RunInfo(("a", "b", "c"), {"mapping": mapping})) as writer:
+    if len(sys.argv) > 6:
+        print("open", flush=True)
+        sys.stdin.readline()
     start = time.monotonic()
     step = 0
     while steps < 0 or step < steps:
@@ -71,10 +75,19 @@ out.close_port()
 """
 
 
-def writer(path: Path, mapping: str, rate: float, steps: int, nan_every: int = 0) -> subprocess.Popen[str]:
+def writer(path: Path, mapping: str, rate: float, steps: int, nan_every: int = 0,
+           before_start: Callable[[], None] | None = None) -> subprocess.Popen[str]:
+    """The WRITER, started; ``before_start`` runs once the log has its header, before the first step."""
+    wait = ["wait"] if before_start is not None else []
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(path), mapping, str(rate), str(steps),
-                                str(nan_every)], stdout=subprocess.PIPE, text=True, env=env())
-    assert process.stdout is not None and process.stdout.readline() == "started\n"
+                                str(nan_every), *wait], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env=env())
+    assert process.stdout is not None
+    if before_start is not None:
+        assert process.stdout.readline() == "open\n"
+        before_start()
+        tell(process, "go")
+    assert process.stdout.readline() == "started\n"
     return process
 
 
@@ -134,9 +147,16 @@ def test_a_run_at_1000_steps_a_second_plays_the_daw_grid_with_every_nan_alarm(
     try:
         osc.wait_ready(port, READY, "/ready")
         run = tmp_path / "run.gbrun"
-        training = writer(run, "daw", 1000.0, 3000, nan_every=400)  # 3 s; a NaN on layer b at 200, 600, ...
-        follower = follow(str(run), "--from-start", "--midi", dump.port, "--midi-api", "jack",
-                          "--osc", f"127.0.0.1:{port}")
+        followers: list[subprocess.Popen[str]] = []
+
+        def start_following() -> None:  # the steps start once the follower is ready, however busy the machine
+            followers.append(follow(str(run), "--from-start", "--midi", dump.port, "--midi-api", "jack",
+                                    "--osc", f"127.0.0.1:{port}"))
+            assert followers[0].stderr is not None
+            assert followers[0].stderr.readline().startswith("gradbridge: following ")
+
+        training = writer(run, "daw", 1000.0, 3000, nan_every=400, before_start=start_following)  # 3 s; a NaN
+        follower = followers[0]  # on layer b at steps 200, 600, ...
         training.wait(timeout=TIMEOUT_S)
         _, err = follower.communicate(timeout=TIMEOUT_S)
         assert follower.returncode == 0, err
@@ -151,16 +171,21 @@ def test_a_run_at_1000_steps_a_second_plays_the_daw_grid_with_every_nan_alarm(
         assert 16 <= len(ons) <= 3 * 8 + 4
         gaps_ms = [(b - a) / JACK_RATE * 1000 for a, b in zip(ons, ons[1:])]
         assert 110 < statistics.median(gaps_ms) < 140  # 125 ms, each end moved by at most a period
-    # every NaN (400 steps apart, 50 ticks) sounds its alarm, once: crash cymbal on channel 10, and over OSC
-    alarms = [m for _, m in messages if m[0] == 0x99 and m[1] == 49 and m[2] > 0]
-    assert len(alarms) == len(nan_steps)
-    ticks = [(int(line.split()[9]), int(line.split()[10])) for line in lines
-             if line.split()[1:3] == ["/gradbridge/step", "ifffifii"]]
-    assert ticks[0][0] == 0 and ticks[-1][1] == 2999
-    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(ticks, ticks[1:]))  # no step left out
-    with_nan = [(first, last) for first, last in ticks if any(first <= s <= last for s in nan_steps)]
-    assert len(with_nan) == len(nan_steps) == sum(" /gradbridge/alarm " in line for line in lines)
+    # every tick gathers the steps since the one before (its first and last in /gradbridge/step), none left out
+    ticks = {line.split()[0]: (int(line.split()[9]), int(line.split()[10])) for line in lines
+             if line.split()[1:3] == ["/gradbridge/step", "ifffifii"]}
+    ranges = list(ticks.values())
+    assert ranges[0][0] == 0 and ranges[-1][1] == 2999
+    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(ranges, ranges[1:]))
     assert len(ticks) == len(note_ons(messages, 0))  # the same ticks on both outputs
+    # every NaN (400 steps apart, 50 ticks) sounds its alarm, once, in the tick that gathered it: crash cymbal
+    # on channel 10, and /gradbridge/alarm in that tick's bundle (the same timetag)
+    with_nan = {tag for tag, (first, last) in ticks.items() if any(first <= s <= last for s in nan_steps)}
+    assert len(with_nan) == len(nan_steps)
+    assert {line.split()[0] for line in lines if " /gradbridge/alarm " in line} == with_nan
+    assert sum(" /gradbridge/alarm " in line for line in lines) == len(with_nan)
+    alarms = [m for _, m in messages if m[0] == 0x99 and m[1] == 49 and m[2] > 0]
+    assert len(alarms) == len(with_nan)
 
 
 def connected(port: str, part: str) -> bool:
