@@ -367,6 +367,8 @@ class Capture:
         lr = groups[0].get("lr", math.nan) if groups else math.nan
         if loss is None:
             loss = math.nan
+        elif type(loss) is torch.Tensor and loss.is_cpu and norms.is_cpu:
+            loss = loss.item()  # on a CPU a read, not a sync: cheaper than packing it with the norms
         if type(lr) is float and type(loss) is float and norms.is_cpu:  # the usual case
             values = norms.numpy()
             if self._repair is not None:  # a float32 sum: a norm it may have got wrong is read again
