@@ -173,8 +173,9 @@ def watch_end_to_end(case: Case, folder: Path) -> tuple[float, int]:
 
 
 def background_costs(case: Case, folder: Path, frames: int, rounds: int, osc: OscReceiver | None) -> dict[str, float]:
-    """Seconds per frame of each output's work in a follower (mapping included), measured offline on this
-    thread with ``open_outputs`` and ``Delivery``; the run log is the hook's ``append``. Medians over
+    """CPU seconds per frame of each output's work in a follower (mapping included), measured offline in
+    this process with ``open_outputs`` and ``Delivery``; the run log is the hook's ``append``. CPU time, not
+    wall time: at close a live output's clock waits for the moment of its last tick. Medians over
     ``rounds`` interleaved rounds."""
     names = tuple(layer.name for layer in find_layers(case.model))
     rng = np.random.default_rng(1)
@@ -192,11 +193,11 @@ def background_costs(case: Case, folder: Path, frames: int, rounds: int, osc: Os
                           osc=f"127.0.0.1:{osc.port}" if "osc" in outputs and osc is not None else None)
         writer = RunLogWriter(folder / "bg.gbrun", info) if "record" in outputs else None
         built = open_outputs(spec, mapping, info)
-        start = time.perf_counter()
+        start = time.process_time()
         stats = deliver_all(batch, built, writer)
         if stats.first_errors or built.failed_to_open:
             raise RuntimeError(f"background cost run failed: {stats.summary()} {built.failed_to_open}")
-        return [(time.perf_counter() - start) / frames]
+        return [(time.process_time() - start) / frames]
 
     samples = interleave({name: (lambda o=o: block(o)) for name, o in sets.items()}, rounds)
     return {name: median(values) for name, values in samples.items()}
@@ -243,7 +244,7 @@ def run_case(case: Case, plan: Plan, report: Report, folder: Path, osc: OscRecei
                  f"fresh backward, {plan.micro_repeat} samples each, interleaved; then the same timed inside the "
                  "training loops above (medians)", hook_rows)
     costs = background_costs(case, folder, plan.background_frames, plan.background_rounds, osc)
-    report.table(f"{case.name}: work per frame in a follower, per output (pentatonic; measured offline with "
+    report.table(f"{case.name}: CPU time per frame in a follower, per output (pentatonic; measured offline with "
                  f"open_outputs and Delivery over {plan.background_frames} frames, mapping included)",
                  [{"output": name, "µs per frame": cost * 1e6, "% of a baseline step": cost / base_s * 100}
                   for name, cost in costs.items()])
