@@ -105,7 +105,7 @@ class TensorHooks(Trainer):
 
 
 class CaptureOnly(Trainer):
-    """The hook alone: a ``Capture`` on the optimizer handing frames to a no-op, no dispatcher thread."""
+    """The hook alone: a ``Capture`` on the optimizer handing frames to a no-op: no run log, no follower."""
 
     def __init__(self, case: Case) -> None:
         super().__init__(case)

@@ -1,7 +1,7 @@
 """What a run's alarms said, for the closing summary: NaN/Inf alarms and spikes per layer, from which step.
 
 ``RunHealth`` is fed each step, either as the ``StepEvents`` a mapping made (``add_events``) or as the
-``Frame`` itself (``handle``: it is a dispatcher consumer, finding spikes with the preset's own detector,
+``Frame`` itself (``handle``: it is a follower consumer, finding spikes with the preset's own detector,
 so it counts every step even when live outputs sound fewer). ``summary()`` says it in one line; a run
 whose norms turned NaN never closes with the words of a healthy one.
 """
@@ -79,7 +79,7 @@ class RunHealth:
         self.add(events.step, ((a.layer, a.kind) for a in events.alarms), (s.layer for s in events.spikes))
 
     def handle(self, frame: Frame) -> None:
-        """Count one step from its frame (a dispatcher consumer's ``handle``)."""
+        """Count one step from its frame (a follower consumer's ``handle``)."""
         norms = np.asarray(frame.norms, dtype=np.float64)
         if norms.shape != (len(self.layers),):
             raise ValueError(f"frame at step {frame.step} has {norms.size} norms for {len(self.layers)} layers")
@@ -92,7 +92,7 @@ class RunHealth:
         self.add(frame.step, alarms, spikes)
 
     def close(self) -> None:
-        """Nothing to finish (a dispatcher consumer's ``close``)."""
+        """Nothing to finish (a follower consumer's ``close``)."""
 
     @property
     def alarm_count(self) -> int:
