@@ -160,20 +160,22 @@ def peak_hz(samples: np.ndarray, sample_rate: int) -> float:
     return (k + 0.5 * (a - c) / (a - 2 * b + c)) * sample_rate / size
 
 
-def test_the_pages_synth_sounds_the_built_in_synths_pitches(tmp_path: Path, page) -> None:  # type: ignore[no-untyped-def]
-    preset_path = tmp_path / "tones.toml"
-    preset_path.write_text(TONES)
+def played_on_the_page(page, tmp_path: Path, preset: str, rows: list[list[float]], pace_s: float):  # type: ignore[no-untyped-def]
+    """Serve a run log of three layers under ``preset`` (TOML text) to ``page`` playing it, writing ``rows``
+    one step every ``pace_s`` (the pace they sound, so that every step is sent). Returns the frames, the
+    page's offline rendering of every step it played (float64, (frames, channels)) and the server."""
+    preset_path = tmp_path / "preset.toml"
+    preset_path.write_text(preset)
     path = tmp_path / "run.gbrun"
     writer = RunLogWriter(path, RunInfo(("a", "b", "c"), {"mapping": str(preset_path)}))
     served = serve_run(path, linger=True)  # the offline render loads the synth from the server again
     open_page(page, served.port, served.token)
     page.click("#play")
     page.wait_for_function("window.gradbridge.player.playing", timeout=WAIT_MS)
-    rows = [[1.0, 2.5, 4.0], [1.7, 0.2, 6.33], [3.0, math.nan, 0.5], [0.05, 8.1, 2.2], [5.5, 1.25, 7.0]]
     frames = [Frame(step, time.time(), row) for step, row in enumerate(rows)]
-    for frame in frames:  # at the pace they sound (350 ms a step), so that every step is sent
+    for frame in frames:
         writer.append(frame)
-        time.sleep(0.4)
+        time.sleep(pace_s)
     writer.close()
     served.join()
     page.wait_for_function(f"window.gradbridge.stats.soundPlayed === {len(rows)}", timeout=WAIT_MS)
@@ -181,10 +183,15 @@ def test_the_pages_synth_sounds_the_built_in_synths_pitches(tmp_path: Path, page
         const GB = window.gradbridge, steps = GB.sounds.steps.filter((s) => !s.past);
         const channels = await GB.renderOffline(GB.hello, steps, 0);
         return channels.map((c) => Array.from(c)); }""")
-    served.page.stop()
-    page_audio = np.array(rendered, dtype=np.float64).T  # (frames, channels)
+    return frames, np.array(rendered, dtype=np.float64).T, served
 
-    mapping = Mapping(load_preset(preset_path))
+
+def test_the_pages_synth_sounds_the_built_in_synths_pitches(tmp_path: Path, page) -> None:  # type: ignore[no-untyped-def]
+    rows = [[1.0, 2.5, 4.0], [1.7, 0.2, 6.33], [3.0, math.nan, 0.5], [0.05, 8.1, 2.2], [5.5, 1.25, 7.0]]
+    frames, page_audio, served = played_on_the_page(page, tmp_path, TONES, rows, 0.4)  # a step sounds 350 ms
+    served.page.stop()
+
+    mapping = Mapping(load_preset(tmp_path / "preset.toml"))
     arrangement = mapping.arrange(("a", "b", "c"))
     built_in = render_events(arrangement, [mapping.map_frame(f) for f in frames]).astype(np.float64)
     sr, tone = 44100, 4410
@@ -258,29 +265,10 @@ def peak_hz_above(samples: np.ndarray, sample_rate: int, low_hz: float) -> float
 
 
 def test_a_spike_sounds_as_the_built_in_synths_and_is_marked_on_the_plot(tmp_path: Path, page) -> None:  # type: ignore[no-untyped-def]
-    preset_path = tmp_path / "spiky.toml"
-    preset_path.write_text(SPIKY)
-    path = tmp_path / "run.gbrun"
-    writer = RunLogWriter(path, RunInfo(("a", "b", "c"), {"mapping": str(preset_path)}))
-    served = serve_run(path, linger=True)
-    open_page(page, served.port, served.token)
-    page.click("#play")
-    page.wait_for_function("window.gradbridge.player.playing", timeout=WAIT_MS)
     rows = [[1.0, 1.0, 1.0], [1.0, 10.0, 1.5], [2.0, 1.5, 1.0]]  # layer 1 spikes at step 1: 10 > 3 x 1.0
-    frames = [Frame(step, time.time(), row) for step, row in enumerate(rows)]
-    for frame in frames:  # at the pace they sound (150 ms a step), so that every step is sent
-        writer.append(frame)
-        time.sleep(0.2)
-    writer.close()
-    served.join()
-    page.wait_for_function(f"window.gradbridge.stats.soundPlayed === {len(rows)}", timeout=WAIT_MS)
-    rendered = page.evaluate("""async () => {
-        const GB = window.gradbridge, steps = GB.sounds.steps.filter((s) => !s.past);
-        const channels = await GB.renderOffline(GB.hello, steps, 0);
-        return channels.map((c) => Array.from(c)); }""")
-    page_audio = np.array(rendered, dtype=np.float64).T
+    frames, page_audio, served = played_on_the_page(page, tmp_path, SPIKY, rows, 0.2)  # a step sounds 150 ms
 
-    mapping = Mapping(load_preset(preset_path))
+    mapping = Mapping(load_preset(tmp_path / "preset.toml"))
     arrangement = mapping.arrange(("a", "b", "c"))
     events = [mapping.map_frame(f) for f in frames]
     assert [(e.step, [(s.layer, s.ratio) for s in e.spikes]) for e in events] == [(0, []), (1, [(1, 10.0)]), (2, [])]
