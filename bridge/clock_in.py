@@ -29,9 +29,8 @@ import time
 import rtmidi
 
 from bridge.beatgrid import PULSES_PER_BEAT, Plan, check_tempo
-from bridge.errors import SinkError
 from bridge.sinks.midi_clock import CLOCK, CONTINUE, SONG_POSITION, START, STOP
-from bridge.sinks.midi_system import API_LABELS, RTMIDI_APIS, check_api, match_port, resolve_api, stack_error
+from bridge.sinks.midi_system import API_LABELS, check_api, match_port, open_rtmidi, resolve_api
 
 log = logging.getLogger("bridge")
 
@@ -72,22 +71,15 @@ class ClockInSteps:
         self.pulses = self.starts = self.stops = 0
         self.skipped = 0
         self.api = resolve_api(check_api(api))
-        try:
-            midi_in = rtmidi.MidiIn(RTMIDI_APIS[self.api], client_name)
-        except rtmidi.RtMidiError as exc:
-            raise stack_error(self.api, str(exc)) from exc
-        try:
+
+        def connect(midi_in: rtmidi.MidiIn) -> None:
             ports = midi_in.get_ports()
             self.port_name = match_port(port, ports, self.api)
             midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
             midi_in.set_callback(self._on_message)
             midi_in.open_port(ports.index(self.port_name), "clock-in")
-        except BaseException as exc:
-            midi_in.delete()
-            if isinstance(exc, rtmidi.RtMidiError):
-                raise SinkError(f"could not open MIDI input {port!r} on {API_LABELS[self.api]}: {exc}") from exc
-            raise
-        self._in = midi_in
+
+        self._in = open_rtmidi(rtmidi.MidiIn, self.api, client_name, connect, lambda: f"MIDI input {port!r}")
         log.info("following the MIDI clock of %r on %s", self.port_name, API_LABELS[self.api])
 
     @property

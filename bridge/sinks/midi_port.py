@@ -28,8 +28,8 @@ from bridge.events import Arrangement, StepEvents
 from bridge.sinks.midi_clock import CLOCK_PULSE, RAW, STOP, MidiClockWriter, PulseTrain, writer_to_realtime
 from bridge.sinks.midi_messages import (BEND, CC, OFF, ON, check_midi_mode, program_changes, step_messages,
                                         voice_channels)
-from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, RTMIDI_APIS, JackWatch, check_api, match_port,
-                                      resolve_api, stack_error)
+from bridge.sinks.midi_system import (API_LABELS, NO_OUTPUTS_FIX, JackWatch, check_api, match_port, open_rtmidi,
+                                      resolve_api)
 
 if TYPE_CHECKING:
     from bridge.ticks import Tick
@@ -150,26 +150,18 @@ class MidiPortSink(MidiClockWriter):
         log.info("%s: sending to %r on %s", self.name, self.port_name, API_LABELS[self.api])
 
     def _open_port(self, api: str) -> rtmidi.MidiOut:
-        try:
-            out = rtmidi.MidiOut(RTMIDI_APIS[api], self.client_name)
-        except rtmidi.RtMidiError as exc:
-            raise stack_error(api, str(exc)) from exc
-        try:
+        def connect(out: rtmidi.MidiOut) -> None:
             if self.virtual:
                 self.port_name = self.port or self.client_name
                 out.open_virtual_port(self.port_name)
-            else:
-                ports = out.get_ports()
-                if self.port is None and not ports:
-                    raise SinkError(f"there are no MIDI outputs on {API_LABELS[api]}. {NO_OUTPUTS_FIX}")
-                self.port_name = ports[0] if self.port is None else match_port(self.port, ports, api)
-                out.open_port(ports.index(self.port_name), "out")
-        except BaseException as exc:
-            out.delete()
-            if isinstance(exc, rtmidi.RtMidiError):
-                raise SinkError(f"could not open MIDI port {self.port_name!r} on {API_LABELS[api]}: {exc}") from exc
-            raise
-        return out
+                return
+            ports = out.get_ports()
+            if self.port is None and not ports:
+                raise SinkError(f"there are no MIDI outputs on {API_LABELS[api]}. {NO_OUTPUTS_FIX}")
+            self.port_name = ports[0] if self.port is None else match_port(self.port, ports, api)
+            out.open_port(ports.index(self.port_name), "out")
+
+        return open_rtmidi(rtmidi.MidiOut, api, self.client_name, connect, lambda: f"MIDI port {self.port_name!r}")
 
     def send(self, events: StepEvents) -> None:
         """Schedule one step's messages, relative to now; raises the scheduler's error if the port failed."""

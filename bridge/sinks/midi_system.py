@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import mido
 import rtmidi
@@ -20,6 +22,8 @@ import rtmidi
 from bridge.errors import SinkError
 
 log = logging.getLogger("bridge")
+
+RtMidiPort = TypeVar("RtMidiPort", rtmidi.MidiIn, rtmidi.MidiOut)
 
 #: Our API names → mido backend names (``mido.Backend(MIDO_BACKENDS["jack"])``).
 MIDO_BACKENDS = {"alsa": "mido.backends.rtmidi/LINUX_ALSA", "jack": "mido.backends.rtmidi/UNIX_JACK",
@@ -66,6 +70,25 @@ def stack_error(api: str | None, detail: str = "") -> SinkError:
         why = f"{API_LABELS[api]} MIDI cannot start."
     return SinkError(f"{why}{f' ({detail})' if detail else ''} {STACK_FIX}")
 
+
+
+def open_rtmidi(kind: type[RtMidiPort], api: str, client_name: str, connect: Callable[[RtMidiPort], None],
+                what: Callable[[], str]) -> RtMidiPort:
+    """A python-rtmidi ``kind`` (``rtmidi.MidiIn`` or ``rtmidi.MidiOut``) on ``api``, handed to ``connect``
+    to open its port. A MIDI system that cannot start raises ``stack_error``; a port that fails to open
+    deletes the handle and raises ``SinkError`` naming ``what()`` (asked after ``connect`` tried)."""
+    try:
+        handle = kind(RTMIDI_APIS[api], client_name)
+    except rtmidi.RtMidiError as exc:
+        raise stack_error(api, str(exc)) from exc
+    try:
+        connect(handle)
+    except BaseException as exc:
+        handle.delete()
+        if isinstance(exc, rtmidi.RtMidiError):
+            raise SinkError(f"could not open {what()} on {API_LABELS[api]}: {exc}") from exc
+        raise
+    return handle
 
 def _jack_server_answers() -> bool:
     try:
