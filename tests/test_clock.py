@@ -118,13 +118,13 @@ def test_the_last_steps_sound_at_stop_even_when_the_source_has_stopped() -> None
             raise AssertionError("no step comes from a stopped source")
 
         def set_waker(self, wake: threading.Event | None) -> None:
-            pass
+            """Nothing will come to wake the clock for."""
 
         def describe(self) -> str:
             return "stopped"
 
         def close(self) -> None:
-            pass
+            """Nothing to leave."""
 
     got: list[Tick] = []
     gatherer = TickGatherer(load_preset("daw"), ("a",))
