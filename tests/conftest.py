@@ -32,6 +32,42 @@ class JackServer:
     log_path: Path
 
 
+#: Set by ``.ci/run``: a test skipped for a program or package that ``.ci/run`` installs fails instead, so a
+#: peer that went missing from CI cannot pass unnoticed. Skips for what CI cannot have (a CUDA device, an
+#: ALSA sequencer, a network where Link peers meet) stay skips.
+REQUIRE_PEERS = os.environ.get("GRADBRIDGE_REQUIRE_PEERS") == "1"
+#: Words of our skip messages (and of ``importorskip``'s own) that name something CI installs.
+INSTALLABLE_WORDS = ("not installed", "is missing", "Debian package", "pip install", "installed by .ci/run",
+                     "could not import")
+
+
+def _installable_skip(report: pytest.TestReport | pytest.CollectReport) -> str | None:
+    """The reason of ``report``'s skip when it names something CI installs, else ``None``."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None
+    reason = str(report.longrepr[2])
+    return reason if any(word in reason for word in INSTALLABLE_WORDS) else None
+
+
+def _fail_installable_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = _installable_skip(report) if REQUIRE_PEERS else None
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"skipped where .ci/run should have installed what it needs (GRADBRIDGE_REQUIRE_PEERS=1): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _fail_installable_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_installable_skip(outcome.get_result())
+
+
 def _need_jackd() -> None:
     missing = [tool for tool in ("jackd", "jack_wait") if shutil.which(tool) is None]
     if missing:
