@@ -79,11 +79,11 @@ class DispatchStats:
         parts.extend(self.remarks)
         return "; ".join(parts)
 
-    def add_error(self, name: str, text: str) -> None:
-        """Count one failure of output ``name`` (listed if it was not), keeping the first text."""
+    def add_error(self, name: str, text: str, count: int = 1) -> None:
+        """Count ``count`` failures of output ``name`` (listed if it was not), keeping the first text."""
         if name not in self.consumers:
             self.consumers = (*self.consumers, name)
-        self.errors[name] = self.errors.get(name, 0) + 1
+        self.errors[name] = self.errors.get(name, 0) + count
         self.first_errors.setdefault(name, text)
 
 
@@ -168,8 +168,7 @@ class Delivery:
 
     def _record_error(self, name: str, where: str, exc: Exception, *, report: bool) -> None:
         text = f"{type(exc).__name__}: {exc}"
-        self._stats.errors[name] = self._stats.errors.get(name, 0) + 1
-        self._stats.first_errors.setdefault(name, f"{where} ({text})")
+        self._stats.add_error(name, f"{where} ({text})")
         if report:
             logger.warning("output %r failed %s (%s) and is switched off; the others go on", name, where, text)
         else:

@@ -122,8 +122,7 @@ class Outputs:
             failures = getattr(getattr(consumer, "sink", None), "failures", None)
             counted = failures() if callable(failures) else None
             if counted is not None and consumer.name not in stats.first_errors:
-                stats.errors[consumer.name] = stats.errors.get(consumer.name, 0) + counted[0]
-                stats.first_errors[consumer.name] = counted[1]
+                stats.add_error(consumer.name, counted[1], counted[0])
         if self.health is not None:
             stats.notes[self.health.name] = self.health.summary()
         if self.live is not None:

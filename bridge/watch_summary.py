@@ -69,8 +69,7 @@ def _merge(stats: DispatchStats, report: FollowReport) -> None:
     theirs = report.stats
     stats.consumers = (*stats.consumers, *(n for n in theirs.consumers if n not in stats.consumers))
     for name, count in theirs.errors.items():
-        stats.errors[name] = stats.errors.get(name, 0) + count
-        stats.first_errors.setdefault(name, theirs.first_errors.get(name, ""))
+        stats.add_error(name, theirs.first_errors.get(name, ""), count)
     for name, note in theirs.notes.items():
         stats.notes.setdefault(name, note)
     for name, missed in theirs.missed.items():
