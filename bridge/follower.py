@@ -3,7 +3,8 @@
 One loop serves every way of listening: the process ``bridge.watch`` starts (``bridge.follower_process``),
 ``gradbridge follow`` (a log another process writes, or a stream on standard input), and a thread in the
 training process for your own sinks. Files take every frame, in blocks, at musical time: they may lag
-behind training and catch up. Live outputs take the frames their rate control lets through.
+behind training and catch up. Live outputs sound on the live clock (``bridge.live``): each tick the
+steps since the last, alarms always.
 
 The loop ends, after delivering every frame the log holds, when the writer closes the log (its end record),
 when the writer is gone (its lock released, or ``writer_gone`` says so: the watch's pipe ended), when a
